@@ -1,0 +1,64 @@
+//! Error responses: always JSON with `success: false` and a message a person can act on.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::Error;
+
+/// A failed request.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    extra: Option<Value>,
+}
+
+impl ApiError {
+    /// An error with a status and a message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    /// 400: the request cannot be carried out as sent.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// Adds fields to the JSON body.
+    pub fn with(mut self, extra: Value) -> Self {
+        self.extra = Some(extra);
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<Error> for ApiError {
+    /// Store and runtime failures become a 500 whose body hides the internals; the log keeps them.
+    fn from(error: Error) -> Self {
+        tracing::error!(kind = error.label(), %error, "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Internal error ({}); the rsgo server log has the details.", error.label()),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"success": false, "message": self.message});
+        if let (Some(Value::Object(extra)), Some(map)) = (self.extra, body.as_object_mut()) {
+            map.extend(extra);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}

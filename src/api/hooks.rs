@@ -1,0 +1,419 @@
+//! Hook handlers: authenticate, validate, record desired state and a deployment record. They
+//! never touch a runtime; the reconciler does the rollout.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use kube::api::ObjectMeta;
+use rand::RngExt;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, MAX_BODY_BYTES};
+use crate::auth::{self, KeyRejection};
+use crate::catalog::{render, sync};
+use crate::model::{
+    ApiKey, ApiKeyStatus, DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
+    DeploymentRecordSpec, Environment, REDEPLOY_ANNOTATION, Stack,
+};
+use crate::store::{Store, Write, encode};
+use crate::{Error, Result};
+
+/// Header carrying the API key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+/// How often a key's last-used time is written at most.
+const LAST_USED_GRANULARITY: SignedDuration = SignedDuration::from_secs(60);
+/// How long `"wait": true` waits for a rollout before answering.
+const WAIT_LIMIT: Duration = Duration::from_secs(15 * 60);
+/// How often a hook retries its read-modify-write when another writer got there first.
+const WRITE_ATTEMPTS: usize = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RedeployRequest {
+    stack_name: String,
+    #[serde(default)]
+    environment_id: Option<String>,
+    #[serde(default)]
+    wait: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpgradeRequest {
+    stack_name: String,
+    target_version: String,
+    #[serde(default)]
+    environment_id: Option<String>,
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+    #[serde(default)]
+    wait: bool,
+}
+
+fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Request body is larger than the {} KiB limit.", MAX_BODY_BYTES / 1024),
+            )
+        } else {
+            ApiError::bad_request(format!("Could not read the request body: {}", rejection.body_text()))
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("Request body is empty; send a JSON object with at least stackName."));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}.")))
+}
+
+/// Checks the key in `headers` and that it grants `permission`.
+async fn authenticate(state: &AppState, headers: &HeaderMap, permission: Option<&str>) -> Result<ApiKey, ApiError> {
+    let presented = headers.get(API_KEY_HEADER).map(|v| v.to_str().unwrap_or_default());
+    let keys = state.store.list::<ApiKey>(None).await?;
+    let now = Timestamp::now();
+    let key = auth::verify(presented, keys, now)
+        .map_err(|rejection: KeyRejection| ApiError::new(StatusCode::UNAUTHORIZED, rejection.message()))?;
+    if let Some(permission) = permission
+        && !auth::grants(&key.spec.permissions, permission)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("API key '{}' lacks the permission '{permission}'.", key.spec.display_name),
+        ));
+    }
+    record_use(&state.store, &key, now).await;
+    Ok(key)
+}
+
+/// Records when a key was used, at most once a minute, so requests are not all writes.
+async fn record_use(store: &std::sync::Arc<dyn Store>, key: &ApiKey, now: Timestamp) {
+    let last = key.status.as_ref().and_then(|s| s.last_used_at);
+    if last.is_some_and(|at| now.duration_since(at) < LAST_USED_GRANULARITY) {
+        return;
+    }
+    let mut used = key.clone();
+    used.status = Some(ApiKeyStatus { last_used_at: Some(now) });
+    if let Err(error) = store.update_status(&used).await {
+        tracing::warn!(key = %key.name_any(), %error, "recording the key's last use failed");
+    }
+}
+
+/// The environment a request acts on: the body's, else the key's scope, else the default.
+async fn resolve_environment(state: &AppState, requested: Option<&str>, key: &ApiKey) -> Result<String, ApiError> {
+    let requested = requested.filter(|e| !e.is_empty());
+    let environment = match (requested, &key.spec.environment) {
+        (Some(wanted), Some(scope)) if wanted != scope => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "API key '{}' is limited to environment '{scope}' and cannot act on environment '{wanted}'.",
+                    key.spec.display_name
+                ),
+            ));
+        }
+        (Some(wanted), _) => wanted.to_owned(),
+        (None, Some(scope)) => scope.clone(),
+        (None, None) => state.default_environment.clone(),
+    };
+    if state.store.get::<Environment>("", &environment).await?.is_none() {
+        let known: Vec<String> = state.store.list::<Environment>(None).await?.iter().map(|e| e.name_any()).collect();
+        return Err(ApiError::bad_request(format!(
+            "Environment '{environment}' not found. Known environments: {}.",
+            known.join(", ")
+        )));
+    }
+    Ok(environment)
+}
+
+fn new_deployment_id() -> String {
+    let bytes: [u8; 12] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn status_url(id: &str) -> String {
+    format!("/api/deployments/{id}")
+}
+
+/// Reads the stack, lets `change` derive the desired stack and the record, and stores both in one
+/// atomic write, retrying from a fresh read when another writer changed the stack meanwhile.
+async fn request_rollout<F>(
+    store: &std::sync::Arc<dyn Store>,
+    environment: &str,
+    stack_name: &str,
+    requested_by: &str,
+    mut change: F,
+) -> Result<(Stack, DeploymentRecord), ApiError>
+where
+    F: FnMut(&Stack) -> Result<(Stack, DeploymentRecordSpec), ApiError>,
+{
+    for _ in 0..WRITE_ATTEMPTS {
+        let stack = store.get::<Stack>(environment, stack_name).await?.ok_or_else(|| {
+            ApiError::bad_request(format!("Stack '{stack_name}' not found in environment '{environment}'."))
+        })?;
+        let (mut desired, mut spec) = change(&stack)?;
+        spec.requested_by = requested_by.to_owned();
+        let id = new_deployment_id();
+        desired.annotations_mut().insert(DEPLOYMENT_ANNOTATION.into(), id.clone());
+        let record = DeploymentRecord {
+            metadata: ObjectMeta {
+                name: Some(id),
+                namespace: Some(environment.to_owned()),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        };
+        let writes = vec![Write::Create(encode(&record)?), Write::Update(encode(&desired)?)];
+        match store.write(writes).await {
+            Ok(_) => return Ok((stack, record)),
+            Err(Error::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("Stack '{stack_name}' is being changed by many requests at once; retry shortly."),
+    ))
+}
+
+/// Waits until a deployment record reaches a final phase.
+async fn wait_for(store: &std::sync::Arc<dyn Store>, environment: &str, id: &str) -> Result<DeploymentRecord, ApiError> {
+    let mut wake = store.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    loop {
+        let record = store.require::<DeploymentRecord>(environment, id).await?;
+        if record.status.as_ref().is_some_and(|s| s.phase.is_terminal()) {
+            return Ok(record);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("Deployment {id} has not finished yet; follow it at {}.", status_url(id)),
+            )
+            .with(json!({"deploymentId": id})));
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(250), wake.changed()).await;
+    }
+}
+
+/// Turns a finished record into the hook's answer: the success body, or a failure with its message.
+fn rollout_result(record: &DeploymentRecord, success: Value) -> Result<Json<Value>, ApiError> {
+    let status = record.status.clone().unwrap_or_default();
+    if status.phase == DeploymentPhase::Succeeded {
+        return Ok(Json(success));
+    }
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        status.message.unwrap_or_else(|| format!("Deployment ended as {:?}.", status.phase)),
+    )
+    .with(json!({"deploymentId": record.name_any(), "phase": status.phase, "statusUrl": status_url(&record.name_any())})))
+}
+
+/// `POST /api/hooks/redeploy`
+pub async fn redeploy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let key = authenticate(&state, &headers, Some(auth::REDEPLOY)).await?;
+    let request: RedeployRequest = parse_body(body)?;
+    if request.stack_name.is_empty() {
+        return Err(ApiError::bad_request("stackName must not be empty."));
+    }
+    let environment = resolve_environment(&state, request.environment_id.as_deref(), &key).await?;
+    let (stack, record) = request_rollout(&state.store, &environment, &request.stack_name, &key.spec.display_name, |stack| {
+        let mut desired = stack.clone();
+        desired
+            .annotations_mut()
+            .insert(REDEPLOY_ANNOTATION.into(), Timestamp::now().to_string());
+        let version = current_version(stack);
+        let spec = DeploymentRecordSpec {
+            stack: stack.name_any(),
+            environment: environment.clone(),
+            action: DeploymentAction::Redeploy,
+            from_version: version.clone(),
+            to_version: version,
+            previous_variables: None,
+            requested_by: String::new(),
+            requested_at: Timestamp::now(),
+        };
+        Ok((desired, spec))
+    })
+    .await?;
+    let id = record.name_any();
+    tracing::info!(stack = %request.stack_name, %environment, deployment = %id, key = %key.spec.display_name, "redeploy requested");
+    let body = json!({
+        "success": true,
+        "message": format!("Successfully triggered redeploy of '{}'.", request.stack_name),
+        "deploymentId": id,
+        "stackName": request.stack_name,
+        "stackVersion": current_version(&stack).unwrap_or_default(),
+        "statusUrl": status_url(&id),
+    });
+    if request.wait {
+        return rollout_result(&wait_for(&state.store, &environment, &id).await?, body);
+    }
+    Ok(Json(body))
+}
+
+fn current_version(stack: &Stack) -> Option<String> {
+    stack
+        .status
+        .as_ref()
+        .and_then(|s| s.deployed_version.clone())
+        .or_else(|| stack.spec.version.clone())
+}
+
+/// `POST /api/hooks/upgrade`
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let key = authenticate(&state, &headers, Some(auth::UPGRADE)).await?;
+    let request: UpgradeRequest = parse_body(body)?;
+    if request.stack_name.is_empty() {
+        return Err(ApiError::bad_request("stackName must not be empty."));
+    }
+    let environment = resolve_environment(&state, request.environment_id.as_deref(), &key).await?;
+    let target = semver::Version::parse(request.target_version.trim_start_matches('v')).map_err(|e| {
+        ApiError::bad_request(format!("targetVersion '{}' is not a SemVer version: {e}.", request.target_version))
+    })?;
+    let mut previous = String::new();
+    let (_, record) = request_rollout(&state.store, &environment, &request.stack_name, &key.spec.display_name, |stack| {
+        let catalog = state.catalog.read().map_err(|_| Error::Task("catalog lock poisoned".into()))?;
+        let product = &stack.spec.product;
+        let pv = catalog.find(product, &target.to_string()).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Version '{}' of product '{product}' is not in the catalog. Available versions: {}.",
+                request.target_version,
+                catalog.available(product)
+            ))
+        })?;
+        let running = current_version(stack);
+        if let Some(running) = &running
+            && let Ok(running_version) = semver::Version::parse(running)
+            && target <= running_version
+        {
+            return Err(ApiError::bad_request(format!(
+                "Stack '{}' runs {running}; targetVersion {target} is not newer, and upgrades never go back. Available versions: {}.",
+                stack.name_any(),
+                catalog.available(product)
+            )));
+        }
+        let mut variables = stack.spec.variables.clone();
+        variables.extend(request.variables.clone());
+        render(&stack.name_any(), &environment, &pv, &variables)
+            .map_err(|e| ApiError::bad_request(format!("Cannot upgrade to {target}: {e}.")))?;
+        let mut desired = stack.clone();
+        desired.spec.version = Some(target.to_string());
+        desired.spec.variables = variables;
+        previous = running.clone().unwrap_or_default();
+        let spec = DeploymentRecordSpec {
+            stack: stack.name_any(),
+            environment: environment.clone(),
+            action: DeploymentAction::Upgrade,
+            from_version: running,
+            to_version: Some(target.to_string()),
+            previous_variables: Some(stack.spec.variables.clone()),
+            requested_by: String::new(),
+            requested_at: Timestamp::now(),
+        };
+        Ok((desired, spec))
+    })
+    .await?;
+    let id = record.name_any();
+    tracing::info!(stack = %request.stack_name, %environment, deployment = %id, from = %previous, to = %target, "upgrade requested");
+    let body = json!({
+        "success": true,
+        "message": format!("Successfully upgraded '{}' from {previous} to {target}.", request.stack_name),
+        "deploymentId": id,
+        "previousVersion": previous,
+        "newVersion": target.to_string(),
+        "statusUrl": status_url(&id),
+    });
+    if request.wait {
+        return rollout_result(&wait_for(&state.store, &environment, &id).await?, body);
+    }
+    Ok(Json(body))
+}
+
+/// `POST /api/hooks/sync-sources`: no body needed.
+pub async fn sync_sources(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authenticate(&state, &headers, Some(auth::SYNC_SOURCES)).await?;
+    let report = sync::sync_all(&state.store, &state.catalog).await?;
+    state.catalog_synced.notify_one();
+    let counts = json!({
+        "stacksLoaded": report.versions_loaded,
+        "sourcesSynced": report.sources_synced,
+    });
+    if !report.errors.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "Sync found {} problem(s); the last good catalog is kept for sources that failed: {}",
+                report.errors.len(),
+                report.errors.join("; ")
+            ),
+        )
+        .with(json!({"stacksLoaded": report.versions_loaded, "sourcesSynced": report.sources_synced, "errors": report.errors})));
+    }
+    let mut body = json!({
+        "success": true,
+        "message": format!("Synced {} source(s), loaded {} stack(s).", report.sources_synced, report.versions_loaded),
+    });
+    if let (Some(map), Value::Object(extra)) = (body.as_object_mut(), counts) {
+        map.extend(extra);
+    }
+    Ok(Json(body))
+}
+
+/// `GET /api/deployments/{id}`: any valid key may read a record of an environment it may act on.
+pub async fn deployment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = authenticate(&state, &headers, None).await?;
+    let record = state
+        .store
+        .list::<DeploymentRecord>(None)
+        .await?
+        .into_iter()
+        .find(|r| r.name_any() == id)
+        .filter(|r| key.spec.environment.as_ref().is_none_or(|scope| *scope == r.spec.environment))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("Deployment '{id}' not found.")))?;
+    let status = record.status.clone().unwrap_or_default();
+    Ok(Json(json!({
+        "success": true,
+        "deploymentId": id,
+        "stackName": record.spec.stack,
+        "environmentId": record.spec.environment,
+        "action": record.spec.action,
+        "fromVersion": record.spec.from_version,
+        "toVersion": record.spec.to_version,
+        "requestedBy": record.spec.requested_by,
+        "requestedAt": record.spec.requested_at,
+        "phase": status.phase,
+        "message": status.message,
+        "services": status.services,
+        "startedAt": status.started_at,
+        "finishedAt": status.finished_at,
+    })))
+}
+
+/// `GET /readyz`: ready when the store answers.
+pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.store.list::<Environment>(None).await?;
+    Ok("ready")
+}

@@ -1,0 +1,44 @@
+//! The HTTP API: the three CI hooks, deployment status, and health probes.
+
+mod error;
+mod hooks;
+
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+use crate::catalog::Catalog;
+use crate::store::Store;
+
+/// Largest request body a hook accepts.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Desired state; the handlers' only way to change anything.
+    pub store: Arc<dyn Store>,
+    /// Products, for validating upgrades and for sync-sources.
+    pub catalog: Arc<RwLock<Catalog>>,
+    /// Environment used when neither the request nor the key names one.
+    pub default_environment: String,
+    /// Called after sync-sources reloaded the catalog, so stacks waiting for a product act.
+    pub catalog_synced: Arc<tokio::sync::Notify>,
+}
+
+/// The router with every route rsgo serves.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/hooks/redeploy", post(hooks::redeploy))
+        .route("/api/hooks/upgrade", post(hooks::upgrade))
+        .route("/api/hooks/sync-sources", post(hooks::sync_sources))
+        .route("/api/deployments/{id}", get(hooks::deployment))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(hooks::ready))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

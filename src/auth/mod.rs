@@ -1,0 +1,199 @@
+//! API keys: generation, hashing, permission checks and verification.
+
+use jiff::Timestamp;
+use rand::RngExt;
+use rand::distr::Alphanumeric;
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use sha2::{Digest, Sha256};
+
+use crate::model::ApiKey;
+
+/// Every key starts with this.
+pub const KEY_PREFIX: &str = "rsgo_";
+/// Characters after the prefix.
+pub const KEY_RANDOM_LEN: usize = 32;
+/// Characters of a key kept for display: the prefix and four random ones.
+pub const DISPLAY_PREFIX_LEN: usize = KEY_PREFIX.len() + 4;
+
+/// Permission to call `/api/hooks/redeploy`.
+pub const REDEPLOY: &str = "Hooks.Redeploy";
+/// Permission to call `/api/hooks/upgrade`.
+pub const UPGRADE: &str = "Hooks.Upgrade";
+/// Permission to call `/api/hooks/sync-sources`.
+pub const SYNC_SOURCES: &str = "Hooks.SyncSources";
+/// Every permission name a key may hold.
+pub const PERMISSIONS: [&str; 5] = [REDEPLOY, UPGRADE, SYNC_SOURCES, "Hooks.*", "*"];
+
+/// A newly generated key: the plaintext (shown once) and what is stored.
+pub struct NewKey {
+    /// The whole key. Never stored, never logged.
+    pub plaintext: String,
+    /// Hex SHA-256 of the key.
+    pub hash: String,
+    /// Display prefix.
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+/// Draws a new key from the operating system's CSPRNG.
+pub fn generate() -> NewKey {
+    let random: String = UnwrapErr(SysRng)
+        .sample_iter(Alphanumeric)
+        .take(KEY_RANDOM_LEN)
+        .map(char::from)
+        .collect();
+    let plaintext = format!("{KEY_PREFIX}{random}");
+    NewKey {
+        hash: hash(&plaintext),
+        prefix: plaintext[..DISPLAY_PREFIX_LEN].to_owned(),
+        plaintext,
+    }
+}
+
+/// Lower-case hex SHA-256 of a key.
+pub fn hash(key: &str) -> String {
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `key` has the shape of an rsgo key.
+pub fn is_well_formed(key: &str) -> bool {
+    key.len() == KEY_PREFIX.len() + KEY_RANDOM_LEN
+        && key.starts_with(KEY_PREFIX)
+        && key[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Refuses permission names rsgo does not know.
+pub fn validate_permissions(permissions: &[String]) -> Result<(), String> {
+    if permissions.is_empty() {
+        return Err(format!("a key needs at least one permission; known permissions: {}", PERMISSIONS.join(", ")));
+    }
+    match permissions.iter().find(|p| !PERMISSIONS.contains(&p.as_str())) {
+        Some(unknown) => Err(format!(
+            "unknown permission '{unknown}'; known permissions: {}",
+            PERMISSIONS.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Whether the granted permissions include `wanted`, honouring `Hooks.*` and `*`.
+pub fn grants(granted: &[String], wanted: &str) -> bool {
+    granted
+        .iter()
+        .any(|p| p == "*" || p == wanted || (p == "Hooks.*" && wanted.starts_with("Hooks.")))
+}
+
+/// Why a presented key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRejection {
+    /// No `X-Api-Key` header.
+    Missing,
+    /// Not of the form `rsgo_` + 32 letters and digits.
+    Malformed,
+    /// No key with that hash exists.
+    Unknown,
+    /// The key was revoked.
+    Revoked,
+    /// The key's expiry has passed.
+    Expired,
+}
+
+impl KeyRejection {
+    /// A sentence for the 401 response.
+    pub fn message(self) -> &'static str {
+        match self {
+            KeyRejection::Missing => "Missing API key: send it in the X-Api-Key header.",
+            KeyRejection::Malformed => "Malformed API key: expected 'rsgo_' followed by 32 letters and digits.",
+            KeyRejection::Unknown => "Invalid API key: no such key exists.",
+            KeyRejection::Revoked => "API key has been revoked.",
+            KeyRejection::Expired => "API key has expired.",
+        }
+    }
+}
+
+/// Finds the key matching `presented` among `keys` and checks that it may be used at `now`.
+/// Every stored hash is compared in constant time, so timing reveals nothing about which matched.
+pub fn verify(presented: Option<&str>, keys: Vec<ApiKey>, now: Timestamp) -> Result<ApiKey, KeyRejection> {
+    let presented = presented.ok_or(KeyRejection::Missing)?;
+    if !is_well_formed(presented) {
+        return Err(KeyRejection::Malformed);
+    }
+    let wanted = hash(presented);
+    let mut found = None;
+    for key in keys {
+        if constant_time_eq(key.spec.key_hash.as_bytes(), wanted.as_bytes()) {
+            found = Some(key);
+        }
+    }
+    let key = found.ok_or(KeyRejection::Unknown)?;
+    if key.spec.revoked {
+        return Err(KeyRejection::Revoked);
+    }
+    if key.spec.expires_at.is_some_and(|at| at <= now) {
+        return Err(KeyRejection::Expired);
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_have_the_documented_format() {
+        let key = generate();
+        assert!(is_well_formed(&key.plaintext), "{}", key.prefix);
+        assert_eq!(key.hash, hash(&key.plaintext));
+        assert_eq!(key.hash.len(), 64);
+        assert!(key.plaintext.starts_with(&key.prefix));
+        assert_ne!(generate().plaintext, key.plaintext);
+        assert!(!format!("{key:?}").contains(&key.plaintext));
+    }
+
+    #[test]
+    fn well_formedness() {
+        assert!(is_well_formed("rsgo_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6"));
+        assert!(!is_well_formed("rsgo_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p"));
+        assert!(!is_well_formed("rsgx_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6"));
+        assert!(!is_well_formed("rsgo_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p-"));
+    }
+
+    #[test]
+    fn wildcards_grant_hook_permissions() {
+        let hooks = vec!["Hooks.*".to_string()];
+        assert!(grants(&hooks, UPGRADE));
+        assert!(grants(&["*".to_string()], SYNC_SOURCES));
+        assert!(grants(&[REDEPLOY.to_string()], REDEPLOY));
+        assert!(!grants(&[REDEPLOY.to_string()], UPGRADE));
+    }
+
+    #[test]
+    fn unknown_permissions_are_refused() {
+        assert!(validate_permissions(&["Hooks.Redeploy".into()]).is_ok());
+        let err = validate_permissions(&["Hooks.Deploy".into()]).unwrap_err();
+        assert!(err.contains("Hooks.Deploy") && err.contains("Hooks.SyncSources"), "{err}");
+        assert!(validate_permissions(&[]).is_err());
+    }
+
+    #[test]
+    fn constant_time_eq_compares_content_and_length() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,243 @@
+//! The RSGo manifest format: one YAML file is one product version.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+
+/// A whole manifest file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Manifest {
+    /// Format version; rsgo reads format 1.
+    #[serde(default)]
+    pub version: Option<Scalar>,
+    /// Product identity.
+    pub metadata: Metadata,
+    /// Typed variables, keyed by name.
+    #[serde(default)]
+    pub variables: BTreeMap<String, Variable>,
+    /// Variables shared by every stack of a multi-stack product.
+    #[serde(default)]
+    pub shared_variables: BTreeMap<String, Variable>,
+    /// Services, keyed by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Named volumes the services use.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, serde_yaml_ng::Value>,
+    /// Networks the services join, besides the stack's own.
+    #[serde(default)]
+    pub networks: BTreeMap<String, serde_yaml_ng::Value>,
+    /// Sub-stacks of a multi-stack product.
+    #[serde(default)]
+    pub stacks: Option<BTreeMap<String, serde_yaml_ng::Value>>,
+}
+
+/// Product identity and description.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Metadata {
+    /// Display name, and the product id when `productId` is absent.
+    pub name: String,
+    /// Groups the versions of one product across files.
+    #[serde(default)]
+    pub product_id: Option<String>,
+    /// SemVer version; a file without it is a fragment, not a product.
+    #[serde(default)]
+    pub product_version: Option<Scalar>,
+    /// One-line description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Category for grouping.
+    #[serde(default)]
+    pub category: Option<String>,
+    /// Author.
+    #[serde(default)]
+    pub author: Option<String>,
+    /// Documentation link.
+    #[serde(default)]
+    pub documentation: Option<String>,
+    /// Release notes link.
+    #[serde(default)]
+    pub release_notes_url: Option<String>,
+    /// Icon link.
+    #[serde(default)]
+    pub icon: Option<String>,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A typed variable.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Variable {
+    /// Value type; String when absent.
+    #[serde(default, rename = "type")]
+    pub kind: VariableType,
+    /// Value used when the stack sets none.
+    #[serde(default)]
+    pub default: Option<Scalar>,
+    /// Whether a value must be given.
+    #[serde(default)]
+    pub required: bool,
+    /// Label shown to people.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Longer description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Example value.
+    #[serde(default)]
+    pub placeholder: Option<String>,
+    /// Group for presentation.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Order for presentation.
+    #[serde(default)]
+    pub order: Option<i64>,
+    /// Regular expression a value must match.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Message shown when the pattern does not match.
+    #[serde(default)]
+    pub pattern_error: Option<String>,
+    /// Choices, for Select.
+    #[serde(default)]
+    pub options: Vec<VariableOption>,
+    /// Lowest value, for Number and Port.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Highest value, for Number and Port.
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+/// Types a variable can have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum VariableType {
+    /// Any text.
+    #[default]
+    String,
+    /// A number.
+    Number,
+    /// `true` or `false`.
+    Boolean,
+    /// One of `options`.
+    Select,
+    /// A secret.
+    Password,
+    /// A TCP/UDP port, 1 to 65535.
+    Port,
+    /// A URL.
+    Url,
+    /// An e-mail address.
+    Email,
+    /// A file system path.
+    Path,
+    /// Text spanning lines.
+    MultiLine,
+    /// A database connection string (any flavour).
+    #[serde(
+        alias = "SqlServerConnectionString",
+        alias = "PostgresConnectionString",
+        alias = "MySqlConnectionString",
+        alias = "EventStoreConnectionString",
+        alias = "MongoConnectionString",
+        alias = "RedisConnectionString"
+    )]
+    ConnectionString,
+}
+
+/// One choice of a Select variable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VariableOption {
+    /// The value.
+    pub value: Scalar,
+    /// Label shown to people.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Longer description.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A service: one container.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    /// Image reference; may use variables.
+    pub image: String,
+    /// Container name requested by the manifest; rsgo names containers `<stack>_<service>`.
+    #[serde(default)]
+    pub container_name: Option<String>,
+    /// Environment variables.
+    #[serde(default)]
+    pub environment: BTreeMap<String, Scalar>,
+    /// Published ports: `host:container`, `ip:host:container`, optionally `/udp`.
+    #[serde(default)]
+    pub ports: Vec<Scalar>,
+    /// Mounts: `volume:/path[:ro]` or `/host/path:/path[:ro]`.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Extra networks.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    /// Services that start first.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Docker restart policy.
+    #[serde(default)]
+    pub restart: Option<String>,
+    /// Command, as a string or a list.
+    #[serde(default)]
+    pub command: Option<Command>,
+    /// Entrypoint, as a string or a list.
+    #[serde(default)]
+    pub entrypoint: Option<Command>,
+    /// Working directory.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// User to run as.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Extra container labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, Scalar>,
+    /// `service`, or `init` for a one-shot container.
+    #[serde(default)]
+    pub lifecycle: Option<String>,
+    /// Health check settings.
+    #[serde(default)]
+    pub health_check: Option<serde_yaml_ng::Value>,
+}
+
+/// A command line as a manifest writes it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    /// One string, split like a shell would (quotes honoured, no expansion).
+    Line(String),
+    /// Exact arguments.
+    Args(Vec<String>),
+}
+
+/// A YAML scalar read as text: `8080`, `true` and `"8080"` all become strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde_yaml_ng::Value;
+        match Value::deserialize(deserializer)? {
+            Value::String(s) => Ok(Scalar(s)),
+            Value::Number(n) => Ok(Scalar(n.to_string())),
+            Value::Bool(b) => Ok(Scalar(b.to_string())),
+            Value::Null => Ok(Scalar(String::new())),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a string, number or boolean, found {other:?}"
+            ))),
+        }
+    }
+}

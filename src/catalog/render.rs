@@ -1,0 +1,517 @@
+//! Turns a product version plus a stack's variables into the containers to run. Pure: no I/O.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::ProductVersion;
+use super::manifest::{Command, Variable, VariableType};
+
+/// Label prefix on everything rsgo creates; nothing without it is ever touched.
+pub const LABEL_PREFIX: &str = "io.rsgo.";
+/// Label marking an object as rsgo's.
+pub const LABEL_MANAGED: &str = "io.rsgo.managed";
+/// Label holding the stack name.
+pub const LABEL_STACK: &str = "io.rsgo.stack";
+/// Label holding the environment name.
+pub const LABEL_ENVIRONMENT: &str = "io.rsgo.environment";
+/// Label holding the service name.
+pub const LABEL_SERVICE: &str = "io.rsgo.service";
+/// Label holding the hash of the container's rendered spec.
+pub const LABEL_SPEC_HASH: &str = "io.rsgo.spec-hash";
+/// Label holding the deployment record that created the container.
+pub const LABEL_DEPLOYMENT: &str = "io.rsgo.deployment";
+/// Label holding the product version.
+pub const LABEL_VERSION: &str = "io.rsgo.version";
+
+/// Everything one stack needs on a Docker engine.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StackPlan {
+    /// The stack's own network, on which services reach each other by service name.
+    pub network: String,
+    /// Extra networks the manifest declares, by engine name.
+    pub extra_networks: Vec<String>,
+    /// Named volumes, by engine name.
+    pub volumes: Vec<String>,
+    /// Labels for the network and volumes.
+    pub labels: BTreeMap<String, String>,
+    /// One entry per service, in dependency order.
+    pub containers: Vec<ContainerPlan>,
+}
+
+/// One container as it should run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerPlan {
+    /// Service name from the manifest.
+    pub service: String,
+    /// Container name, `<stack>_<service>`.
+    pub name: String,
+    /// Image reference, variables substituted.
+    pub image: String,
+    /// `KEY=value` pairs, sorted.
+    pub env: Vec<String>,
+    /// Command arguments.
+    pub cmd: Option<Vec<String>>,
+    /// Entrypoint arguments.
+    pub entrypoint: Option<Vec<String>>,
+    /// Working directory.
+    pub working_dir: Option<String>,
+    /// User.
+    pub user: Option<String>,
+    /// Published ports.
+    pub ports: Vec<PortBinding>,
+    /// Mounts.
+    pub mounts: Vec<Mount>,
+    /// Docker restart policy name.
+    pub restart: Option<String>,
+    /// Networks to join (the stack network first).
+    pub networks: Vec<String>,
+    /// Container labels, rsgo's included (but not the spec hash).
+    pub labels: BTreeMap<String, String>,
+    /// Hash of everything above; a change means the container must be recreated.
+    pub spec_hash: String,
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortBinding {
+    /// Host address, when the manifest names one.
+    pub host_ip: Option<String>,
+    /// Host port; `None` lets Docker choose.
+    pub host_port: Option<u16>,
+    /// Container port.
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+}
+
+/// A mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mount {
+    /// Engine volume name, or a host path.
+    pub source: String,
+    /// Path in the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+    /// Whether `source` is a named volume (else a host path).
+    pub named_volume: bool,
+}
+
+/// Resolves every variable: manifest defaults, overridden by the stack's values. Checks
+/// required variables and the types rsgo can check without a pattern engine.
+pub fn resolve_variables(
+    declared: &BTreeMap<String, Variable>,
+    values: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut resolved = BTreeMap::new();
+    for (name, var) in declared {
+        let value = values
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .or_else(|| var.default.as_ref().map(|d| d.0.clone()).filter(|d| !d.is_empty()));
+        match value {
+            Some(value) => {
+                check_type(name, var, &value)?;
+                resolved.insert(name.clone(), value);
+            }
+            None if var.required => return Err(format!("variable '{name}' is required but has no value")),
+            None => {
+                resolved.insert(name.clone(), String::new());
+            }
+        }
+    }
+    for (name, value) in values {
+        resolved.entry(name.clone()).or_insert_with(|| value.clone());
+    }
+    Ok(resolved)
+}
+
+fn check_type(name: &str, var: &Variable, value: &str) -> Result<(), String> {
+    let number = || value.parse::<f64>().map_err(|_| format!("variable '{name}' must be a number, got '{value}'"));
+    let in_range = |n: f64| {
+        if var.min.is_some_and(|min| n < min) || var.max.is_some_and(|max| n > max) {
+            Err(format!("variable '{name}' is out of range: {value}"))
+        } else {
+            Ok(())
+        }
+    };
+    match var.kind {
+        VariableType::Number => in_range(number()?),
+        VariableType::Port => match value.parse::<u16>() {
+            Ok(port) if port >= 1 => in_range(f64::from(port)),
+            _ => Err(format!("variable '{name}' must be a port from 1 to 65535, got '{value}'")),
+        },
+        VariableType::Boolean if !matches!(value, "true" | "false") => {
+            Err(format!("variable '{name}' must be true or false, got '{value}'"))
+        }
+        VariableType::Select if !var.options.is_empty() && !var.options.iter().any(|o| o.value.0 == value) => {
+            let choices: Vec<&str> = var.options.iter().map(|o| o.value.0.as_str()).collect();
+            Err(format!("variable '{name}' must be one of {}, got '{value}'", choices.join(", ")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Substitutes `${VAR}` and `${VAR:-default}` (empty values fall back to the default); `$$` is a
+/// literal `$`. An unknown variable without a default is an error.
+pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or_else(|| format!("unclosed '${{' in '{text}'"))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (expr, None),
+            };
+            match (vars.get(name).filter(|v| !v.is_empty()), default) {
+                (Some(value), _) => out.push_str(value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) if vars.contains_key(name) => {}
+                (None, None) => return Err(format!("'{text}' uses undefined variable '{name}'")),
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Splits a command line like a shell would, honouring single and double quotes.
+pub fn split_command(line: &str) -> Result<Vec<String>, String> {
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let mut in_arg = false;
+    let mut quote = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => current.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_arg = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_arg {
+                    args.push(std::mem::take(&mut current));
+                    in_arg = false;
+                }
+            }
+            (None, c) => {
+                current.push(c);
+                in_arg = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("unbalanced quote in command '{line}'"));
+    }
+    if in_arg {
+        args.push(current);
+    }
+    Ok(args)
+}
+
+fn parse_port(spec: &str) -> Result<PortBinding, String> {
+    let (spec, protocol) = match spec.rsplit_once('/') {
+        Some((spec, proto @ ("tcp" | "udp"))) => (spec, proto),
+        Some((_, proto)) => return Err(format!("port '{spec}': unknown protocol '{proto}'")),
+        None => (spec, "tcp"),
+    };
+    let port = |p: &str| p.parse::<u16>().map_err(|_| format!("port '{spec}': '{p}' is not a port number"));
+    let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+    let (host_ip, host_port, container_port) = match parts.as_slice() {
+        [container] => (None, None, port(container)?),
+        [container, host] => (None, Some(port(host)?), port(container)?),
+        [container, host, ip] => (Some(ip.trim_matches(['[', ']']).to_owned()), Some(port(host)?), port(container)?),
+        _ => unreachable!("rsplitn(3) yields one to three parts"),
+    };
+    Ok(PortBinding {
+        host_ip,
+        host_port,
+        container_port,
+        protocol: protocol.to_owned(),
+    })
+}
+
+fn parse_mount(spec: &str, stack: &str) -> Result<Mount, String> {
+    let mut parts = spec.split(':');
+    let (source, target) = match (parts.next(), parts.next()) {
+        (Some(source), Some(target)) if !source.is_empty() && target.starts_with('/') => (source, target),
+        _ => return Err(format!("volume '{spec}': expected 'name:/path[:ro]' or '/host/path:/path[:ro]'")),
+    };
+    let read_only = match parts.next() {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(mode) => return Err(format!("volume '{spec}': unknown mode '{mode}', use ro or rw")),
+    };
+    let host_path = source.starts_with(['/', '.', '~']);
+    Ok(Mount {
+        source: if host_path { source.to_owned() } else { format!("{stack}_{source}") },
+        target: target.to_owned(),
+        read_only,
+        named_volume: !host_path,
+    })
+}
+
+fn command_args(command: &Option<Command>, vars: &BTreeMap<String, String>) -> Result<Option<Vec<String>>, String> {
+    match command {
+        None => Ok(None),
+        Some(Command::Line(line)) => Ok(Some(split_command(&substitute(line, vars)?)?)),
+        Some(Command::Args(args)) => args.iter().map(|a| substitute(a, vars)).collect::<Result<_, _>>().map(Some),
+    }
+}
+
+/// Orders services so that each comes after the ones it depends on.
+fn dependency_order(pv: &ProductVersion) -> Result<Vec<&str>, String> {
+    let services = &pv.manifest.services;
+    let mut order: Vec<&str> = Vec::with_capacity(services.len());
+    let mut visiting = Vec::new();
+    fn visit<'a>(
+        name: &'a str,
+        services: &'a BTreeMap<String, super::manifest::Service>,
+        order: &mut Vec<&'a str>,
+        visiting: &mut Vec<&'a str>,
+    ) -> Result<(), String> {
+        if order.contains(&name) {
+            return Ok(());
+        }
+        if visiting.contains(&name) {
+            return Err(format!("services depend on each other in a cycle: {} -> {name}", visiting.join(" -> ")));
+        }
+        let (key, service) = services
+            .get_key_value(name)
+            .ok_or_else(|| format!("dependsOn names unknown service '{name}'"))?;
+        visiting.push(key);
+        for dep in &service.depends_on {
+            visit(dep, services, order, visiting)?;
+        }
+        visiting.pop();
+        order.push(key);
+        Ok(())
+    }
+    for name in services.keys() {
+        visit(name, services, &mut order, &mut visiting)?;
+    }
+    Ok(order)
+}
+
+/// Renders the containers, network and volumes of `stack` in `environment` from a product version.
+pub fn render(
+    stack: &str,
+    environment: &str,
+    pv: &ProductVersion,
+    values: &BTreeMap<String, String>,
+) -> Result<StackPlan, String> {
+    let vars = resolve_variables(&pv.manifest.variables, values)?;
+    let base_labels = BTreeMap::from([
+        (LABEL_MANAGED.to_owned(), "true".to_owned()),
+        (LABEL_STACK.to_owned(), stack.to_owned()),
+        (LABEL_ENVIRONMENT.to_owned(), environment.to_owned()),
+    ]);
+    let network = format!("{stack}_default");
+    let mut containers = Vec::new();
+    for service_name in dependency_order(pv)? {
+        let service = &pv.manifest.services[service_name];
+        let context = |e: String| format!("service '{service_name}': {e}");
+        let image = substitute(&service.image, &vars).map_err(context)?;
+        if image.trim().is_empty() {
+            return Err(context("image is empty".into()));
+        }
+        let mut env = Vec::new();
+        for (key, value) in &service.environment {
+            env.push(format!("{key}={}", substitute(&value.0, &vars).map_err(context)?));
+        }
+        let mut ports = Vec::new();
+        for port in &service.ports {
+            ports.push(parse_port(&substitute(&port.0, &vars).map_err(context)?).map_err(context)?);
+        }
+        let mut mounts = Vec::new();
+        for volume in &service.volumes {
+            mounts.push(parse_mount(&substitute(volume, &vars).map_err(context)?, stack).map_err(context)?);
+        }
+        let mut networks = vec![network.clone()];
+        for extra in &service.networks {
+            if !pv.manifest.networks.contains_key(extra) && extra != "default" {
+                return Err(context(format!("network '{extra}' is not declared under networks")));
+            }
+            if extra != "default" {
+                networks.push(format!("{stack}_{extra}"));
+            }
+        }
+        let mut labels = base_labels.clone();
+        for (key, value) in &service.labels {
+            if key.starts_with(LABEL_PREFIX) {
+                return Err(context(format!("label '{key}' is reserved for rsgo")));
+            }
+            labels.insert(key.clone(), substitute(&value.0, &vars).map_err(context)?);
+        }
+        labels.insert(LABEL_SERVICE.into(), service_name.to_owned());
+        labels.insert(LABEL_VERSION.into(), pv.version.to_string());
+        let mut plan = ContainerPlan {
+            service: service_name.to_owned(),
+            name: format!("{stack}_{service_name}"),
+            image,
+            env,
+            cmd: command_args(&service.command, &vars).map_err(context)?,
+            entrypoint: command_args(&service.entrypoint, &vars).map_err(context)?,
+            working_dir: service.working_dir.as_deref().map(|d| substitute(d, &vars)).transpose().map_err(context)?,
+            user: service.user.as_deref().map(|u| substitute(u, &vars)).transpose().map_err(context)?,
+            ports,
+            mounts,
+            restart: service.restart.clone(),
+            networks,
+            labels,
+            spec_hash: String::new(),
+        };
+        plan.spec_hash = spec_hash(&plan);
+        containers.push(plan);
+    }
+    let mut volumes: Vec<String> = pv.manifest.volumes.keys().map(|v| format!("{stack}_{v}")).collect();
+    for mount in containers.iter().flat_map(|c| &c.mounts).filter(|m| m.named_volume) {
+        if !volumes.contains(&mount.source) {
+            volumes.push(mount.source.clone());
+        }
+    }
+    Ok(StackPlan {
+        network,
+        extra_networks: pv.manifest.networks.keys().map(|n| format!("{stack}_{n}")).collect(),
+        volumes,
+        labels: base_labels,
+        containers,
+    })
+}
+
+fn spec_hash(plan: &ContainerPlan) -> String {
+    let json = serde_json::to_vec(plan).expect("a container plan always serializes");
+    Sha256::digest(&json)[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::parse_manifest;
+    use std::path::Path;
+
+    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const MANIFEST: &str = r#"
+metadata: {name: Shop, productId: shop, productVersion: "6.4.0"}
+variables:
+  PORT: {type: Port, default: "8080"}
+  GREETING: {required: true}
+  TAG: {default: "1"}
+services:
+  web:
+    image: "registry.local/web:${TAG}"
+    environment: {GREETING: "${GREETING}", MODE: "${MODE:-prod}", LITERAL: "$$HOME", N: 3}
+    ports: ["${PORT}:80", "127.0.0.1:9090:90/udp"]
+    volumes: ["data:/data", "/etc/hosts:/host-hosts:ro"]
+    command: sh -c 'echo "hi there"'
+    dependsOn: [db]
+    restart: unless-stopped
+  db:
+    image: registry.local/db
+volumes:
+  data: {}
+"#;
+
+    fn product() -> ProductVersion {
+        parse_manifest(Path::new("shop.yaml"), MANIFEST).unwrap().unwrap()
+    }
+
+    #[test]
+    fn renders_containers_in_dependency_order_with_variables() {
+        let plan = render("shop", "local", &product(), &vars(&[("GREETING", "hello")])).unwrap();
+        assert_eq!(plan.network, "shop_default");
+        assert_eq!(plan.volumes, ["shop_data"]);
+        let names: Vec<&str> = plan.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["shop_db", "shop_web"]);
+        let web = &plan.containers[1];
+        assert_eq!(web.image, "registry.local/web:1");
+        assert_eq!(web.env, ["GREETING=hello", "LITERAL=$HOME", "MODE=prod", "N=3"]);
+        assert_eq!(web.cmd.as_deref(), Some(&["sh".to_string(), "-c".into(), "echo \"hi there\"".into()][..]));
+        assert_eq!(
+            web.ports,
+            [
+                PortBinding { host_ip: None, host_port: Some(8080), container_port: 80, protocol: "tcp".into() },
+                PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(9090),
+                    container_port: 90,
+                    protocol: "udp".into()
+                },
+            ]
+        );
+        assert_eq!(web.mounts[0].source, "shop_data");
+        assert!(web.mounts[0].named_volume && !web.mounts[0].read_only);
+        assert!(!web.mounts[1].named_volume && web.mounts[1].read_only);
+        assert_eq!(web.labels[LABEL_STACK], "shop");
+        assert_eq!(web.labels[LABEL_SERVICE], "web");
+        assert_eq!(web.restart.as_deref(), Some("unless-stopped"));
+    }
+
+    #[test]
+    fn spec_hash_changes_only_with_the_spec() {
+        let p = product();
+        let a = render("shop", "local", &p, &vars(&[("GREETING", "hello")])).unwrap();
+        let b = render("shop", "local", &p, &vars(&[("GREETING", "hello")])).unwrap();
+        let c = render("shop", "local", &p, &vars(&[("GREETING", "bye")])).unwrap();
+        assert_eq!(a.containers[1].spec_hash, b.containers[1].spec_hash);
+        assert_ne!(a.containers[1].spec_hash, c.containers[1].spec_hash);
+        assert_eq!(a.containers[0].spec_hash, c.containers[0].spec_hash);
+    }
+
+    #[test]
+    fn variable_errors_name_the_variable() {
+        let p = product();
+        let missing = render("shop", "local", &p, &vars(&[])).unwrap_err();
+        assert!(missing.contains("'GREETING' is required"), "{missing}");
+        let port = render("shop", "local", &p, &vars(&[("GREETING", "x"), ("PORT", "70000")])).unwrap_err();
+        assert!(port.contains("'PORT' must be a port"), "{port}");
+    }
+
+    #[test]
+    fn substitution_rules() {
+        let v = vars(&[("A", "1"), ("EMPTY", "")]);
+        assert_eq!(substitute("x${A}y", &v).unwrap(), "x1y");
+        assert_eq!(substitute("${EMPTY:-d}", &v).unwrap(), "d");
+        assert_eq!(substitute("${EMPTY}", &v).unwrap(), "");
+        assert_eq!(substitute("${B:-fallback}", &v).unwrap(), "fallback");
+        assert_eq!(substitute("$$A $A", &v).unwrap(), "$A $A");
+        assert!(substitute("${B}", &v).unwrap_err().contains("undefined variable 'B'"));
+        assert!(substitute("${A", &v).is_err());
+    }
+
+    #[test]
+    fn bad_ports_mounts_and_commands_are_refused() {
+        assert!(parse_port("80:http").is_err());
+        assert!(parse_port("80/sctp").is_err());
+        assert_eq!(parse_port("5000").unwrap().host_port, None);
+        assert!(parse_mount("data", "s").is_err());
+        assert!(parse_mount("data:/d:rx", "s").is_err());
+        assert!(split_command("echo 'open").is_err());
+        assert_eq!(split_command("a  ''  b").unwrap(), ["a", "", "b"]);
+    }
+
+    #[test]
+    fn dependency_cycles_are_reported() {
+        let text = "metadata: {name: c, productVersion: '1.0.0'}\nservices:\n  a: {image: x, dependsOn: [b]}\n  b: {image: y, dependsOn: [a]}\n";
+        let pv = parse_manifest(Path::new("c.yaml"), text).unwrap().unwrap();
+        assert!(render("c", "local", &pv, &BTreeMap::new()).unwrap_err().contains("cycle"));
+    }
+}

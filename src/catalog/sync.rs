@@ -1,0 +1,77 @@
+//! Loading catalog sources into the in-memory catalog and reporting on each source.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::{Catalog, Loaded, load_directory};
+use crate::model::{CatalogSource, CatalogSourceStatus};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// What a sync of every source found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SyncReport {
+    /// Sources read without a source-level failure.
+    pub sources_synced: usize,
+    /// Product versions the catalog holds after the sync.
+    pub versions_loaded: usize,
+    /// Every problem, each naming its source and file.
+    pub errors: Vec<String>,
+}
+
+/// Reads every CatalogSource now. A source that cannot be read keeps its last good set of
+/// products and its error is reported; broken files are reported and the rest still load.
+pub async fn sync_all(store: &Arc<dyn Store>, catalog: &Arc<RwLock<Catalog>>) -> Result<SyncReport> {
+    let sources = store.list::<CatalogSource>(None).await?;
+    let mut report = SyncReport::default();
+    for source in &sources {
+        let name = source.name_any();
+        let outcome = match &source.spec.directory {
+            Some(dir) => {
+                let path = PathBuf::from(&dir.path);
+                tokio::task::spawn_blocking(move || load_directory(&path))
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))?
+            }
+            None => Err(Error::Invalid("the source names no directory".into())),
+        };
+        let status = match outcome {
+            Ok(Loaded { versions, errors }) => {
+                report.sources_synced += 1;
+                let products: std::collections::BTreeSet<_> = versions.iter().map(|v| v.product.clone()).collect();
+                let status = CatalogSourceStatus {
+                    last_sync_at: Some(Timestamp::now()),
+                    products_loaded: products.len() as u32,
+                    versions_loaded: versions.len() as u32,
+                    errors: errors.clone(),
+                };
+                write_lock(catalog)?.replace_source(&name, versions);
+                report.errors.extend(errors.into_iter().map(|e| format!("source '{name}': {e}")));
+                status
+            }
+            Err(error) => {
+                let message = format!("source '{name}': {error}; keeping its last good catalog");
+                report.errors.push(message.clone());
+                CatalogSourceStatus {
+                    errors: vec![message],
+                    ..source.status.clone().unwrap_or_default()
+                }
+            }
+        };
+        let mut updated = source.clone();
+        updated.status = Some(status);
+        store.update_status(&updated).await?;
+    }
+    let mut catalog = write_lock(catalog)?;
+    let known: Vec<String> = sources.iter().map(|s| s.name_any()).collect();
+    catalog.retain_sources(&known);
+    report.versions_loaded = catalog.counts().1;
+    Ok(report)
+}
+
+fn write_lock(catalog: &RwLock<Catalog>) -> Result<std::sync::RwLockWriteGuard<'_, Catalog>> {
+    catalog.write().map_err(|_| Error::Task("catalog lock poisoned".into()))
+}

@@ -1,0 +1,247 @@
+//! `rsgo apikey`: keys are shown once at creation; only their hashes are stored.
+
+use std::sync::Arc;
+
+use clap::{Subcommand, ValueEnum};
+use jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use kube::api::ObjectMeta;
+use serde_json::json;
+
+use super::{Format, print_as};
+use crate::auth;
+use crate::model::{ApiKey, ApiKeySpec, Environment};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// API key commands.
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Create a key; only the key is printed on stdout.
+    Create {
+        /// Display name, such as "GitHub Actions Deploy".
+        #[arg(long)]
+        name: String,
+        /// Permission to grant; repeat for several.
+        #[arg(long = "permission", required = true)]
+        permissions: Vec<String>,
+        /// Limit the key to this environment.
+        #[arg(long)]
+        environment: Option<String>,
+        /// Expire after this long: `30d`, `12h`, `90m`.
+        #[arg(long, conflicts_with = "expires_at")]
+        expires_in: Option<String>,
+        /// Expire at this RFC 3339 time.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Print `{id, name, prefix, key, ...}` as JSON instead of the bare key.
+        #[arg(short = 'o', long)]
+        output: Option<KeyOutput>,
+    },
+    /// List keys (never their secrets).
+    List {
+        /// Output format; a table when absent.
+        #[arg(short = 'o', long)]
+        output: Option<Format>,
+    },
+    /// Revoke a key at once; the record is kept.
+    Revoke {
+        /// The key's name, display name, id or prefix.
+        name_or_id: String,
+        /// Why it is revoked.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// Output of `apikey create`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KeyOutput {
+    /// JSON with the key and its details.
+    Json,
+}
+
+/// Parses `30d`, `12h`, `90m` or `45s`.
+pub fn parse_duration(text: &str) -> Result<SignedDuration> {
+    let invalid = || Error::Invalid(format!("'{text}' is not a duration; use a number with d, h, m or s, such as 30d"));
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?);
+    let number: i64 = number.parse().map_err(|_| invalid())?;
+    let seconds = match unit {
+        "d" => number * 86_400,
+        "h" => number * 3_600,
+        "m" => number * 60,
+        "s" => number,
+        _ => return Err(invalid()),
+    };
+    if seconds <= 0 {
+        return Err(invalid());
+    }
+    Ok(SignedDuration::from_secs(seconds))
+}
+
+/// A Kubernetes-style object name from a display name.
+fn object_name(display: &str) -> String {
+    let mut name: String = display
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    while name.contains("--") {
+        name = name.replace("--", "-");
+    }
+    name.trim_matches('-').chars().take(63).collect()
+}
+
+/// Runs an API key command.
+pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
+    match command {
+        ApikeyCommand::Create {
+            name,
+            permissions,
+            environment,
+            expires_in,
+            expires_at,
+            output,
+        } => {
+            auth::validate_permissions(&permissions).map_err(Error::Invalid)?;
+            let object = object_name(&name);
+            if object.is_empty() {
+                return Err(Error::Invalid("--name needs at least one letter or digit".into()));
+            }
+            if let Some(env) = &environment
+                && store.get::<Environment>("", env).await?.is_none()
+            {
+                return Err(Error::Invalid(format!("environment '{env}' does not exist")));
+            }
+            let expires_at = match (expires_in, expires_at) {
+                (Some(after), _) => Some(Timestamp::now() + parse_duration(&after)?),
+                (None, Some(at)) => Some(
+                    at.parse::<Timestamp>()
+                        .map_err(|e| Error::Invalid(format!("--expires-at '{at}' is not an RFC 3339 time: {e}")))?,
+                ),
+                (None, None) => None,
+            };
+            let key = auth::generate();
+            let record = ApiKey {
+                metadata: ObjectMeta {
+                    name: Some(object),
+                    ..Default::default()
+                },
+                spec: ApiKeySpec {
+                    display_name: name.clone(),
+                    key_hash: key.hash.clone(),
+                    prefix: key.prefix.clone(),
+                    permissions: permissions.clone(),
+                    environment: environment.clone(),
+                    expires_at,
+                    ..Default::default()
+                },
+                status: None,
+            };
+            let stored = store.create(&record).await.map_err(|e| match e {
+                Error::AlreadyExists { .. } => Error::Invalid(format!("an API key named '{name}' already exists")),
+                other => other,
+            })?;
+            let id = stored.uid().unwrap_or_default();
+            match output {
+                Some(KeyOutput::Json) => print_as(
+                    &json!({
+                        "id": id, "name": name, "prefix": key.prefix, "key": key.plaintext,
+                        "permissions": permissions, "environment": environment, "expiresAt": expires_at,
+                    }),
+                    Format::Json,
+                )?,
+                None => {
+                    println!("{}", key.plaintext);
+                    eprintln!(
+                        "Created API key '{name}' (id {id}, prefix {}) with {}. Copy it now: it is not shown again.",
+                        key.prefix,
+                        permissions.join(", ")
+                    );
+                }
+            }
+            Ok(())
+        }
+        ApikeyCommand::List { output } => {
+            let keys = store.list::<ApiKey>(None).await?;
+            if let Some(format) = output {
+                let items: Vec<_> = keys.iter().map(crate::store::encode).collect::<Result<_>>()?;
+                return print_as(&json!({"apiVersion": "v1", "kind": "List", "items": items}), format);
+            }
+            println!("{:<28} {:<10} {:<36} {:<12} {:<8} {}", "NAME", "PREFIX", "PERMISSIONS", "ENVIRONMENT", "STATE", "LAST USED");
+            for key in keys {
+                let state = if key.spec.revoked {
+                    "revoked"
+                } else if key.spec.expires_at.is_some_and(|at| at <= Timestamp::now()) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                let last_used = key.status.as_ref().and_then(|s| s.last_used_at).map(|t| t.to_string());
+                println!(
+                    "{:<28} {:<10} {:<36} {:<12} {:<8} {}",
+                    key.spec.display_name,
+                    key.spec.prefix,
+                    key.spec.permissions.join(","),
+                    key.spec.environment.as_deref().unwrap_or("*"),
+                    state,
+                    last_used.as_deref().unwrap_or("never")
+                );
+            }
+            Ok(())
+        }
+        ApikeyCommand::Revoke { name_or_id, reason } => {
+            let keys = store.list::<ApiKey>(None).await?;
+            let matches: Vec<ApiKey> = keys
+                .into_iter()
+                .filter(|k| {
+                    k.name_any() == name_or_id
+                        || k.spec.display_name == name_or_id
+                        || k.uid().as_deref() == Some(name_or_id.as_str())
+                        || k.spec.prefix == name_or_id
+                })
+                .collect();
+            let mut key = match <[ApiKey; 1]>::try_from(matches) {
+                Ok([key]) => key,
+                Err(found) if found.is_empty() => {
+                    return Err(Error::NotFound {
+                        kind: "ApiKey".into(),
+                        name: name_or_id,
+                    });
+                }
+                Err(_) => return Err(Error::Invalid(format!("'{name_or_id}' matches several keys; use the id"))),
+            };
+            if key.spec.revoked {
+                eprintln!("API key '{}' was already revoked.", key.spec.display_name);
+                return Ok(());
+            }
+            key.spec.revoked = true;
+            key.spec.revoked_at = Some(Timestamp::now());
+            key.spec.revoked_reason = reason;
+            store.update(&key).await?;
+            eprintln!("Revoked API key '{}' ({}).", key.spec.display_name, key.spec.prefix);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d").unwrap(), SignedDuration::from_secs(30 * 86_400));
+        assert_eq!(parse_duration("2h").unwrap(), SignedDuration::from_secs(7_200));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("0d").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+
+    #[test]
+    fn object_names_from_display_names() {
+        assert_eq!(object_name("GitHub Actions  Deploy!"), "github-actions-deploy");
+        assert_eq!(object_name("***"), "");
+    }
+}

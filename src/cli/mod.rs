@@ -1,0 +1,132 @@
+//! The `rsgo` command line.
+
+mod apikey;
+mod resources;
+mod serve;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kube::api::ObjectMeta;
+
+use crate::model::{DEFAULT_ENVIRONMENT, DockerEndpoint, Environment, EnvironmentSpec};
+use crate::store::{SqliteStore, Store};
+use crate::{Error, Result};
+
+/// rsgo: deploy container stacks from a versioned catalog, driven by CI webhooks and GitOps.
+#[derive(Debug, Parser)]
+#[command(name = "rsgo", version, about)]
+pub struct Cli {
+    /// Directory holding rsgo's database.
+    #[arg(long, env = "RSGO_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// rsgo's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the hooks and run the reconciler.
+    Serve(serve::ServeArgs),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Apikey(apikey::ApikeyCommand),
+    /// Create or update Environment, CatalogSource, Stack and ApiKey objects from YAML.
+    Apply {
+        /// File with one or more YAML documents (`-` reads standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Show stacks, deployments or environments.
+    Get {
+        /// What to show.
+        resource: resources::Listable,
+        /// Only this one.
+        name: Option<String>,
+        /// Output format; a table when absent.
+        #[arg(short = 'o', long)]
+        output: Option<Format>,
+        /// Only this environment (stacks and deployments).
+        #[arg(long)]
+        environment: Option<String>,
+    },
+    /// Delete a stack: its containers and network go, its volumes stay.
+    Delete {
+        /// What to delete.
+        resource: resources::Deletable,
+        /// Name of the stack.
+        name: String,
+        /// Environment of the stack.
+        #[arg(long, default_value = DEFAULT_ENVIRONMENT)]
+        environment: String,
+    },
+}
+
+/// Machine-readable output formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cli.data_dir)?);
+    ensure_default_environment(&store).await?;
+    match cli.command {
+        Command::Serve(args) => serve::serve(store, args).await,
+        Command::Apikey(command) => apikey::run(&store, command).await,
+        Command::Apply { file } => resources::apply(&store, &file).await,
+        Command::Get {
+            resource,
+            name,
+            output,
+            environment,
+        } => resources::get(&store, resource, name.as_deref(), environment.as_deref(), output).await,
+        Command::Delete {
+            resource,
+            name,
+            environment,
+        } => resources::delete(&store, resource, &name, &environment).await,
+    }
+}
+
+/// Creates the `local` environment (Docker at `DOCKER_HOST`, else the default socket) once.
+async fn ensure_default_environment(store: &Arc<dyn Store>) -> Result<()> {
+    if store.get::<Environment>("", DEFAULT_ENVIRONMENT).await?.is_some() {
+        return Ok(());
+    }
+    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let env = Environment {
+        metadata: ObjectMeta {
+            name: Some(DEFAULT_ENVIRONMENT.into()),
+            ..Default::default()
+        },
+        spec: EnvironmentSpec {
+            docker: Some(DockerEndpoint { host }),
+        },
+        status: None,
+    };
+    match store.create(&env).await {
+        Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Prints a value as JSON or YAML on stdout.
+fn print_as(value: &serde_json::Value, format: Format) -> Result<()> {
+    let text = match format {
+        Format::Json => serde_json::to_string_pretty(value).map_err(|e| Error::json("printing", e))?,
+        Format::Yaml => serde_yaml_ng::to_string(value).map_err(|e| Error::Yaml {
+            context: "printing".into(),
+            source: e,
+        })?,
+    };
+    println!("{}", text.trim_end());
+    Ok(())
+}

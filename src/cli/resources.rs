@@ -1,0 +1,280 @@
+//! `rsgo apply`, `rsgo get` and `rsgo delete`.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Format, print_as};
+use crate::model::{API_VERSION, ApiKey, CatalogSource, DeploymentRecord, Environment, Stack};
+use crate::store::{Object, Store, Write, encode};
+use crate::{Error, Result};
+
+/// Kinds `rsgo get` shows.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Listable {
+    /// Stacks.
+    Stacks,
+    /// Deployment records.
+    Deployments,
+    /// Environments.
+    Environments,
+}
+
+/// Kinds `rsgo delete` removes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Deletable {
+    /// A stack.
+    Stack,
+}
+
+/// How long `rsgo delete` waits for the server to remove a stack's containers.
+const DELETE_WAIT: Duration = Duration::from_secs(60);
+
+fn read_input(file: &Path) -> Result<String> {
+    if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Error::io("reading standard input", e))?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(file).map_err(|e| Error::io(format!("reading {}", file.display()), e))
+}
+
+/// Decodes one document into `K`, saying which document failed.
+fn decode<K: Object>(doc: &Value, position: usize) -> Result<K> {
+    serde_json::from_value(doc.clone()).map_err(|e| Error::Invalid(format!("document {position}: {e}")))
+}
+
+/// Applies every document or none: all are parsed and checked before one atomic write.
+pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
+    let text = read_input(file)?;
+    let mut docs = Vec::new();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let value = Value::deserialize(document).map_err(|e| Error::Yaml {
+            context: format!("{}: document {}", file.display(), index + 1),
+            source: e,
+        })?;
+        if !value.is_null() {
+            docs.push((index + 1, value));
+        }
+    }
+    if docs.is_empty() {
+        return Err(Error::Invalid(format!("{} holds no objects", file.display())));
+    }
+    let mut new_environments = BTreeSet::new();
+    let mut prepared: Vec<(String, Value)> = Vec::new();
+    for (position, doc) in &docs {
+        let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        if api_version != API_VERSION {
+            return Err(Error::Invalid(format!(
+                "document {position}: apiVersion must be {API_VERSION}, got '{api_version}'"
+            )));
+        }
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let value = match kind {
+            "Environment" => {
+                let env: Environment = decode(doc, *position)?;
+                new_environments.insert(env.name_any());
+                encode(&env)?
+            }
+            "CatalogSource" => {
+                let source: CatalogSource = decode(doc, *position)?;
+                if source.spec.directory.is_none() {
+                    return Err(Error::Invalid(format!("document {position}: CatalogSource needs spec.directory.path")));
+                }
+                encode(&source)?
+            }
+            "Stack" => {
+                let mut stack: Stack = decode(doc, *position)?;
+                let env = stack.spec.environment.clone();
+                match stack.metadata.namespace.as_deref() {
+                    Some(ns) if ns != env => {
+                        return Err(Error::Invalid(format!(
+                            "document {position}: metadata.namespace '{ns}' differs from spec.environment '{env}'"
+                        )));
+                    }
+                    _ => stack.metadata.namespace = Some(env.clone()),
+                }
+                if !new_environments.contains(&env) && store.get::<Environment>("", &env).await?.is_none() {
+                    return Err(Error::Invalid(format!("document {position}: environment '{env}' does not exist")));
+                }
+                encode(&stack)?
+            }
+            "ApiKey" => {
+                let key: ApiKey = decode(doc, *position)?;
+                crate::auth::validate_permissions(&key.spec.permissions)
+                    .map_err(|e| Error::Invalid(format!("document {position}: {e}")))?;
+                encode(&key)?
+            }
+            other => {
+                return Err(Error::Invalid(format!(
+                    "document {position}: kind '{other}' cannot be applied; use Environment, CatalogSource, Stack or ApiKey"
+                )));
+            }
+        };
+        if value.pointer("/metadata/name").and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Err(Error::Invalid(format!("document {position}: metadata.name is required")));
+        }
+        prepared.push((kind.to_owned(), value));
+    }
+    let mut writes = Vec::new();
+    let mut report = Vec::new();
+    for (kind, mut value) in prepared {
+        let name = value["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let namespace = value["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+        if let Some(meta) = value["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+        let existing = store.get_raw(kind.clone(), namespace, name.clone()).await?;
+        let verb = match &existing {
+            None => "created",
+            Some(old) if old.get("spec") == value.get("spec") => "unchanged",
+            Some(_) => "configured",
+        };
+        report.push(format!("{}/{name} {verb}", kind.to_lowercase()));
+        match existing {
+            None => writes.push(Write::Create(value)),
+            Some(_) if verb == "unchanged" => {}
+            Some(_) => writes.push(Write::Update(value)),
+        }
+    }
+    store.write(writes).await?;
+    for line in report {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Prints stacks, deployment records or environments.
+pub async fn get(
+    store: &Arc<dyn Store>,
+    what: Listable,
+    name: Option<&str>,
+    environment: Option<&str>,
+    output: Option<Format>,
+) -> Result<()> {
+    let rows: Vec<(Value, Vec<String>)> = match what {
+        Listable::Stacks => store
+            .list::<Stack>(environment)
+            .await?
+            .iter()
+            .map(|s| {
+                let status = s.status.clone().unwrap_or_default();
+                let row = vec![
+                    s.name_any(),
+                    s.spec.environment.clone(),
+                    s.spec.product.clone(),
+                    status.deployed_version.unwrap_or_else(|| "-".into()),
+                    status.phase.map_or("Pending".into(), |p| format!("{p:?}")),
+                    status.message.unwrap_or_default(),
+                ];
+                encode(s).map(|v| (v, row))
+            })
+            .collect::<Result<_>>()?,
+        Listable::Deployments => {
+            let mut records = store.list::<DeploymentRecord>(environment).await?;
+            records.sort_by_key(|r| r.spec.requested_at);
+            records
+                .iter()
+                .map(|r| {
+                    let status = r.status.clone().unwrap_or_default();
+                    let row = vec![
+                        r.name_any(),
+                        r.spec.stack.clone(),
+                        format!("{:?}", r.spec.action),
+                        format!("{:?}", status.phase),
+                        r.spec.requested_at.to_string(),
+                        status.message.unwrap_or_default(),
+                    ];
+                    encode(r).map(|v| (v, row))
+                })
+                .collect::<Result<_>>()?
+        }
+        Listable::Environments => store
+            .list::<Environment>(None)
+            .await?
+            .iter()
+            .map(|e| {
+                let status = e.status.clone().unwrap_or_default();
+                let row = vec![
+                    e.name_any(),
+                    e.spec.docker.as_ref().map(|d| d.host.clone()).unwrap_or_default(),
+                    status.reachable.map_or("unknown".into(), |r| r.to_string()),
+                    status.engine_version.or(status.message).unwrap_or_default(),
+                ];
+                encode(e).map(|v| (v, row))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(_, row)| name.is_none_or(|n| row[0] == n))
+        .collect();
+    if let Some(name) = name
+        && rows.is_empty()
+    {
+        return Err(Error::NotFound {
+            kind: format!("{what:?}").to_lowercase(),
+            name: name.into(),
+        });
+    }
+    if let Some(format) = output {
+        let value = match (name, rows.as_slice()) {
+            (Some(_), [(one, _)]) => one.clone(),
+            _ => json!({"apiVersion": "v1", "kind": "List", "items": rows.iter().map(|(v, _)| v).collect::<Vec<_>>()}),
+        };
+        return print_as(&value, format);
+    }
+    let header: &[&str] = match what {
+        Listable::Stacks => &["NAME", "ENVIRONMENT", "PRODUCT", "VERSION", "PHASE", "MESSAGE"],
+        Listable::Deployments => &["ID", "STACK", "ACTION", "PHASE", "REQUESTED", "MESSAGE"],
+        Listable::Environments => &["NAME", "DOCKER", "REACHABLE", "ENGINE"],
+    };
+    let table: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
+        .chain(rows.into_iter().map(|(_, row)| row))
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in table {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    Ok(())
+}
+
+/// Marks a stack for deletion; the server removes its containers and network, then the stack.
+pub async fn delete(store: &Arc<dyn Store>, what: Deletable, name: &str, environment: &str) -> Result<()> {
+    let Deletable::Stack = what;
+    let mut stack = store.get::<Stack>(environment, name).await?.ok_or_else(|| Error::NotFound {
+        kind: "Stack".into(),
+        name: format!("{name}' in environment '{environment}"),
+    })?;
+    if stack.metadata.deletion_timestamp.is_none() {
+        stack.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        store.update(&stack).await?;
+    }
+    let deadline = tokio::time::Instant::now() + DELETE_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if store.get::<Stack>(environment, name).await?.is_none() {
+            println!("stack/{name} deleted (containers and network removed, volumes kept)");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(Error::Invalid(format!(
+        "stack/{name} is marked for deletion, but no rsgo server removed it within {}s; \
+         it is removed as soon as `rsgo serve` runs",
+        DELETE_WAIT.as_secs()
+    )))
+}

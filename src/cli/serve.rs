@@ -1,0 +1,128 @@
+//! `rsgo serve`: the hooks, the catalog and the reconciler in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clap::Args;
+use futures::StreamExt;
+use kube::ResourceExt;
+use kube::api::ObjectMeta;
+use kube::runtime::{WatchStreamExt, predicates};
+use sha2::{Digest, Sha256};
+
+use crate::api::{AppState, router};
+use crate::catalog::{Catalog, sync};
+use crate::model::{CatalogSource, CatalogSourceSpec, DEFAULT_ENVIRONMENT, DirectorySource};
+use crate::reconcile::{self, Context};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// Options of `rsgo serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to serve the API on.
+    #[arg(long, env = "RSGO_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Register a directory of manifests as a catalog source; repeat for several.
+    #[arg(long = "catalog")]
+    pub catalogs: Vec<PathBuf>,
+    /// Seconds between full reconciles that correct drift.
+    #[arg(long, env = "RSGO_RESYNC_SECONDS", default_value_t = 30)]
+    pub resync_seconds: u64,
+    /// Environment used when neither a request nor its key names one.
+    #[arg(long, default_value = DEFAULT_ENVIRONMENT)]
+    pub default_environment: String,
+}
+
+/// Registers a `--catalog` directory as a CatalogSource named after the directory.
+async fn register_catalog(store: &Arc<dyn Store>, dir: &std::path::Path) -> Result<()> {
+    let path = std::fs::canonicalize(dir).map_err(|e| Error::io(format!("--catalog {}", dir.display()), e))?;
+    let digest: String = Sha256::digest(path.to_string_lossy().as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let source = CatalogSource {
+        metadata: ObjectMeta {
+            name: Some(format!("dir-{digest}")),
+            ..Default::default()
+        },
+        spec: CatalogSourceSpec {
+            directory: Some(DirectorySource {
+                path: path.to_string_lossy().into_owned(),
+            }),
+        },
+        status: None,
+    };
+    match store.create(&source).await {
+        Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn serve(store: Arc<dyn Store>, args: ServeArgs) -> Result<()> {
+    for dir in &args.catalogs {
+        register_catalog(&store, dir).await?;
+    }
+    let catalog = Arc::new(RwLock::new(Catalog::default()));
+    let catalog_synced = Arc::new(tokio::sync::Notify::new());
+
+    // Sync whenever a CatalogSource's spec changes (including the first listing).
+    let sources = store
+        .clone()
+        .watch::<CatalogSource>()
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    tokio::spawn({
+        let (store, catalog, synced) = (store.clone(), catalog.clone(), catalog_synced.clone());
+        async move {
+            futures::pin_mut!(sources);
+            while let Some(source) = sources.next().await {
+                let name = source.as_ref().map(|s| s.name_any()).unwrap_or_default();
+                match sync::sync_all(&store, &catalog).await {
+                    Ok(report) => {
+                        for error in &report.errors {
+                            tracing::warn!(%error, "catalog problem");
+                        }
+                        tracing::info!(trigger = %name, versions = report.versions_loaded, "catalog synced");
+                    }
+                    Err(error) => tracing::error!(%error, "catalog sync failed"),
+                }
+                synced.notify_one();
+            }
+        }
+    });
+
+    let ctx = Arc::new(Context::new(store.clone(), catalog.clone()));
+    let synced_stream = futures::stream::unfold(catalog_synced.clone(), |notify| async move {
+        notify.notified().await;
+        Some(((), notify))
+    });
+    tokio::spawn(reconcile::run(ctx, Duration::from_secs(args.resync_seconds.max(1)), synced_stream));
+
+    let state = AppState {
+        store,
+        catalog,
+        default_environment: args.default_environment,
+        catalog_synced,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Error::io(format!("listening on {}", args.listen), e))?;
+    tracing::info!(listen = %args.listen, "rsgo serving");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| Error::io("serving", e))
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("shutting down");
+}

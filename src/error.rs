@@ -1,0 +1,101 @@
+//! The one error type of rsgo.
+
+/// Every failure rsgo reports, each saying which step failed on which object.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object does not exist.
+    #[error("{kind} '{name}' not found")]
+    NotFound { kind: String, name: String },
+    /// The object already exists and cannot be created again.
+    #[error("{kind} '{name}' already exists")]
+    AlreadyExists { kind: String, name: String },
+    /// The object changed since it was read (stale `resourceVersion`).
+    #[error("{kind} '{name}' was changed by someone else; read it again and retry")]
+    Conflict { kind: String, name: String },
+    /// The input is invalid; the message says why.
+    #[error("{0}")]
+    Invalid(String),
+    /// The embedded SQLite store failed.
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored or supplied document could not be (de)serialized.
+    #[error("{context}: {source}")]
+    Json {
+        context: String,
+        source: serde_json::Error,
+    },
+    /// A YAML document could not be parsed.
+    #[error("{context}: {source}")]
+    Yaml {
+        context: String,
+        source: serde_yaml_ng::Error,
+    },
+    /// A file or directory could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// A Docker engine call failed.
+    #[error("docker: {operation}: {source}")]
+    Docker {
+        operation: String,
+        source: bollard::errors::Error,
+    },
+    /// An image could not be pulled.
+    #[error("pulling image '{image}' failed: {message}")]
+    Pull { image: String, message: String },
+    /// A catalog lookup or render failed.
+    #[error("{0}")]
+    Catalog(String),
+    /// A background task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    /// A short label per variant, for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "not_found",
+            Error::AlreadyExists { .. } => "already_exists",
+            Error::Conflict { .. } => "conflict",
+            Error::Invalid(_) => "invalid",
+            Error::Sqlite(_) => "sqlite",
+            Error::Json { .. } => "json",
+            Error::Yaml { .. } => "yaml",
+            Error::Io { .. } => "io",
+            Error::Docker { .. } => "docker",
+            Error::Pull { .. } => "pull",
+            Error::Catalog(_) => "catalog",
+            Error::Task(_) => "task",
+        }
+    }
+
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wraps a JSON error with what was being decoded.
+    pub fn json(context: impl Into<String>, source: serde_json::Error) -> Self {
+        Error::Json {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wraps a Docker error with the operation that failed.
+    pub fn docker(operation: impl Into<String>, source: bollard::errors::Error) -> Self {
+        Error::Docker {
+            operation: operation.into(),
+            source,
+        }
+    }
+}
+
+/// Result with rsgo's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

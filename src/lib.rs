@@ -1,0 +1,17 @@
+//! rsgo: a reconciling controller for container stacks.
+//!
+//! CI pipelines call webhooks ([`api`]) with an API key ([`auth`]) to redeploy, upgrade or
+//! re-sync stacks. The hooks only record desired state in the [`store`]; the reconciler
+//! ([`reconcile`]) makes a [`runtime`] match it, using products from the [`catalog`].
+
+pub mod api;
+pub mod auth;
+pub mod catalog;
+pub mod cli;
+pub mod error;
+pub mod model;
+pub mod reconcile;
+pub mod runtime;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,341 @@
+//! The resource types: one definition serves the embedded store, the CRDs and the YAML users write.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every rsgo resource.
+pub const GROUP: &str = "rsgo.io";
+/// `apiVersion` of every rsgo resource.
+pub const API_VERSION: &str = "rsgo.io/v1alpha1";
+/// Annotation a redeploy hook sets; the reconciler acts when it differs from
+/// `status.lastHandledRedeployAt`.
+pub const REDEPLOY_ANNOTATION: &str = "rsgo.io/redeploy-requested-at";
+/// Annotation naming the deployment record the next rollout of a stack reports to.
+pub const DEPLOYMENT_ANNOTATION: &str = "rsgo.io/deployment-id";
+/// Name of the environment that exists from the first start.
+pub const DEFAULT_ENVIRONMENT: &str = "local";
+
+/// Where stacks run.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "rsgo.io",
+    version = "v1alpha1",
+    kind = "Environment",
+    status = "EnvironmentStatus",
+    shortname = "env",
+    printcolumn(name = "Docker", type_ = "string", json_path = ".spec.docker.host"),
+    printcolumn(name = "Reachable", type_ = "boolean", json_path = ".status.reachable")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvironmentSpec {
+    /// A Docker engine that runs this environment's stacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerEndpoint>,
+}
+
+/// How to reach a Docker engine.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DockerEndpoint {
+    /// Engine address: `unix:///var/run/docker.sock` or `tcp://host:2375`.
+    pub host: String,
+}
+
+/// What rsgo last saw of an environment.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentStatus {
+    /// Whether the engine answered the last time rsgo tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable: Option<bool>,
+    /// Engine version reported by the Docker engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_version: Option<String>,
+    /// Why the engine could not be reached, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A place rsgo loads product manifests from.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "rsgo.io",
+    version = "v1alpha1",
+    kind = "CatalogSource",
+    status = "CatalogSourceStatus",
+    printcolumn(name = "Path", type_ = "string", json_path = ".spec.directory.path"),
+    printcolumn(name = "Versions", type_ = "integer", json_path = ".status.versionsLoaded")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CatalogSourceSpec {
+    /// A local directory of manifest files, read recursively.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectorySource>,
+}
+
+/// A directory of RSGo manifests.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectorySource {
+    /// Path of the directory, as seen by the rsgo server.
+    pub path: String,
+}
+
+/// What the last sync of a catalog source found.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogSourceStatus {
+    /// When the source was last synced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_at: Option<Timestamp>,
+    /// Number of distinct products the source holds.
+    #[serde(default)]
+    pub products_loaded: u32,
+    /// Number of product versions (manifest files) loaded.
+    #[serde(default)]
+    pub versions_loaded: u32,
+    /// Problems found by the last sync, each naming the file and the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// A deployed product: which version of which catalog product runs in which environment.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "rsgo.io",
+    version = "v1alpha1",
+    kind = "Stack",
+    namespaced,
+    status = "StackStatus",
+    shortname = "stk",
+    printcolumn(name = "Environment", type_ = "string", json_path = ".spec.environment"),
+    printcolumn(name = "Product", type_ = "string", json_path = ".spec.product"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.deployedVersion"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StackSpec {
+    /// Environment the stack runs in.
+    pub environment: String,
+    /// Catalog product id (the manifest's `metadata.productId`, or its name).
+    pub product: String,
+    /// Product version to run. When absent, the newest stable version in the catalog is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Values for the product's variables; unset ones take the manifest defaults.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, String>,
+}
+
+/// Lifecycle phase of a stack.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StackPhase {
+    /// Not reconciled yet.
+    Pending,
+    /// A rollout is under way.
+    Deploying,
+    /// Every service runs as desired.
+    Running,
+    /// The last rollout failed; see `message`.
+    Failed,
+}
+
+/// What the controller saw of a stack.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StackStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Lifecycle phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<StackPhase>,
+    /// Product version that runs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed_version: Option<String>,
+    /// One entry per running service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceStatus>,
+    /// Id of the deployment record of the last rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_deployment: Option<String>,
+    /// Value of the redeploy annotation the controller last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_redeploy_at: Option<String>,
+    /// A sentence a person can act on when something is wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One service of a running stack.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    /// Service name from the manifest.
+    pub name: String,
+    /// Container that runs it.
+    pub container: String,
+    /// Image reference the container was created from.
+    pub image: String,
+    /// Image id (digest) the container runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+}
+
+/// A key that lets a pipeline call the hooks. Only its SHA-256 is stored.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "rsgo.io",
+    version = "v1alpha1",
+    kind = "ApiKey",
+    status = "ApiKeyStatus",
+    printcolumn(name = "Display name", type_ = "string", json_path = ".spec.displayName"),
+    printcolumn(name = "Prefix", type_ = "string", json_path = ".spec.prefix"),
+    printcolumn(name = "Revoked", type_ = "boolean", json_path = ".spec.revoked")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKeySpec {
+    /// Name people know the key by, such as "GitHub Actions Deploy".
+    pub display_name: String,
+    /// Lower-case hex SHA-256 of the whole key.
+    pub key_hash: String,
+    /// First characters of the key, to recognise it in listings.
+    pub prefix: String,
+    /// Granted permissions: `Hooks.Redeploy`, `Hooks.Upgrade`, `Hooks.SyncSources`, `Hooks.*` or `*`.
+    pub permissions: Vec<String>,
+    /// When set, the key only works for this environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// When set, the key stops working at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// A revoked key is refused; the record is kept.
+    #[serde(default)]
+    pub revoked: bool,
+    /// When the key was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Timestamp>,
+    /// Why the key was revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
+}
+
+/// Usage of an API key.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyStatus {
+    /// Last time the key authenticated a request, to within a minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// What a rollout was asked to do.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeploymentAction {
+    /// Recreate every service from freshly pulled images.
+    #[default]
+    Redeploy,
+    /// Move to another catalog version.
+    Upgrade,
+}
+
+/// One rollout that a hook or the CLI asked for, with a stable id (its name).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "rsgo.io",
+    version = "v1alpha1",
+    kind = "DeploymentRecord",
+    namespaced,
+    status = "DeploymentRecordStatus",
+    shortname = "deprec",
+    printcolumn(name = "Stack", type_ = "string", json_path = ".spec.stack"),
+    printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentRecordSpec {
+    /// Name of the stack rolled out.
+    pub stack: String,
+    /// Environment of the stack.
+    pub environment: String,
+    /// What was asked for.
+    pub action: DeploymentAction,
+    /// Version that ran before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    /// Version asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_version: Option<String>,
+    /// Variables the stack had before an upgrade, restored by an automatic rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_variables: Option<BTreeMap<String, String>>,
+    /// Who asked: the API key's name, or `cli`.
+    pub requested_by: String,
+    /// When it was asked for.
+    pub requested_at: Timestamp,
+}
+
+/// Lifecycle of a deployment record.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeploymentPhase {
+    /// Stored; the reconciler has not started it.
+    #[default]
+    Pending,
+    /// The reconciler is rolling it out.
+    Running,
+    /// Every service runs as asked.
+    Succeeded,
+    /// It failed; `message` says why. Nothing was stopped if images could not be pulled.
+    Failed,
+    /// An upgrade failed and the stack went back to the previous version.
+    RolledBack,
+    /// A newer request for the same stack replaced it before it ran.
+    Superseded,
+}
+
+impl DeploymentPhase {
+    /// Whether the rollout has ended.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, DeploymentPhase::Pending | DeploymentPhase::Running)
+    }
+}
+
+/// How a rollout went.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentRecordStatus {
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: DeploymentPhase,
+    /// What happened, in a sentence a person can act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What was done to each service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceResult>,
+    /// When the reconciler started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+}
+
+/// What a rollout did to one service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceResult {
+    /// Service name.
+    pub service: String,
+    /// `created`, `recreated`, `started`, `unchanged` or `removed`.
+    pub action: String,
+    /// Image id the service runs after the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+}

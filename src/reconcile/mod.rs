@@ -1,0 +1,459 @@
+//! The reconciler: level-triggered and idempotent. It reads a Stack from the store, compares it
+//! with what runs, acts, and writes status and deployment records back.
+
+pub mod plan;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::{Controller, WatchStreamExt, reflector};
+
+use crate::catalog::{Catalog, StackPlan, render};
+use crate::model::{
+    DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord, DeploymentRecordStatus,
+    Environment, EnvironmentStatus, REDEPLOY_ANNOTATION, ServiceResult, ServiceStatus, Stack, StackPhase,
+    StackStatus,
+};
+use crate::runtime::DockerRuntime;
+use crate::store::Store;
+use crate::{Error, Result};
+use plan::Step;
+
+/// How long to wait before retrying a reconcile that failed on a transient error.
+const RETRY_AFTER: Duration = Duration::from_secs(15);
+
+/// What the reconciler works with.
+pub struct Context {
+    /// Desired state and status.
+    pub store: Arc<dyn Store>,
+    /// Products to deploy.
+    pub catalog: Arc<RwLock<Catalog>>,
+    runtimes: tokio::sync::Mutex<HashMap<String, DockerRuntime>>,
+}
+
+impl Context {
+    /// A context over a store and a catalog.
+    pub fn new(store: Arc<dyn Store>, catalog: Arc<RwLock<Catalog>>) -> Self {
+        Self {
+            store,
+            catalog,
+            runtimes: Default::default(),
+        }
+    }
+
+    /// The runtime of an environment, connecting on first use, and recording reachability.
+    async fn runtime(&self, env: &Environment) -> Result<DockerRuntime> {
+        let host = env
+            .spec
+            .docker
+            .as_ref()
+            .map(|d| d.host.clone())
+            .ok_or_else(|| Error::Invalid(format!("environment '{}' has no docker endpoint", env.name_any())))?;
+        let mut runtimes = self.runtimes.lock().await;
+        if let Some(runtime) = runtimes.get(&host) {
+            return Ok(runtime.clone());
+        }
+        let connected = match DockerRuntime::connect(&host).await {
+            Ok(runtime) => runtime.engine_version().await.map(|v| (runtime, v)),
+            Err(e) => Err(e),
+        };
+        let status = match &connected {
+            Ok((_, version)) => EnvironmentStatus {
+                reachable: Some(true),
+                engine_version: Some(version.clone()),
+                message: None,
+            },
+            Err(e) => EnvironmentStatus {
+                reachable: Some(false),
+                engine_version: None,
+                message: Some(e.to_string()),
+            },
+        };
+        if env.status.as_ref() != Some(&status) {
+            let mut updated = env.clone();
+            updated.status = Some(status);
+            self.store.update_status(&updated).await?;
+        }
+        let (runtime, _) = connected?;
+        runtimes.insert(host, runtime.clone());
+        Ok(runtime)
+    }
+}
+
+/// Why a rollout could not even start: these wait for a change instead of retrying.
+fn invalid(message: String) -> Error {
+    Error::Invalid(message)
+}
+
+/// Which changes of a Stack call for a reconcile: spec, redeploy request, deletion. Status
+/// writes do not; the periodic resync covers drift.
+fn rollout_trigger(stack: &Stack) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    stack.metadata.generation.hash(&mut hasher);
+    stack.annotations().get(REDEPLOY_ANNOTATION).hash(&mut hasher);
+    stack.annotations().get(DEPLOYMENT_ANNOTATION).hash(&mut hasher);
+    stack.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Runs the controller until the process ends: every Stack change, every `resync` period, and
+/// every `extra` signal (a catalog sync) reconciles.
+pub async fn run(ctx: Arc<Context>, resync: Duration, extra: impl Stream<Item = ()> + Send + 'static) {
+    let (reader, writer) = reflector::store::<Stack>();
+    let stacks = ctx
+        .store
+        .clone()
+        .watch::<Stack>()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(rollout_trigger, Default::default());
+    let ticks = futures::stream::unfold(tokio::time::interval(resync), |mut interval| async move {
+        interval.tick().await;
+        Some(((), interval))
+    });
+    Controller::for_stream(stacks, reader)
+        .reconcile_all_on(futures::stream::select(ticks, extra))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::warn!(%error, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn error_policy(stack: Arc<Stack>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(stack = %stack.name_any(), kind = error.label(), %error, "reconcile failed; retrying");
+    Action::requeue(RETRY_AFTER)
+}
+
+/// Reconciles one stack.
+pub async fn reconcile(trigger: Arc<Stack>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = trigger.namespace().unwrap_or_default();
+    // Always act on the newest stored state, never on a possibly stale cached copy.
+    let Some(stack) = ctx.store.get::<Stack>(&namespace, &trigger.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    if stack.metadata.deletion_timestamp.is_some() {
+        return finalize(&stack, &ctx).await;
+    }
+    match rollout(&stack, &ctx).await {
+        Ok(()) => Ok(Action::await_change()),
+        Err(Error::Invalid(message)) => {
+            tracing::info!(stack = %stack.name_any(), %message, "stack cannot be deployed as specified");
+            Ok(Action::await_change())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes a deleted stack's containers and network (never its volumes), then the Stack itself.
+async fn finalize(stack: &Stack, ctx: &Context) -> Result<Action> {
+    let name = stack.name_any();
+    if let Some(env) = ctx.store.get::<Environment>("", &stack.spec.environment).await? {
+        let runtime = ctx.runtime(&env).await?;
+        for container in runtime.observe(&stack.spec.environment, &name).await? {
+            runtime.remove(&container.id, &container.name).await?;
+        }
+        runtime.remove_network(&format!("{name}_default")).await?;
+    }
+    ctx.store.delete::<Stack>(&stack.namespace().unwrap_or_default(), &name).await?;
+    tracing::info!(stack = %name, "stack deleted; volumes kept");
+    Ok(Action::await_change())
+}
+
+struct Outcome {
+    services: Vec<ServiceStatus>,
+    results: Vec<ServiceResult>,
+}
+
+async fn rollout(stack: &Stack, ctx: &Context) -> Result<()> {
+    let namespace = stack.namespace().unwrap_or_default();
+    let old_status = stack.status.clone().unwrap_or_default();
+    let requested = stack.annotations().get(REDEPLOY_ANNOTATION).cloned();
+    let redeploy = requested.is_some() && requested != old_status.last_handled_redeploy_at;
+    let spec_changed = old_status.observed_generation != stack.metadata.generation;
+    let deployment = if redeploy || spec_changed {
+        stack.annotations().get(DEPLOYMENT_ANNOTATION).cloned()
+    } else {
+        None
+    };
+    let deployment = match deployment {
+        Some(id) => ctx
+            .store
+            .get::<DeploymentRecord>(&namespace, &id)
+            .await?
+            .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_terminal())),
+        None => None,
+    };
+    let mut status = StackStatus {
+        observed_generation: stack.metadata.generation,
+        last_handled_redeploy_at: requested.clone(),
+        last_deployment: deployment.as_ref().map(|d| d.name_any()).or(old_status.last_deployment.clone()),
+        ..old_status.clone()
+    };
+
+    let prepared = prepare(stack, ctx).await;
+    let (runtime, plan, version) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            let transient = !matches!(error, Error::Invalid(_));
+            if transient && deployment.is_none() {
+                return Err(error);
+            }
+            finish(ctx, stack, &old_status, status, deployment, Err(&error)).await?;
+            return Err(error);
+        }
+    };
+    if let Some(record) = &deployment {
+        set_record(ctx, record, DeploymentPhase::Running, None, vec![]).await?;
+    }
+    if redeploy || spec_changed {
+        status.phase = Some(StackPhase::Deploying);
+        write_status(ctx, stack, &old_status, &status).await?;
+    }
+    let result = apply_plan(&runtime, stack, &plan, redeploy, redeploy || spec_changed, deployment.as_ref()).await;
+    if result.is_ok() {
+        status.deployed_version = Some(version);
+    }
+    let status_before = if redeploy || spec_changed { status.clone() } else { old_status.clone() };
+    finish(ctx, stack, &status_before, status, deployment, result.as_ref()).await?;
+    result.map(drop)
+}
+
+/// Resolves the environment, runtime, product version and rendered plan of a stack.
+async fn prepare(stack: &Stack, ctx: &Context) -> Result<(DockerRuntime, StackPlan, String)> {
+    let env_name = &stack.spec.environment;
+    let env = ctx
+        .store
+        .get::<Environment>("", env_name)
+        .await?
+        .ok_or_else(|| invalid(format!("environment '{env_name}' does not exist")))?;
+    let pv = {
+        let catalog = ctx.catalog.read().map_err(|_| Error::Task("catalog lock poisoned".into()))?;
+        let found = match &stack.spec.version {
+            Some(version) => catalog.find(&stack.spec.product, version),
+            None => catalog.latest(&stack.spec.product),
+        };
+        found.ok_or_else(|| {
+            invalid(format!(
+                "product '{}' version '{}' is not in the catalog; available versions: {}",
+                stack.spec.product,
+                stack.spec.version.as_deref().unwrap_or("latest"),
+                catalog.available(&stack.spec.product)
+            ))
+        })?
+    };
+    let plan = render(&stack.name_any(), env_name, &pv, &stack.spec.variables)
+        .map_err(|e| invalid(format!("{} {}: {e}", pv.product, pv.version)))?;
+    let runtime = ctx.runtime(&env).await?;
+    Ok((runtime, plan, pv.version.to_string()))
+}
+
+/// Pulls, then acts on the plan. Any failed pull fails the rollout before anything is stopped.
+async fn apply_plan(
+    runtime: &DockerRuntime,
+    stack: &Stack,
+    plan: &StackPlan,
+    redeploy: bool,
+    pull_changed: bool,
+    deployment: Option<&DeploymentRecord>,
+) -> Result<Outcome> {
+    let name = stack.name_any();
+    let env = &stack.spec.environment;
+    let observed = runtime.observe(env, &name).await?;
+    let steps = plan::plan(&plan.containers, &observed, redeploy);
+
+    let mut pulled = HashSet::new();
+    for step in &steps {
+        let index = match step {
+            Step::Create(i) | Step::Recreate(i, _) => *i,
+            _ => continue,
+        };
+        let image = &plan.containers[index].image;
+        if pulled.contains(image) {
+            continue;
+        }
+        if pull_changed || runtime.image_id(image).await?.is_none() {
+            runtime.pull(image).await?;
+        }
+        pulled.insert(image.clone());
+    }
+
+    let labels: HashMap<String, String> = plan.labels.clone().into_iter().collect();
+    runtime.ensure_network(&plan.network, &labels).await?;
+    for network in &plan.extra_networks {
+        runtime.ensure_network(network, &labels).await?;
+    }
+    for volume in &plan.volumes {
+        runtime.ensure_volume(volume, &labels).await?;
+    }
+    let deployment_id = deployment.map(|d| d.name_any());
+    let mut results = Vec::new();
+    for step in steps {
+        let (service, action) = match step {
+            Step::Remove(have) => {
+                runtime.remove(&have.id, &have.name).await?;
+                results.push(ServiceResult {
+                    service: have.service,
+                    action: "removed".into(),
+                    image_id: None,
+                });
+                continue;
+            }
+            Step::Create(i) => {
+                runtime.run(&plan.containers[i], deployment_id.as_deref()).await?;
+                (&plan.containers[i].service, "created")
+            }
+            Step::Recreate(i, have) => {
+                runtime.remove(&have.id, &have.name).await?;
+                runtime.run(&plan.containers[i], deployment_id.as_deref()).await?;
+                (&plan.containers[i].service, "recreated")
+            }
+            Step::Start(i, have) => {
+                runtime.start(&have.id, &have.name).await?;
+                (&plan.containers[i].service, "started")
+            }
+            Step::Keep(i, _) => (&plan.containers[i].service, "unchanged"),
+        };
+        results.push(ServiceResult {
+            service: service.clone(),
+            action: action.into(),
+            image_id: None,
+        });
+    }
+    let running = runtime.observe(env, &name).await?;
+    let mut services = Vec::new();
+    for want in &plan.containers {
+        let have = running.iter().find(|c| c.service == want.service);
+        let image_id = have.map(|c| c.image_id.clone());
+        if let Some(result) = results.iter_mut().find(|r| r.service == want.service) {
+            result.image_id = image_id.clone();
+        }
+        services.push(ServiceStatus {
+            name: want.service.clone(),
+            container: want.name.clone(),
+            image: want.image.clone(),
+            image_id,
+        });
+    }
+    Ok(Outcome { services, results })
+}
+
+/// Writes the stack status and the deployment record for a finished (or failed) reconcile,
+/// rolling a failed upgrade back to the version that ran before.
+async fn finish(
+    ctx: &Context,
+    stack: &Stack,
+    old_status: &StackStatus,
+    mut status: StackStatus,
+    deployment: Option<DeploymentRecord>,
+    result: Result<&Outcome, &Error>,
+) -> Result<()> {
+    match result {
+        Ok(outcome) => {
+            status.phase = Some(StackPhase::Running);
+            status.services = outcome.services.clone();
+            status.message = None;
+            write_status(ctx, stack, old_status, &status).await?;
+            if let Some(record) = &deployment {
+                let message = match (record.spec.action, &record.spec.to_version) {
+                    (DeploymentAction::Upgrade, Some(to)) => format!("Upgraded '{}' to {to}.", record.spec.stack),
+                    _ => format!("Redeployed '{}'.", record.spec.stack),
+                };
+                set_record(ctx, record, DeploymentPhase::Succeeded, Some(message), outcome.results.clone()).await?;
+                supersede_older(ctx, stack, record).await?;
+            }
+        }
+        Err(error) => {
+            status.phase = Some(StackPhase::Failed);
+            status.message = Some(error.to_string());
+            write_status(ctx, stack, old_status, &status).await?;
+            if let Some(record) = &deployment {
+                if let (DeploymentAction::Upgrade, Some(previous)) = (record.spec.action, &record.spec.from_version) {
+                    roll_back(ctx, stack, record, previous).await?;
+                    let message = format!("Upgrade failed: {error}. Rolled back to {previous}.");
+                    set_record(ctx, record, DeploymentPhase::RolledBack, Some(message), vec![]).await?;
+                } else {
+                    set_record(ctx, record, DeploymentPhase::Failed, Some(error.to_string()), vec![]).await?;
+                }
+                supersede_older(ctx, stack, record).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn roll_back(ctx: &Context, stack: &Stack, record: &DeploymentRecord, previous: &str) -> Result<()> {
+    let namespace = stack.namespace().unwrap_or_default();
+    loop {
+        let mut current = ctx.store.require::<Stack>(&namespace, &stack.name_any()).await?;
+        if current.spec.version.as_deref() != record.spec.to_version.as_deref() {
+            // Someone asked for something else meanwhile; their request wins.
+            return Ok(());
+        }
+        current.spec.version = Some(previous.to_owned());
+        if let Some(variables) = &record.spec.previous_variables {
+            current.spec.variables = variables.clone();
+        }
+        current.annotations_mut().remove(DEPLOYMENT_ANNOTATION);
+        match ctx.store.update(&current).await {
+            Err(Error::Conflict { .. }) => continue,
+            other => return other.map(drop),
+        }
+    }
+}
+
+async fn write_status(ctx: &Context, stack: &Stack, old: &StackStatus, new: &StackStatus) -> Result<()> {
+    if old != new {
+        let mut updated = stack.clone();
+        updated.status = Some(new.clone());
+        ctx.store.update_status(&updated).await?;
+    }
+    Ok(())
+}
+
+async fn set_record(
+    ctx: &Context,
+    record: &DeploymentRecord,
+    phase: DeploymentPhase,
+    message: Option<String>,
+    services: Vec<ServiceResult>,
+) -> Result<()> {
+    let mut updated = record.clone();
+    let now = Timestamp::now();
+    let old = record.status.clone().unwrap_or_default();
+    updated.status = Some(DeploymentRecordStatus {
+        phase,
+        message,
+        services,
+        started_at: old.started_at.or(Some(now)),
+        finished_at: phase.is_terminal().then_some(now),
+    });
+    ctx.store.update_status(&updated).await.map(drop)
+}
+
+/// Marks requests for the same stack that were still pending when `done` ran as superseded:
+/// the rollout that just ended already served them.
+async fn supersede_older(ctx: &Context, stack: &Stack, done: &DeploymentRecord) -> Result<()> {
+    let namespace = stack.namespace().unwrap_or_default();
+    let records = ctx.store.list::<DeploymentRecord>(Some(&namespace)).await?;
+    for record in records {
+        let pending = record.status.as_ref().is_none_or(|s| s.phase == DeploymentPhase::Pending);
+        if pending
+            && record.spec.stack == done.spec.stack
+            && record.name_any() != done.name_any()
+            && record.spec.requested_at <= done.spec.requested_at
+        {
+            let message = format!("Superseded by deployment {}.", done.name_any());
+            set_record(ctx, &record, DeploymentPhase::Superseded, Some(message), vec![]).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Compares desired containers with the ones that run and decides what to do. Pure.
+
+use crate::catalog::ContainerPlan;
+use crate::runtime::ObservedContainer;
+
+/// What to do with one service, or with a container no service wants.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// No container exists: create it.
+    Create(usize),
+    /// A container exists but must be replaced (spec changed, or a redeploy asked for it).
+    Recreate(usize, ObservedContainer),
+    /// The container is right but stopped: start it.
+    Start(usize, ObservedContainer),
+    /// The container is right and runs.
+    Keep(usize, ObservedContainer),
+    /// The container belongs to no wanted service (or duplicates one): remove it.
+    Remove(ObservedContainer),
+}
+
+/// Plans a rollout. `desired` indexes are positions in the desired list. Removals come first,
+/// then the services in the order given (dependency order).
+pub fn plan(desired: &[ContainerPlan], observed: &[ObservedContainer], recreate_all: bool) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut claimed = vec![false; observed.len()];
+    let mut service_steps = Vec::new();
+    for (index, want) in desired.iter().enumerate() {
+        let found = observed
+            .iter()
+            .enumerate()
+            .find(|(i, o)| !claimed[*i] && o.service == want.service && o.name == want.name);
+        service_steps.push(match found {
+            None => Step::Create(index),
+            Some((i, have)) => {
+                claimed[i] = true;
+                if recreate_all || have.spec_hash != want.spec_hash {
+                    Step::Recreate(index, have.clone())
+                } else if !have.running {
+                    Step::Start(index, have.clone())
+                } else {
+                    Step::Keep(index, have.clone())
+                }
+            }
+        });
+    }
+    for (i, have) in observed.iter().enumerate() {
+        if !claimed[i] {
+            steps.push(Step::Remove(have.clone()));
+        }
+    }
+    steps.extend(service_steps);
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn want(service: &str, hash: &str) -> ContainerPlan {
+        ContainerPlan {
+            service: service.into(),
+            name: format!("s_{service}"),
+            image: "img".into(),
+            env: vec![],
+            cmd: None,
+            entrypoint: None,
+            working_dir: None,
+            user: None,
+            ports: vec![],
+            mounts: vec![],
+            restart: None,
+            networks: vec!["s_default".into()],
+            labels: BTreeMap::new(),
+            spec_hash: hash.into(),
+        }
+    }
+
+    fn have(service: &str, hash: &str, running: bool) -> ObservedContainer {
+        ObservedContainer {
+            id: format!("id-{service}"),
+            name: format!("s_{service}"),
+            service: service.into(),
+            spec_hash: hash.into(),
+            running,
+            image: "img".into(),
+            image_id: "sha256:1".into(),
+        }
+    }
+
+    #[test]
+    fn creates_recreates_starts_keeps_and_removes() {
+        let desired = [want("new", "h"), want("changed", "h2"), want("stopped", "h"), want("same", "h")];
+        let observed = [have("changed", "h1", true), have("stopped", "h", false), have("same", "h", true), have("gone", "h", true)];
+        let steps = plan(&desired, &observed, false);
+        assert_eq!(
+            steps,
+            [
+                Step::Remove(observed[3].clone()),
+                Step::Create(0),
+                Step::Recreate(1, observed[0].clone()),
+                Step::Start(2, observed[1].clone()),
+                Step::Keep(3, observed[2].clone()),
+            ]
+        );
+    }
+
+    #[test]
+    fn redeploy_recreates_every_existing_service() {
+        let desired = [want("a", "h"), want("b", "h")];
+        let observed = [have("a", "h", true)];
+        let steps = plan(&desired, &observed, true);
+        assert_eq!(steps, [Step::Recreate(0, observed[0].clone()), Step::Create(1)]);
+    }
+}

@@ -1,0 +1,338 @@
+//! The Docker runtime: containers, networks and volumes labelled `io.rsgo.*`, through bollard.
+//! Docker's types stop here; the reconciler sees [`ObservedContainer`] and [`ContainerPlan`].
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, MountType, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkingConfig, PortBinding as DockerPortBinding, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+
+use crate::catalog::ContainerPlan;
+use crate::catalog::render::{
+    LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_MANAGED, LABEL_SERVICE, LABEL_SPEC_HASH, LABEL_STACK,
+};
+use crate::{Error, Result};
+
+/// Seconds a container gets to stop before it is killed.
+const STOP_TIMEOUT_SECS: i32 = 10;
+/// Seconds a single engine request may take (image pulls stream and are not bound by it).
+const REQUEST_TIMEOUT_SECS: u64 = 120;
+
+/// A container of a stack as the engine reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedContainer {
+    /// Engine id.
+    pub id: String,
+    /// Container name without the leading slash.
+    pub name: String,
+    /// Service label.
+    pub service: String,
+    /// Spec-hash label.
+    pub spec_hash: String,
+    /// Whether it runs.
+    pub running: bool,
+    /// Image reference it was created from.
+    pub image: String,
+    /// Image id it runs.
+    pub image_id: String,
+}
+
+/// A Docker engine rsgo deploys to.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+fn is_status(error: &DockerError, code: u16) -> bool {
+    matches!(error, DockerError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// Splits `registry:5000/repo:tag` into `(registry:5000/repo, tag)`; a digest stays in the name.
+fn split_reference(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    match image[name_start..].rfind(':') {
+        Some(i) => (&image[..name_start + i], &image[name_start + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to `host` (`unix://...`, `tcp://...` or `http://...`) and negotiates the API version,
+    /// so engines old (API 1.41) and new both work.
+    pub async fn connect(host: &str) -> Result<Self> {
+        let version = bollard::API_DEFAULT_VERSION;
+        let docker = if host.starts_with("unix://") || host.starts_with('/') {
+            Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, version)
+        } else {
+            Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, version)
+        }
+        .map_err(|e| Error::docker(format!("connecting to {host}"), e))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| Error::docker(format!("negotiating the API version with {host}"), e))?;
+        Ok(Self { docker })
+    }
+
+    /// The engine's version string.
+    pub async fn engine_version(&self) -> Result<String> {
+        let version = self.docker.version().await.map_err(|e| Error::docker("reading the engine version", e))?;
+        Ok(version.version.unwrap_or_default())
+    }
+
+    /// Pulls `image` and returns the id it now has locally. Reads the whole progress stream,
+    /// so an error reported mid-pull fails the pull.
+    pub async fn pull(&self, image: &str) -> Result<String> {
+        let (name, tag) = split_reference(image);
+        let options = CreateImageOptionsBuilder::new().from_image(name).tag(tag).build();
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| Error::Pull {
+                image: image.to_owned(),
+                message: match e {
+                    DockerError::DockerStreamError { error } => error,
+                    DockerError::DockerResponseServerError { message, .. } => message,
+                    other => other.to_string(),
+                },
+            })?;
+        }
+        self.image_id(image).await?.ok_or_else(|| Error::Pull {
+            image: image.to_owned(),
+            message: "the engine reported success but has no such image".into(),
+        })
+    }
+
+    /// Id of a local image, if the engine has it.
+    pub async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        match self.docker.inspect_image(image).await {
+            Ok(inspect) => Ok(inspect.id),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(Error::docker(format!("inspecting image {image}"), e)),
+        }
+    }
+
+    /// Every container of `stack` in `environment`, running or not.
+    pub async fn observe(&self, environment: &str, stack: &str) -> Result<Vec<ObservedContainer>> {
+        let filters = HashMap::from([(
+            "label",
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_STACK}={stack}"),
+                format!("{LABEL_ENVIRONMENT}={environment}"),
+            ],
+        )]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| Error::docker(format!("listing containers of stack {stack}"), e))?;
+        Ok(containers
+            .into_iter()
+            .map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                let label = |key: &str| labels.get(key).cloned().unwrap_or_default();
+                ObservedContainer {
+                    id: c.id.unwrap_or_default(),
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .unwrap_or_default()
+                        .trim_start_matches('/')
+                        .to_owned(),
+                    service: label(LABEL_SERVICE),
+                    spec_hash: label(LABEL_SPEC_HASH),
+                    running: c.state.is_some_and(|s| s.to_string() == "running"),
+                    image: c.image.unwrap_or_default(),
+                    image_id: c.image_id.unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    /// Creates the network unless it exists.
+    pub async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<()> {
+        match self.docker.inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(Error::docker(format!("inspecting network {name}"), e)),
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(Error::docker(format!("creating network {name}"), e)),
+        }
+    }
+
+    /// Creates the named volume unless it exists. Volumes are never removed by rsgo.
+    pub async fn ensure_volume(&self, name: &str, labels: &HashMap<String, String>) -> Result<()> {
+        match self.docker.inspect_volume(name).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => return Err(Error::docker(format!("inspecting volume {name}"), e)),
+        }
+        let request = VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(request)
+            .await
+            .map(drop)
+            .map_err(|e| Error::docker(format!("creating volume {name}"), e))
+    }
+
+    /// Creates and starts a container from its plan; returns its id.
+    pub async fn run(&self, plan: &ContainerPlan, deployment: Option<&str>) -> Result<String> {
+        let mut labels: HashMap<String, String> = plan.labels.clone().into_iter().collect();
+        labels.insert(LABEL_SPEC_HASH.into(), plan.spec_hash.clone());
+        if let Some(deployment) = deployment {
+            labels.insert(LABEL_DEPLOYMENT.into(), deployment.to_owned());
+        }
+        let mut port_bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
+        for port in &plan.ports {
+            port_bindings
+                .entry(format!("{}/{}", port.container_port, port.protocol))
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(DockerPortBinding {
+                    host_ip: port.host_ip.clone(),
+                    host_port: port.host_port.map(|p| p.to_string()),
+                });
+        }
+        let mounts = plan
+            .mounts
+            .iter()
+            .map(|m| bollard::models::Mount {
+                source: Some(m.source.clone()),
+                target: Some(m.target.clone()),
+                read_only: Some(m.read_only),
+                typ: Some(if m.named_volume { MountType::VOLUME } else { MountType::BIND }),
+                ..Default::default()
+            })
+            .collect();
+        let restart = plan.restart.as_deref().map(|r| RestartPolicy {
+            name: Some(match r {
+                "always" => RestartPolicyNameEnum::ALWAYS,
+                "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+                "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+                _ => RestartPolicyNameEnum::NO,
+            }),
+            maximum_retry_count: None,
+        });
+        let endpoint = |network: &str| {
+            (
+                network.to_owned(),
+                EndpointSettings {
+                    aliases: Some(vec![plan.service.clone()]),
+                    ..Default::default()
+                },
+            )
+        };
+        let body = ContainerCreateBody {
+            image: Some(plan.image.clone()),
+            env: Some(plan.env.clone()),
+            cmd: plan.cmd.clone(),
+            entrypoint: plan.entrypoint.clone(),
+            working_dir: plan.working_dir.clone(),
+            user: plan.user.clone(),
+            labels: Some(labels),
+            exposed_ports: Some(port_bindings.keys().cloned().collect()),
+            host_config: Some(HostConfig {
+                port_bindings: Some(port_bindings),
+                mounts: Some(mounts),
+                restart_policy: restart,
+                network_mode: Some(plan.networks[0].clone()),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([endpoint(&plan.networks[0])])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&plan.name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| Error::docker(format!("creating container {}", plan.name), e))?;
+        for network in &plan.networks[1..] {
+            let (_, endpoint_config) = endpoint(network);
+            let request = NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(endpoint_config),
+            };
+            self.docker
+                .connect_network(network, request)
+                .await
+                .map_err(|e| Error::docker(format!("connecting {} to network {network}", plan.name), e))?;
+        }
+        self.start(&created.id, &plan.name).await?;
+        Ok(created.id)
+    }
+
+    /// Starts an existing container.
+    pub async fn start(&self, id: &str, name: &str) -> Result<()> {
+        self.docker
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(|e| Error::docker(format!("starting container {name}"), e))
+    }
+
+    /// Stops (with a grace period) and removes a container. Its volumes stay.
+    pub async fn remove(&self, id: &str, name: &str) -> Result<()> {
+        let stop = StopContainerOptionsBuilder::new().t(STOP_TIMEOUT_SECS).build();
+        match self.docker.stop_container(id, Some(stop)).await {
+            Ok(()) => {}
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => {}
+            Err(e) => return Err(Error::docker(format!("stopping container {name}"), e)),
+        }
+        let remove = RemoveContainerOptionsBuilder::new().force(true).v(false).build();
+        match self.docker.remove_container(id, Some(remove)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(Error::docker(format!("removing container {name}"), e)),
+        }
+    }
+
+    /// Removes a network if it exists.
+    pub async fn remove_network(&self, name: &str) -> Result<()> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(Error::docker(format!("removing network {name}"), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn image_references_split_into_name_and_tag() {
+        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
+        assert_eq!(split_reference("127.0.0.1:5000/app:v2"), ("127.0.0.1:5000/app", "v2"));
+        assert_eq!(split_reference("127.0.0.1:5000/app"), ("127.0.0.1:5000/app", "latest"));
+        assert_eq!(split_reference("app@sha256:abc"), ("app@sha256:abc", ""));
+    }
+}

@@ -1,0 +1,5 @@
+//! What the reconciler drives: container engines.
+
+pub mod docker;
+
+pub use docker::{DockerRuntime, ObservedContainer};

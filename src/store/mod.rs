@@ -1,0 +1,213 @@
+//! Where desired state and status live. Hooks and the CLI only talk to a [`Store`];
+//! the reconciler watches it.
+
+mod sqlite;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use futures::future::BoxFuture;
+use kube::Resource;
+use kube::runtime::watcher;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use sqlite::SqliteStore;
+
+use crate::{Error, Result};
+
+/// A resource type the store can hold.
+pub trait Object:
+    Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Object for K where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
+/// One write in an atomic batch. Documents are whole objects (`apiVersion`, `kind`, `metadata`, ...).
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Create a new object; fails when one of that kind, namespace and name exists.
+    Create(Value),
+    /// Replace spec, labels and annotations of an existing object. When the document carries a
+    /// `metadata.resourceVersion`, the write fails on a stale one. Status is kept.
+    Update(Value),
+    /// Replace only the status of an existing object.
+    UpdateStatus(Value),
+    /// Remove an object.
+    Delete {
+        /// Kind of the object.
+        kind: String,
+        /// Namespace, empty for cluster-scoped kinds.
+        namespace: String,
+        /// Object name.
+        name: String,
+    },
+}
+
+/// One entry of the change feed.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The object as stored (its last state, for a deletion).
+    pub object: Value,
+    /// Whether the change removed the object.
+    pub deleted: bool,
+}
+
+/// Storage of rsgo's resources with optimistic concurrency and a change feed.
+pub trait Store: Send + Sync + 'static {
+    /// Reads one object.
+    fn get_raw(&self, kind: String, namespace: String, name: String) -> BoxFuture<'_, Result<Option<Value>>>;
+    /// Lists the objects of a kind, in one namespace or in all.
+    fn list_raw(&self, kind: String, namespace: Option<String>) -> BoxFuture<'_, Result<Vec<Value>>>;
+    /// Applies every write or none, and returns the stored documents (deletions return nothing).
+    fn write(&self, writes: Vec<Write>) -> BoxFuture<'_, Result<Vec<Value>>>;
+    /// Changes of a kind after `revision`, oldest first, with the newest revision seen.
+    fn changes_since(&self, kind: String, revision: u64) -> BoxFuture<'_, Result<(Vec<Change>, u64)>>;
+    /// Wakes when this process wrote something; other processes' writes are found by polling.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+}
+
+/// How often watchers look for writes made by other processes.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+fn kind_of<K: Object>() -> String {
+    K::kind(&()).into_owned()
+}
+
+fn decode<K: Object>(value: Value) -> Result<K> {
+    serde_json::from_value(value).map_err(|e| Error::json(format!("decoding a stored {}", kind_of::<K>()), e))
+}
+
+/// Serializes an object into a store document with `apiVersion` and `kind` set.
+pub fn encode<K: Object>(object: &K) -> Result<Value> {
+    let mut value =
+        serde_json::to_value(object).map_err(|e| Error::json(format!("encoding a {}", kind_of::<K>()), e))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), K::api_version(&()).into_owned().into());
+        map.insert("kind".into(), kind_of::<K>().into());
+    }
+    Ok(value)
+}
+
+impl dyn Store {
+    /// Reads one object of type `K`.
+    pub async fn get<K: Object>(&self, namespace: &str, name: &str) -> Result<Option<K>> {
+        self.get_raw(kind_of::<K>(), namespace.into(), name.into())
+            .await?
+            .map(decode)
+            .transpose()
+    }
+
+    /// Reads one object of type `K`, failing with [`Error::NotFound`] when absent.
+    pub async fn require<K: Object>(&self, namespace: &str, name: &str) -> Result<K> {
+        self.get(namespace, name).await?.ok_or_else(|| Error::NotFound {
+            kind: kind_of::<K>(),
+            name: name.into(),
+        })
+    }
+
+    /// Lists objects of type `K`, in one namespace or in all.
+    pub async fn list<K: Object>(&self, namespace: Option<&str>) -> Result<Vec<K>> {
+        self.list_raw(kind_of::<K>(), namespace.map(Into::into))
+            .await?
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
+    /// Creates an object and returns it as stored.
+    pub async fn create<K: Object>(&self, object: &K) -> Result<K> {
+        self.write_one(Write::Create(encode(object)?)).await
+    }
+
+    /// Updates spec and metadata; fails on a stale `resourceVersion` when the object has one.
+    pub async fn update<K: Object>(&self, object: &K) -> Result<K> {
+        self.write_one(Write::Update(encode(object)?)).await
+    }
+
+    /// Replaces the status of an object.
+    pub async fn update_status<K: Object>(&self, object: &K) -> Result<K> {
+        self.write_one(Write::UpdateStatus(encode(object)?)).await
+    }
+
+    /// Removes an object.
+    pub async fn delete<K: Object>(&self, namespace: &str, name: &str) -> Result<()> {
+        self.write(vec![Write::Delete {
+            kind: kind_of::<K>(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }])
+        .await
+        .map(drop)
+    }
+
+    async fn write_one<K: Object>(&self, write: Write) -> Result<K> {
+        let stored = self.write(vec![write]).await?;
+        decode(stored.into_iter().next().ok_or_else(|| Error::Task("store returned no document".into()))?)
+    }
+
+    /// Watches objects of type `K`: first every object, then each change, as the
+    /// `watcher` events that kube-runtime's reflectors and controllers consume.
+    pub fn watch<K: Object>(self: Arc<Self>) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send {
+        let kind = kind_of::<K>();
+        let mut wake = self.subscribe();
+        async_stream(move |tx| async move {
+            let mut revision = 0;
+            let mut listed = false;
+            loop {
+                match self.changes_since(kind.clone(), revision).await {
+                    Ok((changes, newest)) => {
+                        if !listed {
+                            let _ = tx.send(watcher::Event::Init);
+                        }
+                        for change in changes {
+                            match decode::<K>(change.object) {
+                                Ok(_) if !listed && change.deleted => {}
+                                Ok(object) if !listed => {
+                                    let _ = tx.send(watcher::Event::InitApply(object));
+                                }
+                                Ok(object) if change.deleted => {
+                                    let _ = tx.send(watcher::Event::Delete(object));
+                                }
+                                Ok(object) => {
+                                    let _ = tx.send(watcher::Event::Apply(object));
+                                }
+                                Err(error) => tracing::warn!(%error, "skipping an undecodable stored object"),
+                            }
+                        }
+                        if !listed {
+                            let _ = tx.send(watcher::Event::InitDone);
+                            listed = true;
+                        }
+                        revision = newest;
+                    }
+                    Err(error) => tracing::warn!(%error, kind = %kind, "reading the change feed failed; retrying"),
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                let _ = tokio::time::timeout(POLL_INTERVAL, wake.changed()).await;
+            }
+        })
+    }
+}
+
+/// Runs `producer` as a task that feeds the returned stream; the task ends when the stream is dropped.
+fn async_stream<T, F, Fut>(producer: F) -> impl Stream<Item = Result<T, watcher::Error>> + Send
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::UnboundedSender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(producer(tx));
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (Ok(item), rx)) })
+}

@@ -1,0 +1,276 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! Every write takes the next value of a global revision counter inside its transaction, so
+//! revisions are totally ordered across processes and a watcher that remembers the newest
+//! revision it saw never misses a commit. Deletions leave a tombstone row for the feed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rand::RngExt;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::{Change, Store, Write};
+use crate::{Error, Result};
+
+/// Name of the database file inside the data directory.
+pub const DATABASE_FILE: &str = "rsgo.db";
+
+/// [`Store`] on an embedded SQLite database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    written: Arc<watch::Sender<u64>>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating when needed) the database in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| Error::io(format!("creating data directory {}", data_dir.display()), e))?;
+        let path = data_dir.join(DATABASE_FILE);
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL syncs the WAL on every commit: an acknowledged write survives a crash of the
+        // process and of the machine.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS objects (
+                kind TEXT NOT NULL,
+                namespace TEXT NOT NULL,
+                name TEXT NOT NULL,
+                revision INTEGER NOT NULL,
+                deleted INTEGER NOT NULL DEFAULT 0,
+                body TEXT NOT NULL,
+                PRIMARY KEY (kind, namespace, name)
+            );
+            CREATE INDEX IF NOT EXISTS objects_by_revision ON objects (kind, revision);
+            CREATE TABLE IF NOT EXISTS revision (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
+            INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);",
+        )?;
+        let (written, _) = watch::channel(0);
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            written: Arc::new(written),
+            path,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn run<T, F>(&self, work: F) -> BoxFuture<'_, Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = conn.lock().map_err(|_| Error::Task("store connection poisoned".into()))?;
+                work(&mut conn)
+            })
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+        }
+        .boxed()
+    }
+}
+
+fn parse(body: &str) -> Result<Value> {
+    serde_json::from_str(body).map_err(|e| Error::json("decoding a stored object", e))
+}
+
+fn text(value: &Value, pointer: &str) -> String {
+    value.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_owned()
+}
+
+fn identity(doc: &Value) -> Result<(String, String, String)> {
+    let kind = text(doc, "/kind");
+    let name = text(doc, "/metadata/name");
+    if kind.is_empty() || name.is_empty() {
+        return Err(Error::Invalid("an object needs a kind and metadata.name".into()));
+    }
+    Ok((kind, text(doc, "/metadata/namespace"), name))
+}
+
+fn next_revision(tx: &Transaction) -> Result<u64> {
+    let value: i64 = tx.query_row("UPDATE revision SET value = value + 1 WHERE id = 0 RETURNING value", [], |r| {
+        r.get(0)
+    })?;
+    Ok(value as u64)
+}
+
+fn load(tx: &Transaction, kind: &str, namespace: &str, name: &str) -> Result<Option<Value>> {
+    tx.query_row(
+        "SELECT body FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND deleted = 0",
+        params![kind, namespace, name],
+        |r| r.get::<_, String>(0),
+    )
+    .optional()?
+    .map(|body| parse(&body))
+    .transpose()
+}
+
+fn save(tx: &Transaction, kind: &str, namespace: &str, name: &str, revision: u64, deleted: bool, doc: &Value) -> Result<()> {
+    tx.execute(
+        "INSERT INTO objects (kind, namespace, name, revision, deleted, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (kind, namespace, name) DO UPDATE SET revision = ?4, deleted = ?5, body = ?6",
+        params![kind, namespace, name, revision as i64, deleted, doc.to_string()],
+    )?;
+    Ok(())
+}
+
+fn new_uid() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+}
+
+fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
+    match write {
+        Write::Create(mut doc) => {
+            let (kind, namespace, name) = identity(&doc)?;
+            if load(tx, &kind, &namespace, &name)?.is_some() {
+                return Err(Error::AlreadyExists { kind, name });
+            }
+            let revision = next_revision(tx)?;
+            let meta = &mut doc["metadata"];
+            meta["uid"] = json!(new_uid());
+            meta["resourceVersion"] = json!(revision.to_string());
+            meta["generation"] = json!(1);
+            meta["creationTimestamp"] = json!(jiff::Timestamp::now().to_string());
+            save(tx, &kind, &namespace, &name, revision, false, &doc)?;
+            Ok(Some(doc))
+        }
+        Write::Update(doc) => {
+            let (kind, namespace, name) = identity(&doc)?;
+            let mut stored = load(tx, &kind, &namespace, &name)?.ok_or_else(|| Error::NotFound {
+                kind: kind.clone(),
+                name: name.clone(),
+            })?;
+            let expected = text(&doc, "/metadata/resourceVersion");
+            if !expected.is_empty() && expected != text(&stored, "/metadata/resourceVersion") {
+                return Err(Error::Conflict { kind, name });
+            }
+            let revision = next_revision(tx)?;
+            if stored.get("spec") != doc.get("spec") {
+                let generation = stored["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+                stored["metadata"]["generation"] = json!(generation);
+                stored["spec"] = doc.get("spec").cloned().unwrap_or(Value::Null);
+            }
+            for field in ["labels", "annotations", "deletionTimestamp", "finalizers", "ownerReferences"] {
+                match doc["metadata"].get(field) {
+                    Some(value) => stored["metadata"][field] = value.clone(),
+                    None => {
+                        if let Some(meta) = stored["metadata"].as_object_mut() {
+                            meta.remove(field);
+                        }
+                    }
+                }
+            }
+            stored["metadata"]["resourceVersion"] = json!(revision.to_string());
+            save(tx, &kind, &namespace, &name, revision, false, &stored)?;
+            Ok(Some(stored))
+        }
+        Write::UpdateStatus(doc) => {
+            let (kind, namespace, name) = identity(&doc)?;
+            let mut stored = load(tx, &kind, &namespace, &name)?.ok_or_else(|| Error::NotFound {
+                kind: kind.clone(),
+                name: name.clone(),
+            })?;
+            let revision = next_revision(tx)?;
+            stored["status"] = doc.get("status").cloned().unwrap_or(Value::Null);
+            stored["metadata"]["resourceVersion"] = json!(revision.to_string());
+            save(tx, &kind, &namespace, &name, revision, false, &stored)?;
+            Ok(Some(stored))
+        }
+        Write::Delete { kind, namespace, name } => {
+            let stored = load(tx, &kind, &namespace, &name)?.ok_or_else(|| Error::NotFound {
+                kind: kind.clone(),
+                name: name.clone(),
+            })?;
+            let revision = next_revision(tx)?;
+            save(tx, &kind, &namespace, &name, revision, true, &stored)?;
+            Ok(None)
+        }
+    }
+}
+
+impl Store for SqliteStore {
+    fn get_raw(&self, kind: String, namespace: String, name: String) -> BoxFuture<'_, Result<Option<Value>>> {
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            load(&tx, &kind, &namespace, &name)
+        })
+    }
+
+    fn list_raw(&self, kind: String, namespace: Option<String>) -> BoxFuture<'_, Result<Vec<Value>>> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT body FROM objects WHERE kind = ?1 AND deleted = 0 AND (?2 IS NULL OR namespace = ?2)
+                 ORDER BY namespace, name",
+            )?;
+            let rows = stmt.query_map(params![kind, namespace], |r| r.get::<_, String>(0))?;
+            rows.map(|body| parse(&body?)).collect()
+        })
+    }
+
+    fn write(&self, writes: Vec<Write>) -> BoxFuture<'_, Result<Vec<Value>>> {
+        let written = self.written.clone();
+        let result = self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut stored = Vec::with_capacity(writes.len());
+            for write in writes {
+                stored.extend(apply_write(&tx, write)?);
+            }
+            let revision: i64 = tx.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
+            tx.commit()?;
+            Ok((stored, revision as u64))
+        });
+        async move {
+            let (stored, revision) = result.await?;
+            written.send_replace(revision);
+            Ok(stored)
+        }
+        .boxed()
+    }
+
+    fn changes_since(&self, kind: String, revision: u64) -> BoxFuture<'_, Result<(Vec<Change>, u64)>> {
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            let newest: i64 = tx.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT body, deleted FROM objects WHERE kind = ?1 AND revision > ?2 AND revision <= ?3
+                 ORDER BY revision",
+            )?;
+            let rows = stmt.query_map(params![kind, revision as i64, newest], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+            })?;
+            let changes = rows
+                .map(|row| {
+                    let (body, deleted) = row?;
+                    Ok(Change {
+                        object: parse(&body)?,
+                        deleted,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            drop(stmt);
+            Ok((changes, newest as u64))
+        })
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.written.subscribe()
+    }
+}
