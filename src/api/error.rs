@@ -48,7 +48,10 @@ impl From<Error> for ApiError {
         tracing::error!(kind = error.label(), %error, "request failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("Internal error ({}); the rsgo server log has the details.", error.label()),
+            format!(
+                "Internal error ({}); the rsgo server log has the details.",
+                error.label()
+            ),
         )
     }
 }

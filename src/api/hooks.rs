@@ -21,8 +21,8 @@ use super::{ApiError, AppState, MAX_BODY_BYTES};
 use crate::auth::{self, KeyRejection};
 use crate::catalog::{render, sync};
 use crate::model::{
-    ApiKey, ApiKeyStatus, DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
-    DeploymentRecordSpec, Environment, REDEPLOY_ANNOTATION, Stack,
+    ApiKey, ApiKeyStatus, DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase,
+    DeploymentRecord, DeploymentRecordSpec, Environment, REDEPLOY_ANNOTATION, Stack,
 };
 use crate::store::{Store, Write, encode};
 use crate::{Error, Result};
@@ -64,31 +64,50 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Resul
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Request body is larger than the {} KiB limit.", MAX_BODY_BYTES / 1024),
+                format!(
+                    "Request body is larger than the {} KiB limit.",
+                    MAX_BODY_BYTES / 1024
+                ),
             )
         } else {
-            ApiError::bad_request(format!("Could not read the request body: {}", rejection.body_text()))
+            ApiError::bad_request(format!(
+                "Could not read the request body: {}",
+                rejection.body_text()
+            ))
         }
     })?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("Request body is empty; send a JSON object with at least stackName."));
+        return Err(ApiError::bad_request(
+            "Request body is empty; send a JSON object with at least stackName.",
+        ));
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}.")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}.")))
 }
 
 /// Checks the key in `headers` and that it grants `permission`.
-async fn authenticate(state: &AppState, headers: &HeaderMap, permission: Option<&str>) -> Result<ApiKey, ApiError> {
-    let presented = headers.get(API_KEY_HEADER).map(|v| v.to_str().unwrap_or_default());
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    permission: Option<&str>,
+) -> Result<ApiKey, ApiError> {
+    let presented = headers
+        .get(API_KEY_HEADER)
+        .map(|v| v.to_str().unwrap_or_default());
     let keys = state.store.list::<ApiKey>(None).await?;
     let now = Timestamp::now();
-    let key = auth::verify(presented, keys, now)
-        .map_err(|rejection: KeyRejection| ApiError::new(StatusCode::UNAUTHORIZED, rejection.message()))?;
+    let key = auth::verify(presented, keys, now).map_err(|rejection: KeyRejection| {
+        ApiError::new(StatusCode::UNAUTHORIZED, rejection.message())
+    })?;
     if let Some(permission) = permission
         && !auth::grants(&key.spec.permissions, permission)
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("API key '{}' lacks the permission '{permission}'.", key.spec.display_name),
+            format!(
+                "API key '{}' lacks the permission '{permission}'.",
+                key.spec.display_name
+            ),
         ));
     }
     record_use(&state.store, &key, now).await;
@@ -102,14 +121,20 @@ async fn record_use(store: &std::sync::Arc<dyn Store>, key: &ApiKey, now: Timest
         return;
     }
     let mut used = key.clone();
-    used.status = Some(ApiKeyStatus { last_used_at: Some(now) });
+    used.status = Some(ApiKeyStatus {
+        last_used_at: Some(now),
+    });
     if let Err(error) = store.update_status(&used).await {
         tracing::warn!(key = %key.name_any(), %error, "recording the key's last use failed");
     }
 }
 
 /// The environment a request acts on: the body's, else the key's scope, else the default.
-async fn resolve_environment(state: &AppState, requested: Option<&str>, key: &ApiKey) -> Result<String, ApiError> {
+async fn resolve_environment(
+    state: &AppState,
+    requested: Option<&str>,
+    key: &ApiKey,
+) -> Result<String, ApiError> {
     let requested = requested.filter(|e| !e.is_empty());
     let environment = match (requested, &key.spec.environment) {
         (Some(wanted), Some(scope)) if wanted != scope => {
@@ -125,8 +150,19 @@ async fn resolve_environment(state: &AppState, requested: Option<&str>, key: &Ap
         (None, Some(scope)) => scope.clone(),
         (None, None) => state.default_environment.clone(),
     };
-    if state.store.get::<Environment>("", &environment).await?.is_none() {
-        let known: Vec<String> = state.store.list::<Environment>(None).await?.iter().map(|e| e.name_any()).collect();
+    if state
+        .store
+        .get::<Environment>("", &environment)
+        .await?
+        .is_none()
+    {
+        let known: Vec<String> = state
+            .store
+            .list::<Environment>(None)
+            .await?
+            .iter()
+            .map(|e| e.name_any())
+            .collect();
         return Err(ApiError::bad_request(format!(
             "Environment '{environment}' not found. Known environments: {}.",
             known.join(", ")
@@ -157,13 +193,20 @@ where
     F: FnMut(&Stack) -> Result<(Stack, DeploymentRecordSpec), ApiError>,
 {
     for _ in 0..WRITE_ATTEMPTS {
-        let stack = store.get::<Stack>(environment, stack_name).await?.ok_or_else(|| {
-            ApiError::bad_request(format!("Stack '{stack_name}' not found in environment '{environment}'."))
-        })?;
+        let stack = store
+            .get::<Stack>(environment, stack_name)
+            .await?
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Stack '{stack_name}' not found in environment '{environment}'."
+                ))
+            })?;
         let (mut desired, mut spec) = change(&stack)?;
         spec.requested_by = requested_by.to_owned();
         let id = new_deployment_id();
-        desired.annotations_mut().insert(DEPLOYMENT_ANNOTATION.into(), id.clone());
+        desired
+            .annotations_mut()
+            .insert(DEPLOYMENT_ANNOTATION.into(), id.clone());
         let record = DeploymentRecord {
             metadata: ObjectMeta {
                 name: Some(id),
@@ -173,7 +216,10 @@ where
             spec,
             status: None,
         };
-        let writes = vec![Write::Create(encode(&record)?), Write::Update(encode(&desired)?)];
+        let writes = vec![
+            Write::Create(encode(&record)?),
+            Write::Update(encode(&desired)?),
+        ];
         match store.write(writes).await {
             Ok(_) => return Ok((stack, record)),
             Err(Error::Conflict { .. }) => continue,
@@ -187,18 +233,29 @@ where
 }
 
 /// Waits until a deployment record reaches a final phase.
-async fn wait_for(store: &std::sync::Arc<dyn Store>, environment: &str, id: &str) -> Result<DeploymentRecord, ApiError> {
+async fn wait_for(
+    store: &std::sync::Arc<dyn Store>,
+    environment: &str,
+    id: &str,
+) -> Result<DeploymentRecord, ApiError> {
     let mut wake = store.subscribe();
     let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
     loop {
         let record = store.require::<DeploymentRecord>(environment, id).await?;
-        if record.status.as_ref().is_some_and(|s| s.phase.is_terminal()) {
+        if record
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase.is_terminal())
+        {
             return Ok(record);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("Deployment {id} has not finished yet; follow it at {}.", status_url(id)),
+                format!(
+                    "Deployment {id} has not finished yet; follow it at {}.",
+                    status_url(id)
+                ),
             )
             .with(json!({"deploymentId": id})));
         }
@@ -231,24 +288,30 @@ pub async fn redeploy(
         return Err(ApiError::bad_request("stackName must not be empty."));
     }
     let environment = resolve_environment(&state, request.environment_id.as_deref(), &key).await?;
-    let (stack, record) = request_rollout(&state.store, &environment, &request.stack_name, &key.spec.display_name, |stack| {
-        let mut desired = stack.clone();
-        desired
-            .annotations_mut()
-            .insert(REDEPLOY_ANNOTATION.into(), Timestamp::now().to_string());
-        let version = current_version(stack);
-        let spec = DeploymentRecordSpec {
-            stack: stack.name_any(),
-            environment: environment.clone(),
-            action: DeploymentAction::Redeploy,
-            from_version: version.clone(),
-            to_version: version,
-            previous_variables: None,
-            requested_by: String::new(),
-            requested_at: Timestamp::now(),
-        };
-        Ok((desired, spec))
-    })
+    let (stack, record) = request_rollout(
+        &state.store,
+        &environment,
+        &request.stack_name,
+        &key.spec.display_name,
+        |stack| {
+            let mut desired = stack.clone();
+            desired
+                .annotations_mut()
+                .insert(REDEPLOY_ANNOTATION.into(), Timestamp::now().to_string());
+            let version = current_version(stack);
+            let spec = DeploymentRecordSpec {
+                stack: stack.name_any(),
+                environment: environment.clone(),
+                action: DeploymentAction::Redeploy,
+                from_version: version.clone(),
+                to_version: version,
+                previous_variables: None,
+                requested_by: String::new(),
+                requested_at: Timestamp::now(),
+            };
+            Ok((desired, spec))
+        },
+    )
     .await?;
     let id = record.name_any();
     tracing::info!(stack = %request.stack_name, %environment, deployment = %id, key = %key.spec.display_name, "redeploy requested");
@@ -286,9 +349,13 @@ pub async fn upgrade(
         return Err(ApiError::bad_request("stackName must not be empty."));
     }
     let environment = resolve_environment(&state, request.environment_id.as_deref(), &key).await?;
-    let target = semver::Version::parse(request.target_version.trim_start_matches('v')).map_err(|e| {
-        ApiError::bad_request(format!("targetVersion '{}' is not a SemVer version: {e}.", request.target_version))
-    })?;
+    let target =
+        semver::Version::parse(request.target_version.trim_start_matches('v')).map_err(|e| {
+            ApiError::bad_request(format!(
+                "targetVersion '{}' is not a SemVer version: {e}.",
+                request.target_version
+            ))
+        })?;
     let mut previous = String::new();
     let (_, record) = request_rollout(&state.store, &environment, &request.stack_name, &key.spec.display_name, |stack| {
         let catalog = state.catalog.read().map_err(|_| Error::Task("catalog lock poisoned".into()))?;
@@ -349,7 +416,10 @@ pub async fn upgrade(
 }
 
 /// `POST /api/hooks/sync-sources`: no body needed.
-pub async fn sync_sources(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn sync_sources(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     authenticate(&state, &headers, Some(auth::SYNC_SOURCES)).await?;
     let report = sync::sync_all(&state.store, &state.catalog).await?;
     state.catalog_synced.notify_one();
@@ -391,8 +461,18 @@ pub async fn deployment(
         .await?
         .into_iter()
         .find(|r| r.name_any() == id)
-        .filter(|r| key.spec.environment.as_ref().is_none_or(|scope| *scope == r.spec.environment))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("Deployment '{id}' not found.")))?;
+        .filter(|r| {
+            key.spec
+                .environment
+                .as_ref()
+                .is_none_or(|scope| *scope == r.spec.environment)
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("Deployment '{id}' not found."),
+            )
+        })?;
     let status = record.status.clone().unwrap_or_default();
     Ok(Json(json!({
         "success": true,

@@ -37,7 +37,9 @@ pub struct NewKey {
 
 impl std::fmt::Debug for NewKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewKey").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("NewKey")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,14 +60,19 @@ pub fn generate() -> NewKey {
 
 /// Lower-case hex SHA-256 of a key.
 pub fn hash(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Whether `key` has the shape of an rsgo key.
 pub fn is_well_formed(key: &str) -> bool {
     key.len() == KEY_PREFIX.len() + KEY_RANDOM_LEN
         && key.starts_with(KEY_PREFIX)
-        && key[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+        && key[KEY_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
@@ -80,9 +87,15 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Refuses permission names rsgo does not know.
 pub fn validate_permissions(permissions: &[String]) -> Result<(), String> {
     if permissions.is_empty() {
-        return Err(format!("a key needs at least one permission; known permissions: {}", PERMISSIONS.join(", ")));
+        return Err(format!(
+            "a key needs at least one permission; known permissions: {}",
+            PERMISSIONS.join(", ")
+        ));
     }
-    match permissions.iter().find(|p| !PERMISSIONS.contains(&p.as_str())) {
+    match permissions
+        .iter()
+        .find(|p| !PERMISSIONS.contains(&p.as_str()))
+    {
         Some(unknown) => Err(format!(
             "unknown permission '{unknown}'; known permissions: {}",
             PERMISSIONS.join(", ")
@@ -118,7 +131,9 @@ impl KeyRejection {
     pub fn message(self) -> &'static str {
         match self {
             KeyRejection::Missing => "Missing API key: send it in the X-Api-Key header.",
-            KeyRejection::Malformed => "Malformed API key: expected 'rsgo_' followed by 32 letters and digits.",
+            KeyRejection::Malformed => {
+                "Malformed API key: expected 'rsgo_' followed by 32 letters and digits."
+            }
             KeyRejection::Unknown => "Invalid API key: no such key exists.",
             KeyRejection::Revoked => "API key has been revoked.",
             KeyRejection::Expired => "API key has expired.",
@@ -128,7 +143,11 @@ impl KeyRejection {
 
 /// Finds the key matching `presented` among `keys` and checks that it may be used at `now`.
 /// Every stored hash is compared in constant time, so timing reveals nothing about which matched.
-pub fn verify(presented: Option<&str>, keys: Vec<ApiKey>, now: Timestamp) -> Result<ApiKey, KeyRejection> {
+pub fn verify(
+    presented: Option<&str>,
+    keys: Vec<ApiKey>,
+    now: Timestamp,
+) -> Result<ApiKey, KeyRejection> {
     let presented = presented.ok_or(KeyRejection::Missing)?;
     if !is_well_formed(presented) {
         return Err(KeyRejection::Malformed);
@@ -186,7 +205,10 @@ mod tests {
     fn unknown_permissions_are_refused() {
         assert!(validate_permissions(&["Hooks.Redeploy".into()]).is_ok());
         let err = validate_permissions(&["Hooks.Deploy".into()]).unwrap_err();
-        assert!(err.contains("Hooks.Deploy") && err.contains("Hooks.SyncSources"), "{err}");
+        assert!(
+            err.contains("Hooks.Deploy") && err.contains("Hooks.SyncSources"),
+            "{err}"
+        );
         assert!(validate_permissions(&[]).is_err());
     }
 

@@ -43,7 +43,10 @@ pub fn parse_manifest(path: &Path, text: &str) -> Result<Option<ProductVersion>,
     if let Some(format) = &manifest.version
         && !(format.0 == "1" || format.0.starts_with("1."))
     {
-        return Err(format!("unsupported manifest format version '{}'; rsgo reads 1.x", format.0));
+        return Err(format!(
+            "unsupported manifest format version '{}'; rsgo reads 1.x",
+            format.0
+        ));
     }
     let Some(raw_version) = &manifest.metadata.product_version else {
         return Ok(None);
@@ -51,7 +54,10 @@ pub fn parse_manifest(path: &Path, text: &str) -> Result<Option<ProductVersion>,
     let version = Version::parse(raw_version.0.trim_start_matches('v'))
         .map_err(|e| format!("productVersion '{}' is not SemVer: {e}", raw_version.0))?;
     if manifest.stacks.is_some() {
-        return Err("multi-stack products (`stacks:`) are not supported yet; use top-level `services`".into());
+        return Err(
+            "multi-stack products (`stacks:`) are not supported yet; use top-level `services`"
+                .into(),
+        );
     }
     if manifest.services.is_empty() {
         return Err("the manifest defines no services".into());
@@ -105,13 +111,18 @@ pub fn load_directory(dir: &Path) -> Result<Loaded> {
 }
 
 fn collect_manifest_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
-    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading catalog directory {}", dir.display()), e))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("reading catalog directory {}", dir.display()), e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| Error::io(format!("reading catalog directory {}", dir.display()), e))?;
+        let entry = entry
+            .map_err(|e| Error::io(format!("reading catalog directory {}", dir.display()), e))?;
         let path = entry.path();
         if path.is_dir() {
             collect_manifest_files(&path, files)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             files.push(path);
         }
     }
@@ -127,8 +138,10 @@ pub struct Catalog {
 impl Catalog {
     /// Replaces the versions a source provides.
     pub fn replace_source(&mut self, source: &str, versions: Vec<ProductVersion>) {
-        self.sources
-            .insert(source.to_owned(), versions.into_iter().map(Arc::new).collect());
+        self.sources.insert(
+            source.to_owned(),
+            versions.into_iter().map(Arc::new).collect(),
+        );
     }
 
     /// Forgets every source not named in `known`.
@@ -153,7 +166,9 @@ impl Catalog {
     /// One version of `product`.
     pub fn find(&self, product: &str, version: &str) -> Option<Arc<ProductVersion>> {
         let wanted = Version::parse(version.trim_start_matches('v')).ok()?;
-        self.versions(product).into_iter().find(|pv| pv.version == wanted)
+        self.versions(product)
+            .into_iter()
+            .find(|pv| pv.version == wanted)
     }
 
     /// The newest stable version of `product`, or the newest pre-release when it has no stable one.
@@ -169,7 +184,11 @@ impl Catalog {
 
     /// `"6.4.0, 6.5.0"`, or `"none"`, for error messages.
     pub fn available(&self, product: &str) -> String {
-        let versions: Vec<String> = self.versions(product).iter().map(|pv| pv.version.to_string()).collect();
+        let versions: Vec<String> = self
+            .versions(product)
+            .iter()
+            .map(|pv| pv.version.to_string())
+            .collect();
         if versions.is_empty() {
             "none".into()
         } else {
@@ -180,7 +199,8 @@ impl Catalog {
     /// Number of distinct products and of versions in all sources.
     pub fn counts(&self) -> (usize, usize) {
         let all: Vec<_> = self.sources.values().flatten().collect();
-        let products: std::collections::BTreeSet<_> = all.iter().map(|pv| pv.product.as_str()).collect();
+        let products: std::collections::BTreeSet<_> =
+            all.iter().map(|pv| pv.product.as_str()).collect();
         (products.len(), all.len())
     }
 }
@@ -199,8 +219,19 @@ mod tests {
     #[test]
     fn versions_are_ordered_by_semver_and_latest_prefers_stable() {
         let mut catalog = Catalog::default();
-        catalog.replace_source("a", vec![pv("app", "1.10.0"), pv("app", "1.9.0"), pv("app", "2.0.0-rc.1")]);
-        let order: Vec<String> = catalog.versions("app").iter().map(|p| p.version.to_string()).collect();
+        catalog.replace_source(
+            "a",
+            vec![
+                pv("app", "1.10.0"),
+                pv("app", "1.9.0"),
+                pv("app", "2.0.0-rc.1"),
+            ],
+        );
+        let order: Vec<String> = catalog
+            .versions("app")
+            .iter()
+            .map(|p| p.version.to_string())
+            .collect();
         assert_eq!(order, ["1.9.0", "1.10.0", "2.0.0-rc.1"]);
         assert_eq!(catalog.latest("app").unwrap().version.to_string(), "1.10.0");
         assert_eq!(catalog.available("app"), "1.9.0, 1.10.0, 2.0.0-rc.1");
@@ -212,12 +243,22 @@ mod tests {
     #[test]
     fn fragments_and_bad_files_are_told_apart() {
         let fragment = "metadata: {name: part}\nservices:\n  a: {image: x}\n";
-        assert!(parse_manifest(Path::new("f.yaml"), fragment).unwrap().is_none());
-        let bad = parse_manifest(Path::new("b.yaml"), "metadata: {name: x, productVersion: banana}\n").unwrap_err();
+        assert!(
+            parse_manifest(Path::new("f.yaml"), fragment)
+                .unwrap()
+                .is_none()
+        );
+        let bad = parse_manifest(
+            Path::new("b.yaml"),
+            "metadata: {name: x, productVersion: banana}\n",
+        )
+        .unwrap_err();
         assert!(bad.contains("not SemVer"), "{bad}");
-        let unknown = parse_manifest(Path::new("u.yaml"), "metadata: {name: x}\nservicez: {}\n").unwrap_err();
+        let unknown =
+            parse_manifest(Path::new("u.yaml"), "metadata: {name: x}\nservicez: {}\n").unwrap_err();
         assert!(unknown.contains("servicez"), "{unknown}");
-        let format = parse_manifest(Path::new("v.yaml"), "version: '2.0'\nmetadata: {name: x}\n").unwrap_err();
+        let format = parse_manifest(Path::new("v.yaml"), "version: '2.0'\nmetadata: {name: x}\n")
+            .unwrap_err();
         assert!(format.contains("2.0"), "{format}");
     }
 }

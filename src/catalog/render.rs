@@ -111,26 +111,39 @@ pub fn resolve_variables(
             .get(name)
             .filter(|v| !v.is_empty())
             .cloned()
-            .or_else(|| var.default.as_ref().map(|d| d.0.clone()).filter(|d| !d.is_empty()));
+            .or_else(|| {
+                var.default
+                    .as_ref()
+                    .map(|d| d.0.clone())
+                    .filter(|d| !d.is_empty())
+            });
         match value {
             Some(value) => {
                 check_type(name, var, &value)?;
                 resolved.insert(name.clone(), value);
             }
-            None if var.required => return Err(format!("variable '{name}' is required but has no value")),
+            None if var.required => {
+                return Err(format!("variable '{name}' is required but has no value"));
+            }
             None => {
                 resolved.insert(name.clone(), String::new());
             }
         }
     }
     for (name, value) in values {
-        resolved.entry(name.clone()).or_insert_with(|| value.clone());
+        resolved
+            .entry(name.clone())
+            .or_insert_with(|| value.clone());
     }
     Ok(resolved)
 }
 
 fn check_type(name: &str, var: &Variable, value: &str) -> Result<(), String> {
-    let number = || value.parse::<f64>().map_err(|_| format!("variable '{name}' must be a number, got '{value}'"));
+    let number = || {
+        value
+            .parse::<f64>()
+            .map_err(|_| format!("variable '{name}' must be a number, got '{value}'"))
+    };
     let in_range = |n: f64| {
         if var.min.is_some_and(|min| n < min) || var.max.is_some_and(|max| n > max) {
             Err(format!("variable '{name}' is out of range: {value}"))
@@ -142,14 +155,21 @@ fn check_type(name: &str, var: &Variable, value: &str) -> Result<(), String> {
         VariableType::Number => in_range(number()?),
         VariableType::Port => match value.parse::<u16>() {
             Ok(port) if port >= 1 => in_range(f64::from(port)),
-            _ => Err(format!("variable '{name}' must be a port from 1 to 65535, got '{value}'")),
+            _ => Err(format!(
+                "variable '{name}' must be a port from 1 to 65535, got '{value}'"
+            )),
         },
-        VariableType::Boolean if !matches!(value, "true" | "false") => {
-            Err(format!("variable '{name}' must be true or false, got '{value}'"))
-        }
-        VariableType::Select if !var.options.is_empty() && !var.options.iter().any(|o| o.value.0 == value) => {
+        VariableType::Boolean if !matches!(value, "true" | "false") => Err(format!(
+            "variable '{name}' must be true or false, got '{value}'"
+        )),
+        VariableType::Select
+            if !var.options.is_empty() && !var.options.iter().any(|o| o.value.0 == value) =>
+        {
             let choices: Vec<&str> = var.options.iter().map(|o| o.value.0.as_str()).collect();
-            Err(format!("variable '{name}' must be one of {}, got '{value}'", choices.join(", ")))
+            Err(format!(
+                "variable '{name}' must be one of {}, got '{value}'",
+                choices.join(", ")
+            ))
         }
         _ => Ok(()),
     }
@@ -167,7 +187,9 @@ pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String,
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{') {
-            let end = body.find('}').ok_or_else(|| format!("unclosed '${{' in '{text}'"))?;
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unclosed '${{' in '{text}'"))?;
             let expr = &body[..end];
             let (name, default) = match expr.split_once(":-") {
                 Some((name, default)) => (name, Some(default)),
@@ -230,12 +252,19 @@ fn parse_port(spec: &str) -> Result<PortBinding, String> {
         Some((_, proto)) => return Err(format!("port '{spec}': unknown protocol '{proto}'")),
         None => (spec, "tcp"),
     };
-    let port = |p: &str| p.parse::<u16>().map_err(|_| format!("port '{spec}': '{p}' is not a port number"));
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("port '{spec}': '{p}' is not a port number"))
+    };
     let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
     let (host_ip, host_port, container_port) = match parts.as_slice() {
         [container] => (None, None, port(container)?),
         [container, host] => (None, Some(port(host)?), port(container)?),
-        [container, host, ip] => (Some(ip.trim_matches(['[', ']']).to_owned()), Some(port(host)?), port(container)?),
+        [container, host, ip] => (
+            Some(ip.trim_matches(['[', ']']).to_owned()),
+            Some(port(host)?),
+            port(container)?,
+        ),
         _ => unreachable!("rsplitn(3) yields one to three parts"),
     };
     Ok(PortBinding {
@@ -249,28 +278,49 @@ fn parse_port(spec: &str) -> Result<PortBinding, String> {
 fn parse_mount(spec: &str, stack: &str) -> Result<Mount, String> {
     let mut parts = spec.split(':');
     let (source, target) = match (parts.next(), parts.next()) {
-        (Some(source), Some(target)) if !source.is_empty() && target.starts_with('/') => (source, target),
-        _ => return Err(format!("volume '{spec}': expected 'name:/path[:ro]' or '/host/path:/path[:ro]'")),
+        (Some(source), Some(target)) if !source.is_empty() && target.starts_with('/') => {
+            (source, target)
+        }
+        _ => {
+            return Err(format!(
+                "volume '{spec}': expected 'name:/path[:ro]' or '/host/path:/path[:ro]'"
+            ));
+        }
     };
     let read_only = match parts.next() {
         None | Some("rw") => false,
         Some("ro") => true,
-        Some(mode) => return Err(format!("volume '{spec}': unknown mode '{mode}', use ro or rw")),
+        Some(mode) => {
+            return Err(format!(
+                "volume '{spec}': unknown mode '{mode}', use ro or rw"
+            ));
+        }
     };
     let host_path = source.starts_with(['/', '.', '~']);
     Ok(Mount {
-        source: if host_path { source.to_owned() } else { format!("{stack}_{source}") },
+        source: if host_path {
+            source.to_owned()
+        } else {
+            format!("{stack}_{source}")
+        },
         target: target.to_owned(),
         read_only,
         named_volume: !host_path,
     })
 }
 
-fn command_args(command: &Option<Command>, vars: &BTreeMap<String, String>) -> Result<Option<Vec<String>>, String> {
+fn command_args(
+    command: &Option<Command>,
+    vars: &BTreeMap<String, String>,
+) -> Result<Option<Vec<String>>, String> {
     match command {
         None => Ok(None),
         Some(Command::Line(line)) => Ok(Some(split_command(&substitute(line, vars)?)?)),
-        Some(Command::Args(args)) => args.iter().map(|a| substitute(a, vars)).collect::<Result<_, _>>().map(Some),
+        Some(Command::Args(args)) => args
+            .iter()
+            .map(|a| substitute(a, vars))
+            .collect::<Result<_, _>>()
+            .map(Some),
     }
 }
 
@@ -289,7 +339,10 @@ fn dependency_order(pv: &ProductVersion) -> Result<Vec<&str>, String> {
             return Ok(());
         }
         if visiting.contains(&name) {
-            return Err(format!("services depend on each other in a cycle: {} -> {name}", visiting.join(" -> ")));
+            return Err(format!(
+                "services depend on each other in a cycle: {} -> {name}",
+                visiting.join(" -> ")
+            ));
         }
         let (key, service) = services
             .get_key_value(name)
@@ -332,7 +385,10 @@ pub fn render(
         }
         let mut env = Vec::new();
         for (key, value) in &service.environment {
-            env.push(format!("{key}={}", substitute(&value.0, &vars).map_err(context)?));
+            env.push(format!(
+                "{key}={}",
+                substitute(&value.0, &vars).map_err(context)?
+            ));
         }
         let mut ports = Vec::new();
         for port in &service.ports {
@@ -340,12 +396,17 @@ pub fn render(
         }
         let mut mounts = Vec::new();
         for volume in &service.volumes {
-            mounts.push(parse_mount(&substitute(volume, &vars).map_err(context)?, stack).map_err(context)?);
+            mounts.push(
+                parse_mount(&substitute(volume, &vars).map_err(context)?, stack)
+                    .map_err(context)?,
+            );
         }
         let mut networks = vec![network.clone()];
         for extra in &service.networks {
             if !pv.manifest.networks.contains_key(extra) && extra != "default" {
-                return Err(context(format!("network '{extra}' is not declared under networks")));
+                return Err(context(format!(
+                    "network '{extra}' is not declared under networks"
+                )));
             }
             if extra != "default" {
                 networks.push(format!("{stack}_{extra}"));
@@ -367,8 +428,18 @@ pub fn render(
             env,
             cmd: command_args(&service.command, &vars).map_err(context)?,
             entrypoint: command_args(&service.entrypoint, &vars).map_err(context)?,
-            working_dir: service.working_dir.as_deref().map(|d| substitute(d, &vars)).transpose().map_err(context)?,
-            user: service.user.as_deref().map(|u| substitute(u, &vars)).transpose().map_err(context)?,
+            working_dir: service
+                .working_dir
+                .as_deref()
+                .map(|d| substitute(d, &vars))
+                .transpose()
+                .map_err(context)?,
+            user: service
+                .user
+                .as_deref()
+                .map(|u| substitute(u, &vars))
+                .transpose()
+                .map_err(context)?,
             ports,
             mounts,
             restart: service.restart.clone(),
@@ -379,15 +450,29 @@ pub fn render(
         plan.spec_hash = spec_hash(&plan);
         containers.push(plan);
     }
-    let mut volumes: Vec<String> = pv.manifest.volumes.keys().map(|v| format!("{stack}_{v}")).collect();
-    for mount in containers.iter().flat_map(|c| &c.mounts).filter(|m| m.named_volume) {
+    let mut volumes: Vec<String> = pv
+        .manifest
+        .volumes
+        .keys()
+        .map(|v| format!("{stack}_{v}"))
+        .collect();
+    for mount in containers
+        .iter()
+        .flat_map(|c| &c.mounts)
+        .filter(|m| m.named_volume)
+    {
         if !volumes.contains(&mount.source) {
             volumes.push(mount.source.clone());
         }
     }
     Ok(StackPlan {
         network,
-        extra_networks: pv.manifest.networks.keys().map(|n| format!("{stack}_{n}")).collect(),
+        extra_networks: pv
+            .manifest
+            .networks
+            .keys()
+            .map(|n| format!("{stack}_{n}"))
+            .collect(),
         volumes,
         labels: base_labels,
         containers,
@@ -396,7 +481,10 @@ pub fn render(
 
 fn spec_hash(plan: &ContainerPlan) -> String {
     let json = serde_json::to_vec(plan).expect("a container plan always serializes");
-    Sha256::digest(&json)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(&json)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -406,7 +494,10 @@ mod tests {
     use std::path::Path;
 
     fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const MANIFEST: &str = r#"
@@ -431,7 +522,9 @@ volumes:
 "#;
 
     fn product() -> ProductVersion {
-        parse_manifest(Path::new("shop.yaml"), MANIFEST).unwrap().unwrap()
+        parse_manifest(Path::new("shop.yaml"), MANIFEST)
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
@@ -443,12 +536,23 @@ volumes:
         assert_eq!(names, ["shop_db", "shop_web"]);
         let web = &plan.containers[1];
         assert_eq!(web.image, "registry.local/web:1");
-        assert_eq!(web.env, ["GREETING=hello", "LITERAL=$HOME", "MODE=prod", "N=3"]);
-        assert_eq!(web.cmd.as_deref(), Some(&["sh".to_string(), "-c".into(), "echo \"hi there\"".into()][..]));
+        assert_eq!(
+            web.env,
+            ["GREETING=hello", "LITERAL=$HOME", "MODE=prod", "N=3"]
+        );
+        assert_eq!(
+            web.cmd.as_deref(),
+            Some(&["sh".to_string(), "-c".into(), "echo \"hi there\"".into()][..])
+        );
         assert_eq!(
             web.ports,
             [
-                PortBinding { host_ip: None, host_port: Some(8080), container_port: 80, protocol: "tcp".into() },
+                PortBinding {
+                    host_ip: None,
+                    host_port: Some(8080),
+                    container_port: 80,
+                    protocol: "tcp".into()
+                },
                 PortBinding {
                     host_ip: Some("127.0.0.1".into()),
                     host_port: Some(9090),
@@ -481,7 +585,13 @@ volumes:
         let p = product();
         let missing = render("shop", "local", &p, &vars(&[])).unwrap_err();
         assert!(missing.contains("'GREETING' is required"), "{missing}");
-        let port = render("shop", "local", &p, &vars(&[("GREETING", "x"), ("PORT", "70000")])).unwrap_err();
+        let port = render(
+            "shop",
+            "local",
+            &p,
+            &vars(&[("GREETING", "x"), ("PORT", "70000")]),
+        )
+        .unwrap_err();
         assert!(port.contains("'PORT' must be a port"), "{port}");
     }
 
@@ -493,7 +603,11 @@ volumes:
         assert_eq!(substitute("${EMPTY}", &v).unwrap(), "");
         assert_eq!(substitute("${B:-fallback}", &v).unwrap(), "fallback");
         assert_eq!(substitute("$$A $A", &v).unwrap(), "$A $A");
-        assert!(substitute("${B}", &v).unwrap_err().contains("undefined variable 'B'"));
+        assert!(
+            substitute("${B}", &v)
+                .unwrap_err()
+                .contains("undefined variable 'B'")
+        );
         assert!(substitute("${A", &v).is_err());
     }
 
@@ -512,6 +626,10 @@ volumes:
     fn dependency_cycles_are_reported() {
         let text = "metadata: {name: c, productVersion: '1.0.0'}\nservices:\n  a: {image: x, dependsOn: [b]}\n  b: {image: y, dependsOn: [a]}\n";
         let pv = parse_manifest(Path::new("c.yaml"), text).unwrap().unwrap();
-        assert!(render("c", "local", &pv, &BTreeMap::new()).unwrap_err().contains("cycle"));
+        assert!(
+            render("c", "local", &pv, &BTreeMap::new())
+                .unwrap_err()
+                .contains("cycle")
+        );
     }
 }

@@ -24,7 +24,10 @@ pub struct SyncReport {
 
 /// Reads every CatalogSource now. A source that cannot be read keeps its last good set of
 /// products and its error is reported; broken files are reported and the rest still load.
-pub async fn sync_all(store: &Arc<dyn Store>, catalog: &Arc<RwLock<Catalog>>) -> Result<SyncReport> {
+pub async fn sync_all(
+    store: &Arc<dyn Store>,
+    catalog: &Arc<RwLock<Catalog>>,
+) -> Result<SyncReport> {
     let sources = store.list::<CatalogSource>(None).await?;
     let mut report = SyncReport::default();
     for source in &sources {
@@ -41,7 +44,8 @@ pub async fn sync_all(store: &Arc<dyn Store>, catalog: &Arc<RwLock<Catalog>>) ->
         let status = match outcome {
             Ok(Loaded { versions, errors }) => {
                 report.sources_synced += 1;
-                let products: std::collections::BTreeSet<_> = versions.iter().map(|v| v.product.clone()).collect();
+                let products: std::collections::BTreeSet<_> =
+                    versions.iter().map(|v| v.product.clone()).collect();
                 let status = CatalogSourceStatus {
                     last_sync_at: Some(Timestamp::now()),
                     products_loaded: products.len() as u32,
@@ -49,7 +53,9 @@ pub async fn sync_all(store: &Arc<dyn Store>, catalog: &Arc<RwLock<Catalog>>) ->
                     errors: errors.clone(),
                 };
                 write_lock(catalog)?.replace_source(&name, versions);
-                report.errors.extend(errors.into_iter().map(|e| format!("source '{name}': {e}")));
+                report
+                    .errors
+                    .extend(errors.into_iter().map(|e| format!("source '{name}': {e}")));
                 status
             }
             Err(error) => {
@@ -73,5 +79,7 @@ pub async fn sync_all(store: &Arc<dyn Store>, catalog: &Arc<RwLock<Catalog>>) ->
 }
 
 fn write_lock(catalog: &RwLock<Catalog>) -> Result<std::sync::RwLockWriteGuard<'_, Catalog>> {
-    catalog.write().map_err(|_| Error::Task("catalog lock poisoned".into()))
+    catalog
+        .write()
+        .map_err(|_| Error::Task("catalog lock poisoned".into()))
 }

@@ -63,8 +63,15 @@ pub enum KeyOutput {
 
 /// Parses `30d`, `12h`, `90m` or `45s`.
 pub fn parse_duration(text: &str) -> Result<SignedDuration> {
-    let invalid = || Error::Invalid(format!("'{text}' is not a duration; use a number with d, h, m or s, such as 30d"));
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?);
+    let invalid = || {
+        Error::Invalid(format!(
+            "'{text}' is not a duration; use a number with d, h, m or s, such as 30d"
+        ))
+    };
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(invalid)?,
+    );
     let number: i64 = number.parse().map_err(|_| invalid())?;
     let seconds = match unit {
         "d" => number * 86_400,
@@ -106,19 +113,22 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
             auth::validate_permissions(&permissions).map_err(Error::Invalid)?;
             let object = object_name(&name);
             if object.is_empty() {
-                return Err(Error::Invalid("--name needs at least one letter or digit".into()));
+                return Err(Error::Invalid(
+                    "--name needs at least one letter or digit".into(),
+                ));
             }
             if let Some(env) = &environment
                 && store.get::<Environment>("", env).await?.is_none()
             {
-                return Err(Error::Invalid(format!("environment '{env}' does not exist")));
+                return Err(Error::Invalid(format!(
+                    "environment '{env}' does not exist"
+                )));
             }
             let expires_at = match (expires_in, expires_at) {
                 (Some(after), _) => Some(Timestamp::now() + parse_duration(&after)?),
-                (None, Some(at)) => Some(
-                    at.parse::<Timestamp>()
-                        .map_err(|e| Error::Invalid(format!("--expires-at '{at}' is not an RFC 3339 time: {e}")))?,
-                ),
+                (None, Some(at)) => Some(at.parse::<Timestamp>().map_err(|e| {
+                    Error::Invalid(format!("--expires-at '{at}' is not an RFC 3339 time: {e}"))
+                })?),
                 (None, None) => None,
             };
             let key = auth::generate();
@@ -139,7 +149,9 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                 status: None,
             };
             let stored = store.create(&record).await.map_err(|e| match e {
-                Error::AlreadyExists { .. } => Error::Invalid(format!("an API key named '{name}' already exists")),
+                Error::AlreadyExists { .. } => {
+                    Error::Invalid(format!("an API key named '{name}' already exists"))
+                }
                 other => other,
             })?;
             let id = stored.uid().unwrap_or_default();
@@ -165,10 +177,19 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
         ApikeyCommand::List { output } => {
             let keys = store.list::<ApiKey>(None).await?;
             if let Some(format) = output {
-                let items: Vec<_> = keys.iter().map(crate::store::encode).collect::<Result<_>>()?;
-                return print_as(&json!({"apiVersion": "v1", "kind": "List", "items": items}), format);
+                let items: Vec<_> = keys
+                    .iter()
+                    .map(crate::store::encode)
+                    .collect::<Result<_>>()?;
+                return print_as(
+                    &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+                    format,
+                );
             }
-            println!("{:<28} {:<10} {:<36} {:<12} {:<8} {}", "NAME", "PREFIX", "PERMISSIONS", "ENVIRONMENT", "STATE", "LAST USED");
+            println!(
+                "{:<28} {:<10} {:<36} {:<12} {:<8} {}",
+                "NAME", "PREFIX", "PERMISSIONS", "ENVIRONMENT", "STATE", "LAST USED"
+            );
             for key in keys {
                 let state = if key.spec.revoked {
                     "revoked"
@@ -177,7 +198,11 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                 } else {
                     "active"
                 };
-                let last_used = key.status.as_ref().and_then(|s| s.last_used_at).map(|t| t.to_string());
+                let last_used = key
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.last_used_at)
+                    .map(|t| t.to_string());
                 println!(
                     "{:<28} {:<10} {:<36} {:<12} {:<8} {}",
                     key.spec.display_name,
@@ -209,7 +234,11 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                         name: name_or_id,
                     });
                 }
-                Err(_) => return Err(Error::Invalid(format!("'{name_or_id}' matches several keys; use the id"))),
+                Err(_) => {
+                    return Err(Error::Invalid(format!(
+                        "'{name_or_id}' matches several keys; use the id"
+                    )));
+                }
             };
             if key.spec.revoked {
                 eprintln!("API key '{}' was already revoked.", key.spec.display_name);
@@ -219,7 +248,10 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
             key.spec.revoked_at = Some(Timestamp::now());
             key.spec.revoked_reason = reason;
             store.update(&key).await?;
-            eprintln!("Revoked API key '{}' ({}).", key.spec.display_name, key.spec.prefix);
+            eprintln!(
+                "Revoked API key '{}' ({}).",
+                key.spec.display_name, key.spec.prefix
+            );
             Ok(())
         }
     }
@@ -231,8 +263,14 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("30d").unwrap(), SignedDuration::from_secs(30 * 86_400));
-        assert_eq!(parse_duration("2h").unwrap(), SignedDuration::from_secs(7_200));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            SignedDuration::from_secs(30 * 86_400)
+        );
+        assert_eq!(
+            parse_duration("2h").unwrap(),
+            SignedDuration::from_secs(7_200)
+        );
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("0d").is_err());
         assert!(parse_duration("d").is_err());
@@ -241,7 +279,10 @@ mod tests {
 
     #[test]
     fn object_names_from_display_names() {
-        assert_eq!(object_name("GitHub Actions  Deploy!"), "github-actions-deploy");
+        assert_eq!(
+            object_name("GitHub Actions  Deploy!"),
+            "github-actions-deploy"
+        );
         assert_eq!(object_name("***"), "");
     }
 }

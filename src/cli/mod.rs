@@ -87,7 +87,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             name,
             output,
             environment,
-        } => resources::get(&store, resource, name.as_deref(), environment.as_deref(), output).await,
+        } => {
+            resources::get(
+                &store,
+                resource,
+                name.as_deref(),
+                environment.as_deref(),
+                output,
+            )
+            .await
+        }
         Command::Delete {
             resource,
             name,
@@ -98,10 +107,15 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 /// Creates the `local` environment (Docker at `DOCKER_HOST`, else the default socket) once.
 async fn ensure_default_environment(store: &Arc<dyn Store>) -> Result<()> {
-    if store.get::<Environment>("", DEFAULT_ENVIRONMENT).await?.is_some() {
+    if store
+        .get::<Environment>("", DEFAULT_ENVIRONMENT)
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
-    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
     let env = Environment {
         metadata: ObjectMeta {
             name: Some(DEFAULT_ENVIRONMENT.into()),
@@ -121,7 +135,9 @@ async fn ensure_default_environment(store: &Arc<dyn Store>) -> Result<()> {
 /// Prints a value as JSON or YAML on stdout.
 fn print_as(value: &serde_json::Value, format: Format) -> Result<()> {
     let text = match format {
-        Format::Json => serde_json::to_string_pretty(value).map_err(|e| Error::json("printing", e))?,
+        Format::Json => {
+            serde_json::to_string_pretty(value).map_err(|e| Error::json("printing", e))?
+        }
         Format::Yaml => serde_yaml_ng::to_string(value).map_err(|e| Error::Yaml {
             context: "printing".into(),
             source: e,

@@ -52,7 +52,8 @@ fn read_input(file: &Path) -> Result<String> {
 
 /// Decodes one document into `K`, saying which document failed.
 fn decode<K: Object>(doc: &Value, position: usize) -> Result<K> {
-    serde_json::from_value(doc.clone()).map_err(|e| Error::Invalid(format!("document {position}: {e}")))
+    serde_json::from_value(doc.clone())
+        .map_err(|e| Error::Invalid(format!("document {position}: {e}")))
 }
 
 /// Applies every document or none: all are parsed and checked before one atomic write.
@@ -69,12 +70,18 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
         }
     }
     if docs.is_empty() {
-        return Err(Error::Invalid(format!("{} holds no objects", file.display())));
+        return Err(Error::Invalid(format!(
+            "{} holds no objects",
+            file.display()
+        )));
     }
     let mut new_environments = BTreeSet::new();
     let mut prepared: Vec<(String, Value)> = Vec::new();
     for (position, doc) in &docs {
-        let api_version = doc.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let api_version = doc
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if api_version != API_VERSION {
             return Err(Error::Invalid(format!(
                 "document {position}: apiVersion must be {API_VERSION}, got '{api_version}'"
@@ -90,7 +97,9 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
             "CatalogSource" => {
                 let source: CatalogSource = decode(doc, *position)?;
                 if source.spec.directory.is_none() {
-                    return Err(Error::Invalid(format!("document {position}: CatalogSource needs spec.directory.path")));
+                    return Err(Error::Invalid(format!(
+                        "document {position}: CatalogSource needs spec.directory.path"
+                    )));
                 }
                 encode(&source)?
             }
@@ -105,8 +114,12 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
                     }
                     _ => stack.metadata.namespace = Some(env.clone()),
                 }
-                if !new_environments.contains(&env) && store.get::<Environment>("", &env).await?.is_none() {
-                    return Err(Error::Invalid(format!("document {position}: environment '{env}' does not exist")));
+                if !new_environments.contains(&env)
+                    && store.get::<Environment>("", &env).await?.is_none()
+                {
+                    return Err(Error::Invalid(format!(
+                        "document {position}: environment '{env}' does not exist"
+                    )));
                 }
                 encode(&stack)?
             }
@@ -122,16 +135,28 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
                 )));
             }
         };
-        if value.pointer("/metadata/name").and_then(Value::as_str).is_none_or(str::is_empty) {
-            return Err(Error::Invalid(format!("document {position}: metadata.name is required")));
+        if value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(Error::Invalid(format!(
+                "document {position}: metadata.name is required"
+            )));
         }
         prepared.push((kind.to_owned(), value));
     }
     let mut writes = Vec::new();
     let mut report = Vec::new();
     for (kind, mut value) in prepared {
-        let name = value["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-        let namespace = value["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let namespace = value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         if let Some(meta) = value["metadata"].as_object_mut() {
             meta.remove("resourceVersion");
         }
@@ -208,7 +233,11 @@ pub async fn get(
                 let status = e.status.clone().unwrap_or_default();
                 let row = vec![
                     e.name_any(),
-                    e.spec.docker.as_ref().map(|d| d.host.clone()).unwrap_or_default(),
+                    e.spec
+                        .docker
+                        .as_ref()
+                        .map(|d| d.host.clone())
+                        .unwrap_or_default(),
                     status.reachable.map_or("unknown".into(), |r| r.to_string()),
                     status.engine_version.or(status.message).unwrap_or_default(),
                 ];
@@ -231,12 +260,21 @@ pub async fn get(
     if let Some(format) = output {
         let value = match (name, rows.as_slice()) {
             (Some(_), [(one, _)]) => one.clone(),
-            _ => json!({"apiVersion": "v1", "kind": "List", "items": rows.iter().map(|(v, _)| v).collect::<Vec<_>>()}),
+            _ => {
+                json!({"apiVersion": "v1", "kind": "List", "items": rows.iter().map(|(v, _)| v).collect::<Vec<_>>()})
+            }
         };
         return print_as(&value, format);
     }
     let header: &[&str] = match what {
-        Listable::Stacks => &["NAME", "ENVIRONMENT", "PRODUCT", "VERSION", "PHASE", "MESSAGE"],
+        Listable::Stacks => &[
+            "NAME",
+            "ENVIRONMENT",
+            "PRODUCT",
+            "VERSION",
+            "PHASE",
+            "MESSAGE",
+        ],
         Listable::Deployments => &["ID", "STACK", "ACTION", "PHASE", "REQUESTED", "MESSAGE"],
         Listable::Environments => &["NAME", "DOCKER", "REACHABLE", "ENGINE"],
     };
@@ -247,19 +285,31 @@ pub async fn get(
         .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     for row in table {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", cells.join("  ").trim_end());
     }
     Ok(())
 }
 
 /// Marks a stack for deletion; the server removes its containers and network, then the stack.
-pub async fn delete(store: &Arc<dyn Store>, what: Deletable, name: &str, environment: &str) -> Result<()> {
+pub async fn delete(
+    store: &Arc<dyn Store>,
+    what: Deletable,
+    name: &str,
+    environment: &str,
+) -> Result<()> {
     let Deletable::Stack = what;
-    let mut stack = store.get::<Stack>(environment, name).await?.ok_or_else(|| Error::NotFound {
-        kind: "Stack".into(),
-        name: format!("{name}' in environment '{environment}"),
-    })?;
+    let mut stack = store
+        .get::<Stack>(environment, name)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            kind: "Stack".into(),
+            name: format!("{name}' in environment '{environment}"),
+        })?;
     if stack.metadata.deletion_timestamp.is_none() {
         stack.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
         store.update(&stack).await?;

@@ -38,7 +38,8 @@ pub struct ServeArgs {
 
 /// Registers a `--catalog` directory as a CatalogSource named after the directory.
 async fn register_catalog(store: &Arc<dyn Store>, dir: &std::path::Path) -> Result<()> {
-    let path = std::fs::canonicalize(dir).map_err(|e| Error::io(format!("--catalog {}", dir.display()), e))?;
+    let path = std::fs::canonicalize(dir)
+        .map_err(|e| Error::io(format!("--catalog {}", dir.display()), e))?;
     let digest: String = Sha256::digest(path.to_string_lossy().as_bytes())[..4]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -100,7 +101,11 @@ pub async fn serve(store: Arc<dyn Store>, args: ServeArgs) -> Result<()> {
         notify.notified().await;
         Some(((), notify))
     });
-    tokio::spawn(reconcile::run(ctx, Duration::from_secs(args.resync_seconds.max(1)), synced_stream));
+    tokio::spawn(reconcile::run(
+        ctx,
+        Duration::from_secs(args.resync_seconds.max(1)),
+        synced_stream,
+    ));
 
     let state = AppState {
         store,

@@ -68,7 +68,11 @@ pub struct EnvironmentStatus {
     kind = "CatalogSource",
     status = "CatalogSourceStatus",
     printcolumn(name = "Path", type_ = "string", json_path = ".spec.directory.path"),
-    printcolumn(name = "Versions", type_ = "integer", json_path = ".status.versionsLoaded")
+    printcolumn(
+        name = "Versions",
+        type_ = "integer",
+        json_path = ".status.versionsLoaded"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CatalogSourceSpec {
@@ -112,11 +116,23 @@ pub struct CatalogSourceStatus {
     namespaced,
     status = "StackStatus",
     shortname = "stk",
-    printcolumn(name = "Environment", type_ = "string", json_path = ".spec.environment"),
+    printcolumn(
+        name = "Environment",
+        type_ = "string",
+        json_path = ".spec.environment"
+    ),
     printcolumn(name = "Product", type_ = "string", json_path = ".spec.product"),
-    printcolumn(name = "Version", type_ = "string", json_path = ".status.deployedVersion"),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.deployedVersion"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StackSpec {
@@ -194,7 +210,11 @@ pub struct ServiceStatus {
     version = "v1alpha1",
     kind = "ApiKey",
     status = "ApiKeyStatus",
-    printcolumn(name = "Display name", type_ = "string", json_path = ".spec.displayName"),
+    printcolumn(
+        name = "Display name",
+        type_ = "string",
+        json_path = ".spec.displayName"
+    ),
     printcolumn(name = "Prefix", type_ = "string", json_path = ".spec.prefix"),
     printcolumn(name = "Revoked", type_ = "boolean", json_path = ".spec.revoked")
 )]
@@ -256,7 +276,11 @@ pub enum DeploymentAction {
     printcolumn(name = "Stack", type_ = "string", json_path = ".spec.stack"),
     printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentRecordSpec {

@@ -15,9 +15,9 @@ use kube::runtime::{Controller, WatchStreamExt, reflector};
 
 use crate::catalog::{Catalog, StackPlan, render};
 use crate::model::{
-    DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord, DeploymentRecordStatus,
-    Environment, EnvironmentStatus, REDEPLOY_ANNOTATION, ServiceResult, ServiceStatus, Stack, StackPhase,
-    StackStatus,
+    DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
+    DeploymentRecordStatus, Environment, EnvironmentStatus, REDEPLOY_ANNOTATION, ServiceResult,
+    ServiceStatus, Stack, StackPhase, StackStatus,
 };
 use crate::runtime::DockerRuntime;
 use crate::store::Store;
@@ -53,7 +53,12 @@ impl Context {
             .docker
             .as_ref()
             .map(|d| d.host.clone())
-            .ok_or_else(|| Error::Invalid(format!("environment '{}' has no docker endpoint", env.name_any())))?;
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "environment '{}' has no docker endpoint",
+                    env.name_any()
+                ))
+            })?;
         let mut runtimes = self.runtimes.lock().await;
         if let Some(runtime) = runtimes.get(&host) {
             return Ok(runtime.clone());
@@ -96,15 +101,29 @@ fn rollout_trigger(stack: &Stack) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     stack.metadata.generation.hash(&mut hasher);
-    stack.annotations().get(REDEPLOY_ANNOTATION).hash(&mut hasher);
-    stack.annotations().get(DEPLOYMENT_ANNOTATION).hash(&mut hasher);
-    stack.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    stack
+        .annotations()
+        .get(REDEPLOY_ANNOTATION)
+        .hash(&mut hasher);
+    stack
+        .annotations()
+        .get(DEPLOYMENT_ANNOTATION)
+        .hash(&mut hasher);
+    stack
+        .metadata
+        .deletion_timestamp
+        .is_some()
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 
 /// Runs the controller until the process ends: every Stack change, every `resync` period, and
 /// every `extra` signal (a catalog sync) reconciles.
-pub async fn run(ctx: Arc<Context>, resync: Duration, extra: impl Stream<Item = ()> + Send + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    resync: Duration,
+    extra: impl Stream<Item = ()> + Send + 'static,
+) {
     let (reader, writer) = reflector::store::<Stack>();
     let stacks = ctx
         .store
@@ -137,7 +156,11 @@ fn error_policy(stack: Arc<Stack>, error: &Error, _ctx: Arc<Context>) -> Action 
 pub async fn reconcile(trigger: Arc<Stack>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = trigger.namespace().unwrap_or_default();
     // Always act on the newest stored state, never on a possibly stale cached copy.
-    let Some(stack) = ctx.store.get::<Stack>(&namespace, &trigger.name_any()).await? else {
+    let Some(stack) = ctx
+        .store
+        .get::<Stack>(&namespace, &trigger.name_any())
+        .await?
+    else {
         return Ok(Action::await_change());
     };
     if stack.metadata.deletion_timestamp.is_some() {
@@ -156,14 +179,20 @@ pub async fn reconcile(trigger: Arc<Stack>, ctx: Arc<Context>) -> Result<Action>
 /// Removes a deleted stack's containers and network (never its volumes), then the Stack itself.
 async fn finalize(stack: &Stack, ctx: &Context) -> Result<Action> {
     let name = stack.name_any();
-    if let Some(env) = ctx.store.get::<Environment>("", &stack.spec.environment).await? {
+    if let Some(env) = ctx
+        .store
+        .get::<Environment>("", &stack.spec.environment)
+        .await?
+    {
         let runtime = ctx.runtime(&env).await?;
         for container in runtime.observe(&stack.spec.environment, &name).await? {
             runtime.remove(&container.id, &container.name).await?;
         }
         runtime.remove_network(&format!("{name}_default")).await?;
     }
-    ctx.store.delete::<Stack>(&stack.namespace().unwrap_or_default(), &name).await?;
+    ctx.store
+        .delete::<Stack>(&stack.namespace().unwrap_or_default(), &name)
+        .await?;
     tracing::info!(stack = %name, "stack deleted; volumes kept");
     Ok(Action::await_change())
 }
@@ -195,7 +224,10 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<()> {
     let mut status = StackStatus {
         observed_generation: stack.metadata.generation,
         last_handled_redeploy_at: requested.clone(),
-        last_deployment: deployment.as_ref().map(|d| d.name_any()).or(old_status.last_deployment.clone()),
+        last_deployment: deployment
+            .as_ref()
+            .map(|d| d.name_any())
+            .or(old_status.last_deployment.clone()),
         ..old_status.clone()
     };
 
@@ -218,12 +250,32 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<()> {
         status.phase = Some(StackPhase::Deploying);
         write_status(ctx, stack, &old_status, &status).await?;
     }
-    let result = apply_plan(&runtime, stack, &plan, redeploy, redeploy || spec_changed, deployment.as_ref()).await;
+    let result = apply_plan(
+        &runtime,
+        stack,
+        &plan,
+        redeploy,
+        redeploy || spec_changed,
+        deployment.as_ref(),
+    )
+    .await;
     if result.is_ok() {
         status.deployed_version = Some(version);
     }
-    let status_before = if redeploy || spec_changed { status.clone() } else { old_status.clone() };
-    finish(ctx, stack, &status_before, status, deployment, result.as_ref()).await?;
+    let status_before = if redeploy || spec_changed {
+        status.clone()
+    } else {
+        old_status.clone()
+    };
+    finish(
+        ctx,
+        stack,
+        &status_before,
+        status,
+        deployment,
+        result.as_ref(),
+    )
+    .await?;
     result.map(drop)
 }
 
@@ -236,7 +288,10 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(DockerRuntime, StackPl
         .await?
         .ok_or_else(|| invalid(format!("environment '{env_name}' does not exist")))?;
     let pv = {
-        let catalog = ctx.catalog.read().map_err(|_| Error::Task("catalog lock poisoned".into()))?;
+        let catalog = ctx
+            .catalog
+            .read()
+            .map_err(|_| Error::Task("catalog lock poisoned".into()))?;
         let found = match &stack.spec.version {
             Some(version) => catalog.find(&stack.spec.product, version),
             None => catalog.latest(&stack.spec.product),
@@ -308,12 +363,16 @@ async fn apply_plan(
                 continue;
             }
             Step::Create(i) => {
-                runtime.run(&plan.containers[i], deployment_id.as_deref()).await?;
+                runtime
+                    .run(&plan.containers[i], deployment_id.as_deref())
+                    .await?;
                 (&plan.containers[i].service, "created")
             }
             Step::Recreate(i, have) => {
                 runtime.remove(&have.id, &have.name).await?;
-                runtime.run(&plan.containers[i], deployment_id.as_deref()).await?;
+                runtime
+                    .run(&plan.containers[i], deployment_id.as_deref())
+                    .await?;
                 (&plan.containers[i].service, "recreated")
             }
             Step::Start(i, have) => {
@@ -364,10 +423,19 @@ async fn finish(
             write_status(ctx, stack, old_status, &status).await?;
             if let Some(record) = &deployment {
                 let message = match (record.spec.action, &record.spec.to_version) {
-                    (DeploymentAction::Upgrade, Some(to)) => format!("Upgraded '{}' to {to}.", record.spec.stack),
+                    (DeploymentAction::Upgrade, Some(to)) => {
+                        format!("Upgraded '{}' to {to}.", record.spec.stack)
+                    }
                     _ => format!("Redeployed '{}'.", record.spec.stack),
                 };
-                set_record(ctx, record, DeploymentPhase::Succeeded, Some(message), outcome.results.clone()).await?;
+                set_record(
+                    ctx,
+                    record,
+                    DeploymentPhase::Succeeded,
+                    Some(message),
+                    outcome.results.clone(),
+                )
+                .await?;
                 supersede_older(ctx, stack, record).await?;
             }
         }
@@ -376,12 +444,28 @@ async fn finish(
             status.message = Some(error.to_string());
             write_status(ctx, stack, old_status, &status).await?;
             if let Some(record) = &deployment {
-                if let (DeploymentAction::Upgrade, Some(previous)) = (record.spec.action, &record.spec.from_version) {
+                if let (DeploymentAction::Upgrade, Some(previous)) =
+                    (record.spec.action, &record.spec.from_version)
+                {
                     roll_back(ctx, stack, record, previous).await?;
                     let message = format!("Upgrade failed: {error}. Rolled back to {previous}.");
-                    set_record(ctx, record, DeploymentPhase::RolledBack, Some(message), vec![]).await?;
+                    set_record(
+                        ctx,
+                        record,
+                        DeploymentPhase::RolledBack,
+                        Some(message),
+                        vec![],
+                    )
+                    .await?;
                 } else {
-                    set_record(ctx, record, DeploymentPhase::Failed, Some(error.to_string()), vec![]).await?;
+                    set_record(
+                        ctx,
+                        record,
+                        DeploymentPhase::Failed,
+                        Some(error.to_string()),
+                        vec![],
+                    )
+                    .await?;
                 }
                 supersede_older(ctx, stack, record).await?;
             }
@@ -390,10 +474,18 @@ async fn finish(
     Ok(())
 }
 
-async fn roll_back(ctx: &Context, stack: &Stack, record: &DeploymentRecord, previous: &str) -> Result<()> {
+async fn roll_back(
+    ctx: &Context,
+    stack: &Stack,
+    record: &DeploymentRecord,
+    previous: &str,
+) -> Result<()> {
     let namespace = stack.namespace().unwrap_or_default();
     loop {
-        let mut current = ctx.store.require::<Stack>(&namespace, &stack.name_any()).await?;
+        let mut current = ctx
+            .store
+            .require::<Stack>(&namespace, &stack.name_any())
+            .await?;
         if current.spec.version.as_deref() != record.spec.to_version.as_deref() {
             // Someone asked for something else meanwhile; their request wins.
             return Ok(());
@@ -410,7 +502,12 @@ async fn roll_back(ctx: &Context, stack: &Stack, record: &DeploymentRecord, prev
     }
 }
 
-async fn write_status(ctx: &Context, stack: &Stack, old: &StackStatus, new: &StackStatus) -> Result<()> {
+async fn write_status(
+    ctx: &Context,
+    stack: &Stack,
+    old: &StackStatus,
+    new: &StackStatus,
+) -> Result<()> {
     if old != new {
         let mut updated = stack.clone();
         updated.status = Some(new.clone());
@@ -445,14 +542,24 @@ async fn supersede_older(ctx: &Context, stack: &Stack, done: &DeploymentRecord) 
     let namespace = stack.namespace().unwrap_or_default();
     let records = ctx.store.list::<DeploymentRecord>(Some(&namespace)).await?;
     for record in records {
-        let pending = record.status.as_ref().is_none_or(|s| s.phase == DeploymentPhase::Pending);
+        let pending = record
+            .status
+            .as_ref()
+            .is_none_or(|s| s.phase == DeploymentPhase::Pending);
         if pending
             && record.spec.stack == done.spec.stack
             && record.name_any() != done.name_any()
             && record.spec.requested_at <= done.spec.requested_at
         {
             let message = format!("Superseded by deployment {}.", done.name_any());
-            set_record(ctx, &record, DeploymentPhase::Superseded, Some(message), vec![]).await?;
+            set_record(
+                ctx,
+                &record,
+                DeploymentPhase::Superseded,
+                Some(message),
+                vec![],
+            )
+            .await?;
         }
     }
     Ok(())

@@ -20,7 +20,11 @@ pub enum Step {
 
 /// Plans a rollout. `desired` indexes are positions in the desired list. Removals come first,
 /// then the services in the order given (dependency order).
-pub fn plan(desired: &[ContainerPlan], observed: &[ObservedContainer], recreate_all: bool) -> Vec<Step> {
+pub fn plan(
+    desired: &[ContainerPlan],
+    observed: &[ObservedContainer],
+    recreate_all: bool,
+) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut claimed = vec![false; observed.len()];
     let mut service_steps = Vec::new();
@@ -90,8 +94,18 @@ mod tests {
 
     #[test]
     fn creates_recreates_starts_keeps_and_removes() {
-        let desired = [want("new", "h"), want("changed", "h2"), want("stopped", "h"), want("same", "h")];
-        let observed = [have("changed", "h1", true), have("stopped", "h", false), have("same", "h", true), have("gone", "h", true)];
+        let desired = [
+            want("new", "h"),
+            want("changed", "h2"),
+            want("stopped", "h"),
+            want("same", "h"),
+        ];
+        let observed = [
+            have("changed", "h1", true),
+            have("stopped", "h", false),
+            have("same", "h", true),
+            have("gone", "h", true),
+        ];
         let steps = plan(&desired, &observed, false);
         assert_eq!(
             steps,
@@ -110,6 +124,9 @@ mod tests {
         let desired = [want("a", "h"), want("b", "h")];
         let observed = [have("a", "h", true)];
         let steps = plan(&desired, &observed, true);
-        assert_eq!(steps, [Step::Recreate(0, observed[0].clone()), Step::Create(1)]);
+        assert_eq!(
+            steps,
+            [Step::Recreate(0, observed[0].clone()), Step::Create(1)]
+        );
     }
 }

@@ -88,7 +88,11 @@ impl DockerRuntime {
 
     /// The engine's version string.
     pub async fn engine_version(&self) -> Result<String> {
-        let version = self.docker.version().await.map_err(|e| Error::docker("reading the engine version", e))?;
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| Error::docker("reading the engine version", e))?;
         Ok(version.version.unwrap_or_default())
     }
 
@@ -96,7 +100,10 @@ impl DockerRuntime {
     /// so an error reported mid-pull fails the pull.
     pub async fn pull(&self, image: &str) -> Result<String> {
         let (name, tag) = split_reference(image);
-        let options = CreateImageOptionsBuilder::new().from_image(name).tag(tag).build();
+        let options = CreateImageOptionsBuilder::new()
+            .from_image(name)
+            .tag(tag)
+            .build();
         let mut progress = self.docker.create_image(Some(options), None, None);
         while let Some(step) = progress.next().await {
             step.map_err(|e| Error::Pull {
@@ -133,7 +140,10 @@ impl DockerRuntime {
                 format!("{LABEL_ENVIRONMENT}={environment}"),
             ],
         )]);
-        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
         let containers = self
             .docker
             .list_containers(Some(options))
@@ -164,7 +174,14 @@ impl DockerRuntime {
 
     /// Creates the network unless it exists.
     pub async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<()> {
-        match self.docker.inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+        match self
+            .docker
+            .inspect_network(
+                name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(Error::docker(format!("inspecting network {name}"), e)),
@@ -226,7 +243,11 @@ impl DockerRuntime {
                 source: Some(m.source.clone()),
                 target: Some(m.target.clone()),
                 read_only: Some(m.read_only),
-                typ: Some(if m.named_volume { MountType::VOLUME } else { MountType::BIND }),
+                typ: Some(if m.named_volume {
+                    MountType::VOLUME
+                } else {
+                    MountType::BIND
+                }),
                 ..Default::default()
             })
             .collect();
@@ -269,7 +290,9 @@ impl DockerRuntime {
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptionsBuilder::new().name(&plan.name).build();
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&plan.name)
+            .build();
         let created = self
             .docker
             .create_container(Some(options), body)
@@ -284,7 +307,9 @@ impl DockerRuntime {
             self.docker
                 .connect_network(network, request)
                 .await
-                .map_err(|e| Error::docker(format!("connecting {} to network {network}", plan.name), e))?;
+                .map_err(|e| {
+                    Error::docker(format!("connecting {} to network {network}", plan.name), e)
+                })?;
         }
         self.start(&created.id, &plan.name).await?;
         Ok(created.id)
@@ -300,13 +325,18 @@ impl DockerRuntime {
 
     /// Stops (with a grace period) and removes a container. Its volumes stay.
     pub async fn remove(&self, id: &str, name: &str) -> Result<()> {
-        let stop = StopContainerOptionsBuilder::new().t(STOP_TIMEOUT_SECS).build();
+        let stop = StopContainerOptionsBuilder::new()
+            .t(STOP_TIMEOUT_SECS)
+            .build();
         match self.docker.stop_container(id, Some(stop)).await {
             Ok(()) => {}
             Err(e) if is_status(&e, 304) || is_status(&e, 404) => {}
             Err(e) => return Err(Error::docker(format!("stopping container {name}"), e)),
         }
-        let remove = RemoveContainerOptionsBuilder::new().force(true).v(false).build();
+        let remove = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(false)
+            .build();
         match self.docker.remove_container(id, Some(remove)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
@@ -331,8 +361,14 @@ mod tests {
     #[test]
     fn image_references_split_into_name_and_tag() {
         assert_eq!(split_reference("busybox"), ("busybox", "latest"));
-        assert_eq!(split_reference("127.0.0.1:5000/app:v2"), ("127.0.0.1:5000/app", "v2"));
-        assert_eq!(split_reference("127.0.0.1:5000/app"), ("127.0.0.1:5000/app", "latest"));
+        assert_eq!(
+            split_reference("127.0.0.1:5000/app:v2"),
+            ("127.0.0.1:5000/app", "v2")
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/app"),
+            ("127.0.0.1:5000/app", "latest")
+        );
         assert_eq!(split_reference("app@sha256:abc"), ("app@sha256:abc", ""));
     }
 }

@@ -27,7 +27,14 @@ pub trait Object:
 }
 
 impl<K> Object for K where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static
 {
 }
 
@@ -64,13 +71,26 @@ pub struct Change {
 /// Storage of rsgo's resources with optimistic concurrency and a change feed.
 pub trait Store: Send + Sync + 'static {
     /// Reads one object.
-    fn get_raw(&self, kind: String, namespace: String, name: String) -> BoxFuture<'_, Result<Option<Value>>>;
+    fn get_raw(
+        &self,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> BoxFuture<'_, Result<Option<Value>>>;
     /// Lists the objects of a kind, in one namespace or in all.
-    fn list_raw(&self, kind: String, namespace: Option<String>) -> BoxFuture<'_, Result<Vec<Value>>>;
+    fn list_raw(
+        &self,
+        kind: String,
+        namespace: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<Value>>>;
     /// Applies every write or none, and returns the stored documents (deletions return nothing).
     fn write(&self, writes: Vec<Write>) -> BoxFuture<'_, Result<Vec<Value>>>;
     /// Changes of a kind after `revision`, oldest first, with the newest revision seen.
-    fn changes_since(&self, kind: String, revision: u64) -> BoxFuture<'_, Result<(Vec<Change>, u64)>>;
+    fn changes_since(
+        &self,
+        kind: String,
+        revision: u64,
+    ) -> BoxFuture<'_, Result<(Vec<Change>, u64)>>;
     /// Wakes when this process wrote something; other processes' writes are found by polling.
     fn subscribe(&self) -> watch::Receiver<u64>;
 }
@@ -83,13 +103,14 @@ fn kind_of<K: Object>() -> String {
 }
 
 fn decode<K: Object>(value: Value) -> Result<K> {
-    serde_json::from_value(value).map_err(|e| Error::json(format!("decoding a stored {}", kind_of::<K>()), e))
+    serde_json::from_value(value)
+        .map_err(|e| Error::json(format!("decoding a stored {}", kind_of::<K>()), e))
 }
 
 /// Serializes an object into a store document with `apiVersion` and `kind` set.
 pub fn encode<K: Object>(object: &K) -> Result<Value> {
-    let mut value =
-        serde_json::to_value(object).map_err(|e| Error::json(format!("encoding a {}", kind_of::<K>()), e))?;
+    let mut value = serde_json::to_value(object)
+        .map_err(|e| Error::json(format!("encoding a {}", kind_of::<K>()), e))?;
     if let Some(map) = value.as_object_mut() {
         map.insert("apiVersion".into(), K::api_version(&()).into_owned().into());
         map.insert("kind".into(), kind_of::<K>().into());
@@ -108,10 +129,12 @@ impl dyn Store {
 
     /// Reads one object of type `K`, failing with [`Error::NotFound`] when absent.
     pub async fn require<K: Object>(&self, namespace: &str, name: &str) -> Result<K> {
-        self.get(namespace, name).await?.ok_or_else(|| Error::NotFound {
-            kind: kind_of::<K>(),
-            name: name.into(),
-        })
+        self.get(namespace, name)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                kind: kind_of::<K>(),
+                name: name.into(),
+            })
     }
 
     /// Lists objects of type `K`, in one namespace or in all.
@@ -151,12 +174,19 @@ impl dyn Store {
 
     async fn write_one<K: Object>(&self, write: Write) -> Result<K> {
         let stored = self.write(vec![write]).await?;
-        decode(stored.into_iter().next().ok_or_else(|| Error::Task("store returned no document".into()))?)
+        decode(
+            stored
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Task("store returned no document".into()))?,
+        )
     }
 
     /// Watches objects of type `K`: first every object, then each change, as the
     /// `watcher` events that kube-runtime's reflectors and controllers consume.
-    pub fn watch<K: Object>(self: Arc<Self>) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send {
+    pub fn watch<K: Object>(
+        self: Arc<Self>,
+    ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send {
         let kind = kind_of::<K>();
         let mut wake = self.subscribe();
         async_stream(move |tx| async move {
@@ -180,7 +210,9 @@ impl dyn Store {
                                 Ok(object) => {
                                     let _ = tx.send(watcher::Event::Apply(object));
                                 }
-                                Err(error) => tracing::warn!(%error, "skipping an undecodable stored object"),
+                                Err(error) => {
+                                    tracing::warn!(%error, "skipping an undecodable stored object")
+                                }
                             }
                         }
                         if !listed {
@@ -189,7 +221,9 @@ impl dyn Store {
                         }
                         revision = newest;
                     }
-                    Err(error) => tracing::warn!(%error, kind = %kind, "reading the change feed failed; retrying"),
+                    Err(error) => {
+                        tracing::warn!(%error, kind = %kind, "reading the change feed failed; retrying")
+                    }
                 }
                 if tx.is_closed() {
                     return;
@@ -209,5 +243,7 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(producer(tx));
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (Ok(item), rx)) })
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (Ok(item), rx))
+    })
 }

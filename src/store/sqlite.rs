@@ -76,7 +76,9 @@ impl SqliteStore {
         let conn = self.conn.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                let mut conn = conn.lock().map_err(|_| Error::Task("store connection poisoned".into()))?;
+                let mut conn = conn
+                    .lock()
+                    .map_err(|_| Error::Task("store connection poisoned".into()))?;
                 work(&mut conn)
             })
             .await
@@ -91,22 +93,30 @@ fn parse(body: &str) -> Result<Value> {
 }
 
 fn text(value: &Value, pointer: &str) -> String {
-    value.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_owned()
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn identity(doc: &Value) -> Result<(String, String, String)> {
     let kind = text(doc, "/kind");
     let name = text(doc, "/metadata/name");
     if kind.is_empty() || name.is_empty() {
-        return Err(Error::Invalid("an object needs a kind and metadata.name".into()));
+        return Err(Error::Invalid(
+            "an object needs a kind and metadata.name".into(),
+        ));
     }
     Ok((kind, text(doc, "/metadata/namespace"), name))
 }
 
 fn next_revision(tx: &Transaction) -> Result<u64> {
-    let value: i64 = tx.query_row("UPDATE revision SET value = value + 1 WHERE id = 0 RETURNING value", [], |r| {
-        r.get(0)
-    })?;
+    let value: i64 = tx.query_row(
+        "UPDATE revision SET value = value + 1 WHERE id = 0 RETURNING value",
+        [],
+        |r| r.get(0),
+    )?;
     Ok(value as u64)
 }
 
@@ -121,7 +131,15 @@ fn load(tx: &Transaction, kind: &str, namespace: &str, name: &str) -> Result<Opt
     .transpose()
 }
 
-fn save(tx: &Transaction, kind: &str, namespace: &str, name: &str, revision: u64, deleted: bool, doc: &Value) -> Result<()> {
+fn save(
+    tx: &Transaction,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    revision: u64,
+    deleted: bool,
+    doc: &Value,
+) -> Result<()> {
     tx.execute(
         "INSERT INTO objects (kind, namespace, name, revision, deleted, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (kind, namespace, name) DO UPDATE SET revision = ?4, deleted = ?5, body = ?6",
@@ -133,7 +151,14 @@ fn save(tx: &Transaction, kind: &str, namespace: &str, name: &str, revision: u64
 fn new_uid() -> String {
     let bytes: [u8; 16] = rand::rng().random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
@@ -154,10 +179,11 @@ fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
         }
         Write::Update(doc) => {
             let (kind, namespace, name) = identity(&doc)?;
-            let mut stored = load(tx, &kind, &namespace, &name)?.ok_or_else(|| Error::NotFound {
-                kind: kind.clone(),
-                name: name.clone(),
-            })?;
+            let mut stored =
+                load(tx, &kind, &namespace, &name)?.ok_or_else(|| Error::NotFound {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                })?;
             let expected = text(&doc, "/metadata/resourceVersion");
             if !expected.is_empty() && expected != text(&stored, "/metadata/resourceVersion") {
                 return Err(Error::Conflict { kind, name });
@@ -168,7 +194,13 @@ fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
                 stored["metadata"]["generation"] = json!(generation);
                 stored["spec"] = doc.get("spec").cloned().unwrap_or(Value::Null);
             }
-            for field in ["labels", "annotations", "deletionTimestamp", "finalizers", "ownerReferences"] {
+            for field in [
+                "labels",
+                "annotations",
+                "deletionTimestamp",
+                "finalizers",
+                "ownerReferences",
+            ] {
                 match doc["metadata"].get(field) {
                     Some(value) => stored["metadata"][field] = value.clone(),
                     None => {
@@ -184,17 +216,22 @@ fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
         }
         Write::UpdateStatus(doc) => {
             let (kind, namespace, name) = identity(&doc)?;
-            let mut stored = load(tx, &kind, &namespace, &name)?.ok_or_else(|| Error::NotFound {
-                kind: kind.clone(),
-                name: name.clone(),
-            })?;
+            let mut stored =
+                load(tx, &kind, &namespace, &name)?.ok_or_else(|| Error::NotFound {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                })?;
             let revision = next_revision(tx)?;
             stored["status"] = doc.get("status").cloned().unwrap_or(Value::Null);
             stored["metadata"]["resourceVersion"] = json!(revision.to_string());
             save(tx, &kind, &namespace, &name, revision, false, &stored)?;
             Ok(Some(stored))
         }
-        Write::Delete { kind, namespace, name } => {
+        Write::Delete {
+            kind,
+            namespace,
+            name,
+        } => {
             let stored = load(tx, &kind, &namespace, &name)?.ok_or_else(|| Error::NotFound {
                 kind: kind.clone(),
                 name: name.clone(),
@@ -207,14 +244,23 @@ fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
 }
 
 impl Store for SqliteStore {
-    fn get_raw(&self, kind: String, namespace: String, name: String) -> BoxFuture<'_, Result<Option<Value>>> {
+    fn get_raw(
+        &self,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> BoxFuture<'_, Result<Option<Value>>> {
         self.run(move |conn| {
             let tx = conn.transaction()?;
             load(&tx, &kind, &namespace, &name)
         })
     }
 
-    fn list_raw(&self, kind: String, namespace: Option<String>) -> BoxFuture<'_, Result<Vec<Value>>> {
+    fn list_raw(
+        &self,
+        kind: String,
+        namespace: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<Value>>> {
         self.run(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT body FROM objects WHERE kind = ?1 AND deleted = 0 AND (?2 IS NULL OR namespace = ?2)
@@ -233,7 +279,8 @@ impl Store for SqliteStore {
             for write in writes {
                 stored.extend(apply_write(&tx, write)?);
             }
-            let revision: i64 = tx.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
+            let revision: i64 =
+                tx.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
             tx.commit()?;
             Ok((stored, revision as u64))
         });
@@ -245,7 +292,11 @@ impl Store for SqliteStore {
         .boxed()
     }
 
-    fn changes_since(&self, kind: String, revision: u64) -> BoxFuture<'_, Result<(Vec<Change>, u64)>> {
+    fn changes_since(
+        &self,
+        kind: String,
+        revision: u64,
+    ) -> BoxFuture<'_, Result<(Vec<Change>, u64)>> {
         self.run(move |conn| {
             let tx = conn.transaction()?;
             let newest: i64 = tx.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Makes what rsgo's tests need available, installing and starting only what is missing:
+# a Docker engine, a registry on 127.0.0.1, and busybox for building test images FROM scratch.
+# Source it (`. scripts/test-env.sh`) to get RSGO_TEST_REGISTRY exported.
+set -euo pipefail
+
+RSGO_TEST_REGISTRY="${RSGO_TEST_REGISTRY:-127.0.0.1:5000}"
+state_dir="${RSGO_TEST_STATE:-/tmp/rsgo-test-env}"
+mkdir -p "$state_dir"
+
+need_packages=()
+command -v dockerd >/dev/null 2>&1 || need_packages+=(docker.io)
+command -v docker-registry >/dev/null 2>&1 || need_packages+=(docker-registry)
+[ -x /bin/busybox ] || need_packages+=(busybox-static)
+command -v curl >/dev/null 2>&1 || need_packages+=(curl)
+if [ "${#need_packages[@]}" -gt 0 ]; then
+  echo "test-env: installing ${need_packages[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_packages[@]}" >/dev/null
+fi
+
+wait_for() { # description, attempts, command...
+  local what=$1 tries=$2; shift 2
+  for _ in $(seq "$tries"); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "test-env: $what did not come up" >&2; return 1
+}
+
+if ! docker info >/dev/null 2>&1; then
+  echo "test-env: starting dockerd (log: $state_dir/dockerd.log)" >&2
+  nohup dockerd >"$state_dir/dockerd.log" 2>&1 &
+  wait_for "dockerd" 120 docker info
+fi
+
+if ! curl -sf "http://$RSGO_TEST_REGISTRY/v2/" >/dev/null; then
+  echo "test-env: starting a registry on $RSGO_TEST_REGISTRY" >&2
+  mkdir -p "$state_dir/registry"
+  cat >"$state_dir/registry.yml" <<YAML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $state_dir/registry
+  delete:
+    enabled: true
+http:
+  addr: $RSGO_TEST_REGISTRY
+log:
+  level: warn
+YAML
+  nohup docker-registry serve "$state_dir/registry.yml" >"$state_dir/registry.log" 2>&1 &
+  wait_for "the registry" 60 curl -sf "http://$RSGO_TEST_REGISTRY/v2/"
+fi
+
+export RSGO_TEST_REGISTRY
+export RSGO_TEST_BUSYBOX=/bin/busybox

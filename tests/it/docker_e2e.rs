@@ -1,0 +1,301 @@
+//! End to end on the real engine: `rsgo serve`, curl, images pushed to the loopback registry.
+
+use std::time::Duration;
+
+use crate::support::{Server, build_and_push, docker, inspect, registry, unique, wait_for};
+
+fn manifest(product: &str, version: &str, services: &str, variables: &str) -> String {
+    format!(
+        "metadata:\n  name: {product}\n  productVersion: \"{version}\"\nvariables:\n{variables}\nservices:\n{services}\nvolumes:\n  data: {{}}\n"
+    )
+}
+
+fn stack_yaml(name: &str, env: &str, product: &str, version: &str) -> String {
+    format!(
+        "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: {name}}}\nspec:\n  environment: {env}\n  product: {product}\n  version: \"{version}\"\n"
+    )
+}
+
+/// Waits until the stack's status says Running at `version`.
+fn wait_running(server: &Server, stack: &str, version: &str) {
+    wait_for(
+        &format!("stack {stack} running {version}"),
+        Duration::from_secs(120),
+        || {
+            let out = server.cli(&[
+                "get",
+                "stacks",
+                stack,
+                "--environment",
+                &server.environment,
+                "-o",
+                "json",
+            ]);
+            let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let status = &value["status"];
+            if status["phase"] == "Failed" {
+                panic!("stack failed: {status}\n{}", server.log());
+            }
+            (status["phase"] == "Running" && status["deployedVersion"] == version).then_some(())
+        },
+    );
+}
+
+fn container_file(container: &str, path: &str) -> String {
+    docker(&["exec", container, "cat", path])
+}
+
+#[test]
+fn redeploy_recreates_from_the_fresh_image_and_keeps_volumes() {
+    let image = format!("{}/{}/app:latest", registry(), unique("redeploy"));
+    let v1 = build_and_push(&image, "v1");
+    let product = unique("app");
+    let services = format!(
+        "  app:\n    image: {image}\n    volumes: [\"data:/data\"]\n    restart: unless-stopped\n"
+    );
+    let server = Server::start(&[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))]);
+    let key = server.key(&["Hooks.Redeploy"]);
+    let stack = unique("st");
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
+    wait_running(&server, &stack, "1.0.0");
+    let container = format!("{stack}_app");
+    assert_eq!(inspect(&container, "{{.Image}}"), v1);
+    assert_eq!(container_file(&container, "/version"), "v1");
+    docker(&["exec", &container, "sh", "-c", "echo kept > /data/proof"]);
+    let volume = format!("{stack}_data");
+    assert_eq!(
+        inspect(&container, "{{range .Mounts}}{{.Name}}{{end}}"),
+        volume
+    );
+
+    let v2 = build_and_push(&image, "v2");
+    assert_ne!(v1, v2);
+    // Drop the local copy so only a real pull can bring v2.
+    docker(&["rmi", "-f", &image]);
+    let body = format!(
+        "{{\"stackName\": \"{stack}\", \"environmentId\": \"{}\"}}",
+        server.environment
+    );
+    let (status, reply) = server.hook("/api/hooks/redeploy", &key, Some(&body));
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["stackVersion"], "1.0.0");
+    let id = reply["deploymentId"].as_str().unwrap();
+    let record = server.wait_deployment(&key, id);
+    assert_eq!(record["phase"], "Succeeded", "{record}\n{}", server.log());
+    assert_eq!(record["services"][0]["action"], "recreated");
+    assert_eq!(inspect(&container, "{{.Image}}"), v2);
+    assert_eq!(container_file(&container, "/version"), "v2");
+    assert_eq!(container_file(&container, "/data/proof"), "kept");
+    assert_eq!(
+        inspect(
+            &container,
+            "{{index .Config.Labels \"io.rsgo.deployment\"}}"
+        ),
+        id
+    );
+}
+
+#[test]
+fn a_failed_pull_fails_the_redeploy_and_keeps_the_old_container() {
+    let image = format!("{}/{}/app:latest", registry(), unique("badpull"));
+    build_and_push(&image, "v1");
+    let product = unique("app");
+    let services = format!("  app:\n    image: {image}\n");
+    let server = Server::start(&[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))]);
+    let key = server.key(&["Hooks.Redeploy"]);
+    let stack = unique("st");
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
+    wait_running(&server, &stack, "1.0.0");
+    let container = format!("{stack}_app");
+    let before = inspect(&container, "{{.Id}}");
+
+    // Remove the image from the registry: the next pull finds nothing.
+    let repo = image
+        .trim_start_matches(&format!("{}/", registry()))
+        .trim_end_matches(":latest")
+        .to_owned();
+    let digest = docker(&["inspect", "-f", "{{index .RepoDigests 0}}", &image]);
+    let digest = digest.rsplit_once('@').unwrap().1;
+    let status = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "DELETE",
+            &format!("http://{}/v2/{repo}/manifests/{digest}", registry()),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "deleting the manifest from the registry");
+
+    let body = format!(
+        "{{\"stackName\": \"{stack}\", \"environmentId\": \"{}\", \"wait\": true}}",
+        server.environment
+    );
+    let (status, reply) = server.hook("/api/hooks/redeploy", &key, Some(&body));
+    assert_eq!(status, 500, "{reply}");
+    assert_eq!(reply["success"], false);
+    let message = reply["message"].as_str().unwrap();
+    assert!(
+        message.contains("pulling image") && message.contains(&image),
+        "{message}"
+    );
+    assert_eq!(reply["phase"], "Failed");
+    assert_eq!(
+        inspect(&container, "{{.Id}}"),
+        before,
+        "the old container was not touched"
+    );
+    assert_eq!(inspect(&container, "{{.State.Running}}"), "true");
+}
+
+#[test]
+fn upgrade_with_variables_and_sync_sources_end_to_end() {
+    let image = format!("{}/{}/app:latest", registry(), unique("upgrade"));
+    build_and_push(&image, "v1");
+    let product = unique("shop");
+    let old = format!(
+        "  web:\n    image: {image}\n    environment: {{MODE: old}}\n  worker:\n    image: {image}\n"
+    );
+    let new = format!(
+        "  web:\n    image: {image}\n    environment: {{MODE: new, GREETING: \"${{GREETING}}\"}}\n    volumes: [\"data:/data\"]\n"
+    );
+    let greeting = "  GREETING: {required: true}";
+    let server = Server::start(&[
+        ("shop-6.4.0.yaml", manifest(&product, "6.4.0", &old, "  {}")),
+        (
+            "shop-6.5.0.yaml",
+            manifest(&product, "6.5.0", &new, greeting),
+        ),
+    ]);
+    let key = server.key(&["Hooks.Upgrade", "Hooks.SyncSources"]);
+    let stack = unique("st");
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "6.4.0"));
+    wait_running(&server, &stack, "6.4.0");
+    assert_eq!(
+        inspect(&format!("{stack}_worker"), "{{.State.Running}}"),
+        "true"
+    );
+
+    let env = &server.environment;
+    let body = format!(
+        "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"6.5.0\",\"variables\":{{\"GREETING\":\"hello\"}}}}"
+    );
+    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body));
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["previousVersion"], "6.4.0");
+    assert_eq!(reply["newVersion"], "6.5.0");
+    let record = server.wait_deployment(&key, reply["deploymentId"].as_str().unwrap());
+    assert_eq!(record["phase"], "Succeeded", "{record}\n{}", server.log());
+    wait_running(&server, &stack, "6.5.0");
+    let envs = inspect(&format!("{stack}_web"), "{{json .Config.Env}}");
+    assert!(
+        envs.contains("GREETING=hello") && envs.contains("MODE=new"),
+        "{envs}"
+    );
+    assert_eq!(
+        inspect(
+            &format!("{stack}_web"),
+            "{{index .Config.Labels \"io.rsgo.version\"}}"
+        ),
+        "6.5.0"
+    );
+    let gone = docker(&["ps", "-aq", "--filter", &format!("name=^{stack}_worker$")]);
+    assert!(gone.is_empty(), "the service 6.5.0 dropped is removed");
+
+    // 7.0.0 is unknown until the catalog is synced.
+    let seven = body.replace("6.5.0", "7.0.0");
+    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&seven));
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("6.4.0, 6.5.0"),
+        "{reply}"
+    );
+    std::fs::write(
+        server.catalog.join("shop-7.0.0.yaml"),
+        manifest(&product, "7.0.0", &new, greeting),
+    )
+    .unwrap();
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["success"], true);
+    assert_eq!(reply["sourcesSynced"], 1);
+    assert_eq!(reply["stacksLoaded"], 3);
+    assert_eq!(reply["message"], "Synced 1 source(s), loaded 3 stack(s).");
+    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&seven));
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["previousVersion"], "6.5.0");
+
+    // A broken manifest fails the sync loudly and keeps the rest loaded.
+    std::fs::write(
+        server.catalog.join("broken.yaml"),
+        "metadata: {name: x, productVersion: nope}\n",
+    )
+    .unwrap();
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 500, "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("broken.yaml"),
+        "{reply}"
+    );
+    assert_eq!(reply["stacksLoaded"], 3);
+}
+
+#[test]
+fn drift_is_corrected_and_foreign_containers_are_left_alone() {
+    let image = format!("{}/{}/app:latest", registry(), unique("drift"));
+    build_and_push(&image, "v1");
+    let product = unique("app");
+    let services = format!("  app:\n    image: {image}\n");
+    let server = Server::start(&[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))]);
+    let stack = unique("st");
+    let foreign = unique("foreign");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &foreign,
+        "--label",
+        &format!("io.rsgo.stack={stack}"),
+        &image,
+    ]);
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
+    wait_running(&server, &stack, "1.0.0");
+    let container = format!("{stack}_app");
+
+    docker(&["stop", "-t", "1", &container]);
+    wait_for(
+        "the stopped container to run again",
+        Duration::from_secs(30),
+        || (inspect(&container, "{{.State.Running}}") == "true").then_some(()),
+    );
+    docker(&["rm", "-f", &container]);
+    wait_for(
+        "the removed container to come back",
+        Duration::from_secs(30),
+        || {
+            (!docker(&["ps", "-q", "--filter", &format!("name=^{container}$")]).is_empty())
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        inspect(&foreign, "{{.State.Running}}"),
+        "true",
+        "an unlabelled container is never touched"
+    );
+    docker(&["rm", "-f", &foreign]);
+
+    let out = server.cli(&[
+        "delete",
+        "stack",
+        &stack,
+        "--environment",
+        &server.environment,
+    ]);
+    assert!(out.contains("deleted"), "{out}");
+    assert!(docker(&["ps", "-aq", "--filter", &format!("name=^{container}$")]).is_empty());
+    assert_eq!(
+        inspect(&format!("{stack}_data"), "{{.Name}}"),
+        format!("{stack}_data"),
+        "volumes are kept"
+    );
+}

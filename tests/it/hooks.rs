@@ -1,0 +1,476 @@
+//! The hook contract in-process: the real router over a real SQLite store, no rollout.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use jiff::{SignedDuration, Timestamp};
+use kube::api::ObjectMeta;
+use rsgo::api::{AppState, router};
+use rsgo::auth;
+use rsgo::catalog::{Catalog, parse_manifest};
+use rsgo::model::{
+    ApiKey, ApiKeySpec, DEPLOYMENT_ANNOTATION, DeploymentRecord, DockerEndpoint, Environment,
+    EnvironmentSpec, REDEPLOY_ANNOTATION, Stack, StackSpec,
+};
+use rsgo::store::{SqliteStore, Store};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+pub struct Fixture {
+    pub state: AppState,
+    _dir: TempDir,
+}
+
+fn manifest(version: &str, extra_variable: bool) -> String {
+    let variable = if extra_variable {
+        "  GREETING: {required: true}\n"
+    } else {
+        ""
+    };
+    format!(
+        "metadata: {{name: Shop, productId: shop, productVersion: '{version}'}}\nvariables:\n  TAG: {{default: '1'}}\n{variable}services:\n  web: {{image: 'registry.invalid/web:${{TAG}}'}}\n"
+    )
+}
+
+fn env(name: &str) -> Environment {
+    Environment {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: EnvironmentSpec {
+            docker: Some(DockerEndpoint {
+                host: "unix:///var/run/docker.sock".into(),
+            }),
+        },
+        status: None,
+    }
+}
+
+pub async fn fixture() -> Fixture {
+    let dir = TempDir::new().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    for name in ["local", "other"] {
+        store.create(&env(name)).await.unwrap();
+    }
+    let stack = Stack {
+        metadata: ObjectMeta {
+            name: Some("shop".into()),
+            namespace: Some("local".into()),
+            ..Default::default()
+        },
+        spec: StackSpec {
+            environment: "local".into(),
+            product: "shop".into(),
+            version: Some("6.4.0".into()),
+            variables: BTreeMap::from([("TAG".into(), "2".into())]),
+        },
+        status: None,
+    };
+    store.create(&stack).await.unwrap();
+    let mut catalog = Catalog::default();
+    let versions = ["6.4.0", "6.5.0"]
+        .iter()
+        .map(|v| {
+            parse_manifest(Path::new("m.yaml"), &manifest(v, *v == "6.5.0"))
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    catalog.replace_source("test", versions);
+    Fixture {
+        state: AppState {
+            store,
+            catalog: Arc::new(RwLock::new(catalog)),
+            default_environment: "local".into(),
+            catalog_synced: Default::default(),
+        },
+        _dir: dir,
+    }
+}
+
+impl Fixture {
+    pub async fn key_with(
+        &self,
+        permissions: &[&str],
+        customize: impl FnOnce(&mut ApiKeySpec),
+    ) -> String {
+        let key = auth::generate();
+        let mut spec = ApiKeySpec {
+            display_name: format!("key {}", key.prefix),
+            key_hash: key.hash.clone(),
+            prefix: key.prefix.clone(),
+            permissions: permissions.iter().map(|p| p.to_string()).collect(),
+            ..Default::default()
+        };
+        customize(&mut spec);
+        let record = ApiKey {
+            metadata: ObjectMeta {
+                name: Some(key.prefix.to_lowercase().replace('_', "-")),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        };
+        self.state.store.create(&record).await.unwrap();
+        key.plaintext
+    }
+
+    pub async fn key(&self, permissions: &[&str]) -> String {
+        self.key_with(permissions, |_| {}).await
+    }
+
+    pub async fn call(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        send(&self.state, path, key, body).await
+    }
+
+    pub async fn json(&self, path: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        self.call(path, Some(key), Some(body.to_string().into_bytes()))
+            .await
+    }
+}
+
+/// Sends one request through the real router.
+pub async fn send(
+    state: &AppState,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Vec<u8>>,
+) -> (StatusCode, Value) {
+    {
+        let mut request = Request::post(path);
+        if let Some(key) = key {
+            request = request.header("X-Api-Key", key);
+        }
+        let request = match body {
+            Some(body) => request
+                .header("Content-Type", "application/json")
+                .body(Body::from(body)),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        let response = router(state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let value: Value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("non-JSON body: {bytes:?}"));
+        (status, value)
+    }
+}
+
+fn assert_error(result: &(StatusCode, Value), status: StatusCode, needle: &str) {
+    assert_eq!(result.0, status, "{}", result.1);
+    assert_eq!(result.1["success"], false, "{}", result.1);
+    let message = result.1["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(needle),
+        "message {message:?} lacks {needle:?}"
+    );
+}
+
+#[tokio::test]
+async fn redeploy_records_a_deployment_and_the_annotation() {
+    let f = fixture().await;
+    let key = f.key(&["Hooks.Redeploy"]).await;
+    let (status, body) = f
+        .json("/api/hooks/redeploy", &key, json!({"stackName": "shop"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    assert_eq!(
+        body["message"],
+        "Successfully triggered redeploy of 'shop'."
+    );
+    assert_eq!(body["stackName"], "shop");
+    assert_eq!(body["stackVersion"], "6.4.0");
+    let id = body["deploymentId"].as_str().unwrap();
+    assert_eq!(body["statusUrl"], format!("/api/deployments/{id}"));
+    let stack = f
+        .state
+        .store
+        .require::<Stack>("local", "shop")
+        .await
+        .unwrap();
+    let annotations = stack.metadata.annotations.unwrap();
+    assert!(annotations.contains_key(REDEPLOY_ANNOTATION));
+    assert_eq!(annotations[DEPLOYMENT_ANNOTATION], id);
+    assert_eq!(
+        stack.metadata.generation,
+        Some(1),
+        "a redeploy never edits the spec"
+    );
+    let record = f
+        .state
+        .store
+        .require::<DeploymentRecord>("local", id)
+        .await
+        .unwrap();
+    assert_eq!(record.spec.stack, "shop");
+    assert!(record.spec.requested_by.starts_with("key rsgo_"));
+}
+
+#[tokio::test]
+async fn upgrade_validates_versions_and_merges_variables() {
+    let f = fixture().await;
+    let key = f.key(&["Hooks.Upgrade"]).await;
+    let unknown = f
+        .json(
+            "/api/hooks/upgrade",
+            &key,
+            json!({"stackName": "shop", "targetVersion": "9.9.9"}),
+        )
+        .await;
+    assert_error(
+        &unknown,
+        StatusCode::BAD_REQUEST,
+        "Available versions: 6.4.0, 6.5.0",
+    );
+    let same = f
+        .json(
+            "/api/hooks/upgrade",
+            &key,
+            json!({"stackName": "shop", "targetVersion": "6.4.0"}),
+        )
+        .await;
+    assert_error(&same, StatusCode::BAD_REQUEST, "not newer");
+    let not_semver = f
+        .json(
+            "/api/hooks/upgrade",
+            &key,
+            json!({"stackName": "shop", "targetVersion": "latest"}),
+        )
+        .await;
+    assert_error(&not_semver, StatusCode::BAD_REQUEST, "not a SemVer version");
+    let missing_var = f
+        .json(
+            "/api/hooks/upgrade",
+            &key,
+            json!({"stackName": "shop", "targetVersion": "6.5.0"}),
+        )
+        .await;
+    assert_error(
+        &missing_var,
+        StatusCode::BAD_REQUEST,
+        "'GREETING' is required",
+    );
+
+    let request =
+        json!({"stackName": "shop", "targetVersion": "6.5.0", "variables": {"GREETING": "hi"}});
+    let (status, body) = f.json("/api/hooks/upgrade", &key, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["message"],
+        "Successfully upgraded 'shop' from 6.4.0 to 6.5.0."
+    );
+    assert_eq!(body["previousVersion"], "6.4.0");
+    assert_eq!(body["newVersion"], "6.5.0");
+    let stack = f
+        .state
+        .store
+        .require::<Stack>("local", "shop")
+        .await
+        .unwrap();
+    assert_eq!(stack.spec.version.as_deref(), Some("6.5.0"));
+    assert_eq!(stack.spec.variables["TAG"], "2", "stored values are kept");
+    assert_eq!(
+        stack.spec.variables["GREETING"], "hi",
+        "request values are added"
+    );
+    assert_eq!(stack.metadata.generation, Some(2));
+    let id = body["deploymentId"].as_str().unwrap();
+    let record = f
+        .state
+        .store
+        .require::<DeploymentRecord>("local", id)
+        .await
+        .unwrap();
+    assert_eq!(record.spec.from_version.as_deref(), Some("6.4.0"));
+    assert_eq!(record.spec.previous_variables.unwrap()["TAG"], "2");
+}
+
+#[tokio::test]
+async fn unauthenticated_requests_get_401_with_the_reason() {
+    let f = fixture().await;
+    let body = Some(br#"{"stackName":"shop"}"#.to_vec());
+    let path = "/api/hooks/redeploy";
+    assert_error(
+        &f.call(path, None, body.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "Missing API key",
+    );
+    assert_error(
+        &f.call(path, Some("secret"), body.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "Malformed API key",
+    );
+    let stranger = auth::generate().plaintext;
+    assert_error(
+        &f.call(path, Some(&stranger), body.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "no such key",
+    );
+
+    let revoked = f.key_with(&["*"], |s| s.revoked = true).await;
+    assert_error(
+        &f.call(path, Some(&revoked), body.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "revoked",
+    );
+    let expired = f
+        .key_with(&["*"], |s| {
+            s.expires_at = Some(Timestamp::now() - SignedDuration::from_secs(1))
+        })
+        .await;
+    assert_error(
+        &f.call(path, Some(&expired), body.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "expired",
+    );
+    let future = f
+        .key_with(&["*"], |s| {
+            s.expires_at = Some(Timestamp::now() + SignedDuration::from_secs(3600))
+        })
+        .await;
+    assert_eq!(f.call(path, Some(&future), body).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn missing_permissions_and_foreign_environments_get_403() {
+    let f = fixture().await;
+    let redeploy_only = f.key(&["Hooks.Redeploy"]).await;
+    let upgrade = json!({"stackName": "shop", "targetVersion": "6.5.0"});
+    assert_error(
+        &f.json("/api/hooks/upgrade", &redeploy_only, upgrade).await,
+        StatusCode::FORBIDDEN,
+        "Hooks.Upgrade",
+    );
+    assert_error(
+        &f.call("/api/hooks/sync-sources", Some(&redeploy_only), None)
+            .await,
+        StatusCode::FORBIDDEN,
+        "Hooks.SyncSources",
+    );
+    let scoped = f
+        .key_with(&["Hooks.*"], |s| s.environment = Some("other".into()))
+        .await;
+    let foreign = json!({"stackName": "shop", "environmentId": "local"});
+    assert_error(
+        &f.json("/api/hooks/redeploy", &scoped, foreign).await,
+        StatusCode::FORBIDDEN,
+        "limited to environment 'other'",
+    );
+    // The scope is also the default: a scoped key naming no environment acts in its own.
+    let own = f
+        .json("/api/hooks/redeploy", &scoped, json!({"stackName": "shop"}))
+        .await;
+    assert_error(
+        &own,
+        StatusCode::BAD_REQUEST,
+        "Stack 'shop' not found in environment 'other'",
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_400_and_oversized_bodies_413() {
+    let f = fixture().await;
+    let key = f.key(&["*"]).await;
+    let path = "/api/hooks/redeploy";
+    assert_error(
+        &f.call(path, Some(&key), Some(b"{not json".to_vec())).await,
+        StatusCode::BAD_REQUEST,
+        "Invalid request body",
+    );
+    assert_error(
+        &f.call(path, Some(&key), Some(b"{}".to_vec())).await,
+        StatusCode::BAD_REQUEST,
+        "missing field `stackName`",
+    );
+    assert_error(
+        &f.call(path, Some(&key), None).await,
+        StatusCode::BAD_REQUEST,
+        "empty",
+    );
+    assert_error(
+        &f.json(path, &key, json!({"stackName": "shop", "stack": "x"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "unknown field `stack`",
+    );
+    assert_error(
+        &f.json(path, &key, json!({"stackName": "nope"})).await,
+        StatusCode::BAD_REQUEST,
+        "Stack 'nope' not found",
+    );
+    assert_error(
+        &f.json(
+            path,
+            &key,
+            json!({"stackName": "shop", "environmentId": "mars"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "Environment 'mars' not found",
+    );
+    let huge = format!("{{\"stackName\":\"{}\"}}", "x".repeat(1024 * 1024 + 1));
+    assert_error(
+        &f.call(path, Some(&key), Some(huge.into_bytes())).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "limit",
+    );
+}
+
+#[tokio::test]
+async fn fifty_concurrent_hooks_lose_no_write() {
+    let f = fixture().await;
+    let key = f.key(&["Hooks.Redeploy"]).await;
+    let calls = (0..50).map(|_| {
+        let (state, key) = (f.state.clone(), key.clone());
+        tokio::spawn(async move {
+            let body = json!({"stackName": "shop"}).to_string().into_bytes();
+            send(&state, "/api/hooks/redeploy", Some(&key), Some(body)).await
+        })
+    });
+    let mut ids = Vec::new();
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        ids.push(body["deploymentId"].as_str().unwrap().to_owned());
+    }
+    let stored = f
+        .state
+        .store
+        .list::<DeploymentRecord>(Some("local"))
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 50);
+    for id in &ids {
+        assert!(
+            stored
+                .iter()
+                .any(|r| r.metadata.name.as_deref() == Some(id.as_str())),
+            "{id} missing"
+        );
+    }
+    let stack = f
+        .state
+        .store
+        .require::<Stack>("local", "shop")
+        .await
+        .unwrap();
+    let last = &stack.metadata.annotations.unwrap()[DEPLOYMENT_ANNOTATION];
+    assert!(
+        ids.contains(last),
+        "the stack names one of the recorded deployments"
+    );
+}

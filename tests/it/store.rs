@@ -1,0 +1,228 @@
+//! The embedded store: concurrency, the change feed across processes, durability, keys at rest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::ObjectMeta;
+use kube::runtime::watcher::Event;
+use rsgo::Error;
+use rsgo::model::{Environment, Stack, StackSpec, StackStatus};
+use rsgo::store::{SqliteStore, Store};
+use tempfile::TempDir;
+
+use crate::support::{Server, curl, rsgo_ok, unique};
+
+fn stack(name: &str) -> Stack {
+    Stack {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("local".into()),
+            ..Default::default()
+        },
+        spec: StackSpec {
+            environment: "local".into(),
+            product: "shop".into(),
+            version: Some("1.0.0".into()),
+            variables: Default::default(),
+        },
+        status: None,
+    }
+}
+
+#[tokio::test]
+async fn stale_writes_conflict_and_generation_follows_the_spec() {
+    let dir = TempDir::new().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let created = store.create(&stack("a")).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(matches!(
+        store.create(&stack("a")).await,
+        Err(Error::AlreadyExists { .. })
+    ));
+
+    let mut status_only = created.clone();
+    status_only.status = Some(StackStatus {
+        message: Some("hello".into()),
+        ..Default::default()
+    });
+    let after_status = store.update_status(&status_only).await.unwrap();
+    assert_eq!(
+        after_status.metadata.generation,
+        Some(1),
+        "status writes leave the generation alone"
+    );
+    assert_ne!(
+        after_status.metadata.resource_version,
+        created.metadata.resource_version
+    );
+
+    let mut stale = created.clone();
+    stale.spec.version = Some("2.0.0".into());
+    assert!(matches!(
+        store.update(&stale).await,
+        Err(Error::Conflict { .. })
+    ));
+
+    let mut fresh = after_status.clone();
+    fresh.spec.version = Some("2.0.0".into());
+    let updated = store.update(&fresh).await.unwrap();
+    assert_eq!(updated.metadata.generation, Some(2));
+    assert_eq!(
+        updated.status.unwrap().message.as_deref(),
+        Some("hello"),
+        "spec writes keep the status"
+    );
+
+    let mut annotated = store.require::<Stack>("local", "a").await.unwrap();
+    annotated.metadata.annotations = Some([("x".to_string(), "y".to_string())].into());
+    assert_eq!(
+        store.update(&annotated).await.unwrap().metadata.generation,
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn a_write_by_another_process_reaches_watchers_within_a_second() {
+    let dir = TempDir::new().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let mut events = Box::pin(store.clone().watch::<Environment>());
+    assert!(matches!(events.next().await, Some(Ok(Event::Init))));
+    assert!(matches!(events.next().await, Some(Ok(Event::InitDone))));
+
+    let name = unique("env");
+    let file = dir.path().join("env.yaml");
+    std::fs::write(
+        &file,
+        format!("apiVersion: rsgo.io/v1alpha1\nkind: Environment\nmetadata: {{name: {name}}}\nspec: {{docker: {{host: 'tcp://127.0.0.1:1'}}}}\n"),
+    )
+    .unwrap();
+    let cli = tokio::task::spawn_blocking({
+        let dir = dir.path().to_owned();
+        move || rsgo_ok(&dir, &["apply", "-f", file.to_str().unwrap()])
+    });
+    let applied = cli.await.unwrap();
+    assert!(
+        applied.contains(&format!("environment/{name} created")),
+        "{applied}"
+    );
+    let started = std::time::Instant::now();
+    // The CLI also creates the default `local` environment; wait for ours.
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(2), events.next())
+            .await
+            .expect("the change arrives within about a second")
+            .unwrap()
+            .unwrap();
+        if let Event::Apply(env) = event
+            && env.metadata.name.as_deref() == Some(name.as_str())
+        {
+            break;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn the_database_holds_no_plaintext_key() {
+    let data = TempDir::new().unwrap();
+    let key = rsgo_ok(
+        data.path(),
+        &[
+            "apikey",
+            "create",
+            "--name",
+            "CI",
+            "--permission",
+            "Hooks.Redeploy",
+        ],
+    );
+    assert!(key.starts_with("rsgo_") && key.len() == 37, "{key}");
+    let json = rsgo_ok(
+        data.path(),
+        &[
+            "apikey",
+            "create",
+            "--name",
+            "CI 2",
+            "--permission",
+            "*",
+            "-o",
+            "json",
+        ],
+    );
+    let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let second = parsed["key"].as_str().unwrap().to_owned();
+    assert!(
+        parsed["prefix"]
+            .as_str()
+            .is_some_and(|p| second.starts_with(p))
+    );
+    // Checkpoint the WAL so the main file holds everything too, then read every file rsgo wrote.
+    let db = rusqlite::Connection::open(data.path().join("rsgo.db")).unwrap();
+    db.execute_batch("PRAGMA wal_checkpoint(FULL);").unwrap();
+    for entry in std::fs::read_dir(data.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for secret in [&key, &second] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "plaintext key found on disk"
+            );
+            let random = &secret[9..];
+            assert!(
+                !bytes.windows(random.len()).any(|w| w == random.as_bytes()),
+                "key body found on disk"
+            );
+        }
+    }
+    let list = rsgo_ok(data.path(), &["apikey", "list"]);
+    assert!(list.contains("CI 2") && !list.contains(&second), "{list}");
+}
+
+#[test]
+fn kill_9_loses_no_acknowledged_write() {
+    let server = Server::start(&[]);
+    let key = server.key(&["Hooks.Redeploy"]);
+    server.apply(&format!(
+        "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: durable}}\nspec: {{environment: {}, product: nothing, version: 1.0.0}}\n",
+        server.environment
+    ));
+    let body = format!(
+        "{{\"stackName\":\"durable\",\"environmentId\":\"{}\"}}",
+        server.environment
+    );
+    let mut acknowledged = Vec::new();
+    for _ in 0..20 {
+        let (status, reply) = server.hook("/api/hooks/redeploy", &key, Some(&body));
+        assert_eq!(status, 200, "{reply}");
+        acknowledged.push(reply["deploymentId"].as_str().unwrap().to_owned());
+    }
+    // SIGKILL right after the last answer: nothing gets a chance to flush.
+    let pid = server.pid();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        curl("GET", &format!("{}/healthz", server.url), None, None).is_err(),
+        "the server is gone"
+    );
+    let listed = rsgo_ok(
+        server.data.path(),
+        &[
+            "get",
+            "deployments",
+            "--environment",
+            &server.environment,
+            "-o",
+            "json",
+        ],
+    );
+    for id in &acknowledged {
+        assert!(
+            listed.contains(id.as_str()),
+            "acknowledged deployment {id} was lost"
+        );
+    }
+}

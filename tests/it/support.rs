@@ -1,0 +1,294 @@
+//! Shared test plumbing: unique names, test images, a running `rsgo serve`, curl.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name no earlier run or other test uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}{}x{nanos:x}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The loopback registry that `scripts/test.sh` started.
+pub fn registry() -> String {
+    std::env::var("RSGO_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs the docker CLI and returns its trimmed stdout; fails the test when docker fails.
+pub fn docker(args: &[&str]) -> String {
+    let output = run(Command::new("docker").args(args));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Builds an image FROM scratch with busybox and a `/version` file holding `marker`, pushes it
+/// to the test registry as `image`, and returns its id.
+pub fn build_and_push(image: &str, marker: &str) -> String {
+    let dir = TempDir::new().unwrap();
+    let busybox = std::env::var("RSGO_TEST_BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into());
+    std::fs::copy(&busybox, dir.path().join("busybox"))
+        .expect("busybox-static is installed by scripts/test.sh");
+    std::fs::write(dir.path().join("version"), marker).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         COPY version /version\nCMD [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n",
+    )
+    .unwrap();
+    run(Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", image])
+        .arg(dir.path()));
+    docker(&["push", "-q", image]);
+    docker(&["image", "inspect", "-f", "{{.Id}}", image])
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The rsgo binary with a data directory.
+pub fn rsgo(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rsgo"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RSGO_LOG", "warn")
+        .output()
+        .expect("running rsgo")
+}
+
+/// Like [`rsgo`], failing the test unless it succeeds; returns stdout.
+pub fn rsgo_ok(data_dir: &Path, args: &[&str]) -> String {
+    let output = rsgo(data_dir, args);
+    assert!(
+        output.status.success(),
+        "rsgo {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A running `rsgo serve` with its own data and catalog directories and environment.
+pub struct Server {
+    child: Child,
+    /// Base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Data directory.
+    pub data: TempDir,
+    /// Catalog directory the server was started with.
+    pub catalog: PathBuf,
+    /// Environment the test's stacks run in (unique, on the local engine).
+    pub environment: String,
+    _catalog_dir: TempDir,
+}
+
+impl Server {
+    /// Starts a server whose catalog directory holds `manifests` (file name, YAML).
+    pub fn start(manifests: &[(&str, String)]) -> Server {
+        let data = TempDir::new().unwrap();
+        let catalog_dir = TempDir::new().unwrap();
+        for (name, text) in manifests {
+            std::fs::write(catalog_dir.path().join(name), text).unwrap();
+        }
+        let environment = unique("env");
+        let env_yaml = format!(
+            "apiVersion: rsgo.io/v1alpha1\nkind: Environment\nmetadata: {{name: {environment}}}\nspec:\n  docker: {{host: unix:///var/run/docker.sock}}\n"
+        );
+        let file = data.path().join("env.yaml");
+        std::fs::write(&file, env_yaml).unwrap();
+        rsgo_ok(data.path(), &["apply", "-f", file.to_str().unwrap()]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_rsgo"))
+            .arg("--data-dir")
+            .arg(data.path())
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--resync-seconds",
+                "2",
+                "--catalog",
+            ])
+            .arg(catalog_dir.path())
+            .env("RSGO_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(data.path().join("serve.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("starting rsgo serve");
+        let server = Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            data,
+            catalog: catalog_dir.path().to_owned(),
+            environment,
+            _catalog_dir: catalog_dir,
+        };
+        wait_for("rsgo serve to answer", Duration::from_secs(30), || {
+            curl("GET", &format!("{}/readyz", server.url), None, None)
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        });
+        server
+    }
+
+    /// Runs the CLI against this server's data directory.
+    pub fn cli(&self, args: &[&str]) -> String {
+        rsgo_ok(self.data.path(), args)
+    }
+
+    /// Creates a key with `permissions` and returns it.
+    pub fn key(&self, permissions: &[&str]) -> String {
+        let name = unique("key");
+        let mut args = vec!["apikey", "create", "--name", &name];
+        for p in permissions {
+            args.extend(["--permission", p]);
+        }
+        self.cli(&args)
+    }
+
+    /// Applies YAML through the CLI.
+    pub fn apply(&self, yaml: &str) {
+        let file = self.data.path().join(format!("{}.yaml", unique("apply")));
+        std::fs::write(&file, yaml).unwrap();
+        self.cli(&["apply", "-f", file.to_str().unwrap()]);
+    }
+
+    /// Calls a hook with curl; returns status and JSON body.
+    pub fn hook(&self, path: &str, key: &str, body: Option<&str>) -> (u16, Value) {
+        curl("POST", &format!("{}{path}", self.url), Some(key), body).expect("curl runs")
+    }
+
+    /// Waits for a deployment record to end and returns its JSON.
+    pub fn wait_deployment(&self, key: &str, id: &str) -> Value {
+        wait_for(
+            &format!("deployment {id} to finish"),
+            Duration::from_secs(120),
+            || {
+                let (status, body) = curl(
+                    "GET",
+                    &format!("{}/api/deployments/{id}", self.url),
+                    Some(key),
+                    None,
+                )
+                .ok()?;
+                assert_eq!(status, 200, "{body}");
+                (!matches!(body["phase"].as_str(), Some("Pending" | "Running"))).then_some(body)
+            },
+        )
+    }
+
+    /// Process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's log so far, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("serve.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let filter = format!("label=io.rsgo.environment={}", self.environment);
+        if let Ok(out) = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+        {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+/// One HTTP request with curl: `(status, parsed JSON body or Value::Null)`.
+pub fn curl(
+    method: &str,
+    url: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Result<(u16, Value), String> {
+    let mut command = Command::new("curl");
+    command.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, url]);
+    if let Some(key) = key {
+        command.args(["-H", &format!("X-Api-Key: {key}")]);
+    }
+    if let Some(body) = body {
+        command.args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]);
+    }
+    let output = command.output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').ok_or("no status line")?;
+    let status: u16 = code
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad status '{code}'"))?;
+    if status == 0 {
+        return Err("connection failed".into());
+    }
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+/// `docker inspect -f FORMAT target`.
+pub fn inspect(target: &str, format: &str) -> String {
+    docker(&["inspect", "-f", format, target])
+}
