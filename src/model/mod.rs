@@ -27,8 +27,8 @@ pub const DEFAULT_ENVIRONMENT: &str = "local";
     kind = "Environment",
     status = "EnvironmentStatus",
     shortname = "env",
-    printcolumn(name = "Docker", type_ = "string", json_path = ".spec.docker.host"),
-    printcolumn(name = "Reachable", type_ = "boolean", json_path = ".status.reachable")
+    printcolumn = r#"{"name":"Docker","type":"string","jsonPath":".spec.docker.host"}"#,
+    printcolumn = r#"{"name":"Reachable","type":"boolean","jsonPath":".status.reachable"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvironmentSpec {
@@ -67,12 +67,8 @@ pub struct EnvironmentStatus {
     version = "v1alpha1",
     kind = "CatalogSource",
     status = "CatalogSourceStatus",
-    printcolumn(name = "Path", type_ = "string", json_path = ".spec.directory.path"),
-    printcolumn(
-        name = "Versions",
-        type_ = "integer",
-        json_path = ".status.versionsLoaded"
-    )
+    printcolumn = r#"{"name":"Path","type":"string","jsonPath":".spec.directory.path"}"#,
+    printcolumn = r#"{"name":"Versions","type":"integer","jsonPath":".status.versionsLoaded"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CatalogSourceSpec {
@@ -116,23 +112,11 @@ pub struct CatalogSourceStatus {
     namespaced,
     status = "StackStatus",
     shortname = "stk",
-    printcolumn(
-        name = "Environment",
-        type_ = "string",
-        json_path = ".spec.environment"
-    ),
-    printcolumn(name = "Product", type_ = "string", json_path = ".spec.product"),
-    printcolumn(
-        name = "Version",
-        type_ = "string",
-        json_path = ".status.deployedVersion"
-    ),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Environment","type":"string","jsonPath":".spec.environment"}"#,
+    printcolumn = r#"{"name":"Product","type":"string","jsonPath":".spec.product"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.deployedVersion"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StackSpec {
@@ -210,13 +194,9 @@ pub struct ServiceStatus {
     version = "v1alpha1",
     kind = "ApiKey",
     status = "ApiKeyStatus",
-    printcolumn(
-        name = "Display name",
-        type_ = "string",
-        json_path = ".spec.displayName"
-    ),
-    printcolumn(name = "Prefix", type_ = "string", json_path = ".spec.prefix"),
-    printcolumn(name = "Revoked", type_ = "boolean", json_path = ".spec.revoked")
+    printcolumn = r#"{"name":"Display name","type":"string","jsonPath":".spec.displayName"}"#,
+    printcolumn = r#"{"name":"Prefix","type":"string","jsonPath":".spec.prefix"}"#,
+    printcolumn = r#"{"name":"Revoked","type":"boolean","jsonPath":".spec.revoked"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiKeySpec {
@@ -273,14 +253,10 @@ pub enum DeploymentAction {
     namespaced,
     status = "DeploymentRecordStatus",
     shortname = "deprec",
-    printcolumn(name = "Stack", type_ = "string", json_path = ".spec.stack"),
-    printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Stack","type":"string","jsonPath":".spec.stack"}"#,
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentRecordSpec {
