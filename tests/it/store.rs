@@ -226,3 +226,23 @@ fn kill_9_loses_no_acknowledged_write() {
         );
     }
 }
+
+#[test]
+fn the_examples_load_and_apply() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let loaded = rsgo::catalog::load_directory(&root.join("catalog")).unwrap();
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    assert_eq!(loaded.versions.len(), 2);
+    let data = TempDir::new().unwrap();
+    for file in ["environment.yaml", "stack.yaml"] {
+        let out = rsgo_ok(data.path(), &["apply", "-f", root.join(file).to_str().unwrap()]);
+        assert!(out.contains("created"), "{out}");
+    }
+    let again = rsgo_ok(data.path(), &["apply", "-f", root.join("stack.yaml").to_str().unwrap()]);
+    assert_eq!(again, "stack/whoami unchanged");
+    let bad = data.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {name: x}\nspec: {environment: local, product: p, colour: red}\n").unwrap();
+    let out = crate::support::rsgo(data.path(), &["apply", "-f", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `colour`"));
+}
