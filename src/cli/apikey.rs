@@ -186,7 +186,10 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                     format,
                 );
             }
-            println!("{:<28} {:<10} {:<36} {:<12} {:<8} LAST USED", "NAME", "PREFIX", "PERMISSIONS", "ENVIRONMENT", "STATE");
+            println!(
+                "{:<28} {:<10} {:<36} {:<12} {:<8} LAST USED",
+                "NAME", "PREFIX", "PERMISSIONS", "ENVIRONMENT", "STATE"
+            );
             for key in keys {
                 let state = if key.spec.revoked {
                     "revoked"

@@ -148,6 +148,27 @@ fn save(
     Ok(())
 }
 
+fn load_existing(tx: &Transaction, kind: &str, namespace: &str, name: &str) -> Result<Value> {
+    load(tx, kind, namespace, name)?.ok_or_else(|| Error::NotFound {
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+    })
+}
+
+/// Gives `doc` the next revision and saves it (as a tombstone when `deleted`).
+fn store_revision(
+    tx: &Transaction,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    deleted: bool,
+    doc: &mut Value,
+) -> Result<()> {
+    let revision = next_revision(tx)?;
+    doc["metadata"]["resourceVersion"] = json!(revision.to_string());
+    save(tx, kind, namespace, name, revision, deleted, doc)
+}
+
 fn new_uid() -> String {
     let bytes: [u8; 16] = rand::rng().random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -168,27 +189,20 @@ fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
             if load(tx, &kind, &namespace, &name)?.is_some() {
                 return Err(Error::AlreadyExists { kind, name });
             }
-            let revision = next_revision(tx)?;
             let meta = &mut doc["metadata"];
             meta["uid"] = json!(new_uid());
-            meta["resourceVersion"] = json!(revision.to_string());
             meta["generation"] = json!(1);
             meta["creationTimestamp"] = json!(jiff::Timestamp::now().to_string());
-            save(tx, &kind, &namespace, &name, revision, false, &doc)?;
+            store_revision(tx, &kind, &namespace, &name, false, &mut doc)?;
             Ok(Some(doc))
         }
         Write::Update(doc) => {
             let (kind, namespace, name) = identity(&doc)?;
-            let mut stored =
-                load(tx, &kind, &namespace, &name)?.ok_or_else(|| Error::NotFound {
-                    kind: kind.clone(),
-                    name: name.clone(),
-                })?;
+            let mut stored = load_existing(tx, &kind, &namespace, &name)?;
             let expected = text(&doc, "/metadata/resourceVersion");
             if !expected.is_empty() && expected != text(&stored, "/metadata/resourceVersion") {
                 return Err(Error::Conflict { kind, name });
             }
-            let revision = next_revision(tx)?;
             if stored.get("spec") != doc.get("spec") {
                 let generation = stored["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
                 stored["metadata"]["generation"] = json!(generation);
@@ -210,21 +224,14 @@ fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
                     }
                 }
             }
-            stored["metadata"]["resourceVersion"] = json!(revision.to_string());
-            save(tx, &kind, &namespace, &name, revision, false, &stored)?;
+            store_revision(tx, &kind, &namespace, &name, false, &mut stored)?;
             Ok(Some(stored))
         }
         Write::UpdateStatus(doc) => {
             let (kind, namespace, name) = identity(&doc)?;
-            let mut stored =
-                load(tx, &kind, &namespace, &name)?.ok_or_else(|| Error::NotFound {
-                    kind: kind.clone(),
-                    name: name.clone(),
-                })?;
-            let revision = next_revision(tx)?;
+            let mut stored = load_existing(tx, &kind, &namespace, &name)?;
             stored["status"] = doc.get("status").cloned().unwrap_or(Value::Null);
-            stored["metadata"]["resourceVersion"] = json!(revision.to_string());
-            save(tx, &kind, &namespace, &name, revision, false, &stored)?;
+            store_revision(tx, &kind, &namespace, &name, false, &mut stored)?;
             Ok(Some(stored))
         }
         Write::Delete {
@@ -232,12 +239,8 @@ fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
             namespace,
             name,
         } => {
-            let stored = load(tx, &kind, &namespace, &name)?.ok_or_else(|| Error::NotFound {
-                kind: kind.clone(),
-                name: name.clone(),
-            })?;
-            let revision = next_revision(tx)?;
-            save(tx, &kind, &namespace, &name, revision, true, &stored)?;
+            let mut stored = load_existing(tx, &kind, &namespace, &name)?;
+            store_revision(tx, &kind, &namespace, &name, true, &mut stored)?;
             Ok(None)
         }
     }

@@ -41,23 +41,29 @@ fn wait_running(server: &Server, stack: &str, version: &str) {
     );
 }
 
+/// Pushes a v1 image, serves a one-service product using it, and deploys a stack of it.
+/// `service_extra` adds lines to the service. Returns the server, image and stack name.
+fn deploy_single_service(label: &str, service_extra: &str) -> (Server, String, String, String) {
+    let image = format!("{}/{}/app:latest", registry(), unique(label));
+    let v1 = build_and_push(&image, "v1");
+    let product = unique("app");
+    let services = format!("  app:\n    image: {image}\n{service_extra}");
+    let server = Server::start(&[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))]);
+    let stack = unique("st");
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
+    wait_running(&server, &stack, "1.0.0");
+    (server, image, stack, v1)
+}
+
 fn container_file(container: &str, path: &str) -> String {
     docker(&["exec", container, "cat", path])
 }
 
 #[test]
 fn redeploy_recreates_from_the_fresh_image_and_keeps_volumes() {
-    let image = format!("{}/{}/app:latest", registry(), unique("redeploy"));
-    let v1 = build_and_push(&image, "v1");
-    let product = unique("app");
-    let services = format!(
-        "  app:\n    image: {image}\n    volumes: [\"data:/data\"]\n    restart: unless-stopped\n"
-    );
-    let server = Server::start(&[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))]);
+    let extra = "    volumes: [\"data:/data\"]\n    restart: unless-stopped\n";
+    let (server, image, stack, v1) = deploy_single_service("redeploy", extra);
     let key = server.key(&["Hooks.Redeploy"]);
-    let stack = unique("st");
-    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
-    wait_running(&server, &stack, "1.0.0");
     let container = format!("{stack}_app");
     assert_eq!(inspect(&container, "{{.Image}}"), v1);
     assert_eq!(container_file(&container, "/version"), "v1");
@@ -97,15 +103,8 @@ fn redeploy_recreates_from_the_fresh_image_and_keeps_volumes() {
 
 #[test]
 fn a_failed_pull_fails_the_redeploy_and_keeps_the_old_container() {
-    let image = format!("{}/{}/app:latest", registry(), unique("badpull"));
-    build_and_push(&image, "v1");
-    let product = unique("app");
-    let services = format!("  app:\n    image: {image}\n");
-    let server = Server::start(&[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))]);
+    let (server, image, stack, _) = deploy_single_service("badpull", "");
     let key = server.key(&["Hooks.Redeploy"]);
-    let stack = unique("st");
-    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
-    wait_running(&server, &stack, "1.0.0");
     let container = format!("{stack}_app");
     let before = inspect(&container, "{{.Id}}");
 
@@ -242,12 +241,7 @@ fn upgrade_with_variables_and_sync_sources_end_to_end() {
 
 #[test]
 fn drift_is_corrected_and_foreign_containers_are_left_alone() {
-    let image = format!("{}/{}/app:latest", registry(), unique("drift"));
-    build_and_push(&image, "v1");
-    let product = unique("app");
-    let services = format!("  app:\n    image: {image}\n");
-    let server = Server::start(&[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))]);
-    let stack = unique("st");
+    let (server, image, stack, _) = deploy_single_service("drift", "");
     let foreign = unique("foreign");
     docker(&[
         "run",
@@ -258,8 +252,6 @@ fn drift_is_corrected_and_foreign_containers_are_left_alone() {
         &format!("io.rsgo.stack={stack}"),
         &image,
     ]);
-    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
-    wait_running(&server, &stack, "1.0.0");
     let container = format!("{stack}_app");
 
     docker(&["stop", "-t", "1", &container]);

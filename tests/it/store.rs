@@ -235,14 +235,65 @@ fn the_examples_load_and_apply() {
     assert_eq!(loaded.versions.len(), 2);
     let data = TempDir::new().unwrap();
     for file in ["environment.yaml", "stack.yaml"] {
-        let out = rsgo_ok(data.path(), &["apply", "-f", root.join(file).to_str().unwrap()]);
+        let out = rsgo_ok(
+            data.path(),
+            &["apply", "-f", root.join(file).to_str().unwrap()],
+        );
         assert!(out.contains("created"), "{out}");
     }
-    let again = rsgo_ok(data.path(), &["apply", "-f", root.join("stack.yaml").to_str().unwrap()]);
+    let again = rsgo_ok(
+        data.path(),
+        &["apply", "-f", root.join("stack.yaml").to_str().unwrap()],
+    );
     assert_eq!(again, "stack/whoami unchanged");
     let bad = data.path().join("bad.yaml");
     std::fs::write(&bad, "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {name: x}\nspec: {environment: local, product: p, colour: red}\n").unwrap();
     let out = crate::support::rsgo(data.path(), &["apply", "-f", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `colour`"));
+}
+
+#[test]
+fn a_key_revoked_by_the_cli_is_refused_by_the_running_server() {
+    let server = Server::start(&[]);
+    let key = server.key(&["Hooks.SyncSources"]);
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 200, "{reply}");
+    let prefix = &key[..9];
+    server.cli(&["apikey", "revoke", prefix, "--reason", "leaked"]);
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 401, "{reply}");
+    assert_eq!(reply["message"], "API key has been revoked.");
+    let list = server.cli(&["apikey", "list"]);
+    assert!(list.contains("revoked"), "the record is kept: {list}");
+
+    let refused = crate::support::rsgo(
+        server.data.path(),
+        &[
+            "apikey",
+            "create",
+            "--name",
+            "x",
+            "--permission",
+            "*",
+            "--environment",
+            "nowhere",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("environment 'nowhere' does not exist")
+    );
+    let unknown = crate::support::rsgo(
+        server.data.path(),
+        &[
+            "apikey",
+            "create",
+            "--name",
+            "y",
+            "--permission",
+            "Hooks.All",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown permission 'Hooks.All'"));
 }
