@@ -237,6 +237,51 @@ fn upgrade_with_variables_and_sync_sources_end_to_end() {
         "{reply}"
     );
     assert_eq!(reply["stacksLoaded"], 3);
+
+    // A source that cannot be read at all keeps its last good catalog.
+    std::fs::remove_dir_all(&server.catalog).unwrap();
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 500, "{reply}");
+    let message = reply["message"].as_str().unwrap();
+    assert!(message.contains("keeping its last good catalog"), "{reply}");
+    assert_eq!(reply["sourcesSynced"], 0);
+    assert_eq!(reply["stacksLoaded"], 3);
+}
+
+#[test]
+fn a_failed_upgrade_rolls_back_to_the_previous_version() {
+    let (server, image, stack, _) = deploy_single_service("rollback", "");
+    let env = server.environment.clone();
+    let shown = server.cli(&["get", "stacks", &stack, "--environment", &env, "-o", "json"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let product = shown["spec"]["product"].as_str().unwrap().to_owned();
+    let missing = image.replace(":latest", ":never-pushed");
+    let services = format!("  app:\n    image: {missing}\n");
+    let broken = manifest(&product, "2.0.0", &services, "  {}");
+    std::fs::write(server.catalog.join("app-2.0.0.yaml"), broken).unwrap();
+    let key = server.key(&["Hooks.Upgrade", "Hooks.SyncSources"]);
+    assert_eq!(server.hook("/api/hooks/sync-sources", &key, None).0, 200);
+    let container = format!("{stack}_app");
+    let before = inspect(&container, "{{.Id}}");
+
+    let body = format!(
+        "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"2.0.0\",\"wait\":true}}"
+    );
+    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body));
+    assert_eq!(status, 500, "{reply}");
+    assert_eq!(reply["phase"], "RolledBack", "{reply}");
+    let message = reply["message"].as_str().unwrap();
+    assert!(message.contains(&missing), "{message}");
+    assert!(message.contains("Rolled back to 1.0.0"), "{message}");
+    wait_running(&server, &stack, "1.0.0");
+    let stored = server.cli(&["get", "stacks", &stack, "--environment", &env, "-o", "json"]);
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["spec"]["version"], "1.0.0", "the spec went back");
+    assert_eq!(
+        inspect(&container, "{{.Id}}"),
+        before,
+        "the running container was never stopped"
+    );
 }
 
 #[test]
