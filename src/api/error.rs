@@ -59,8 +59,8 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({"success": false, "message": self.message});
-        if let (Some(Value::Object(extra)), Some(map)) = (self.extra, body.as_object_mut()) {
-            map.extend(extra);
+        if let Some(extra) = self.extra {
+            super::hooks::merge(&mut body, extra);
         }
         (self.status, Json(body)).into_response()
     }

@@ -415,6 +415,13 @@ pub async fn upgrade(
     Ok(Json(body))
 }
 
+/// Adds the fields of the object `extra` to the object `body`.
+pub(super) fn merge(body: &mut Value, extra: Value) {
+    if let (Some(map), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        map.extend(extra);
+    }
+}
+
 /// `POST /api/hooks/sync-sources`: no body needed.
 pub async fn sync_sources(
     State(state): State<AppState>,
@@ -423,29 +430,25 @@ pub async fn sync_sources(
     authenticate(&state, &headers, Some(auth::SYNC_SOURCES)).await?;
     let report = sync::sync_all(&state.store, &state.catalog).await?;
     state.catalog_synced.notify_one();
-    let counts = json!({
-        "stacksLoaded": report.versions_loaded,
-        "sourcesSynced": report.sources_synced,
-    });
-    if !report.errors.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "Sync found {} problem(s); the last good catalog is kept for sources that failed: {}",
-                report.errors.len(),
-                report.errors.join("; ")
-            ),
-        )
-        .with(json!({"stacksLoaded": report.versions_loaded, "sourcesSynced": report.sources_synced, "errors": report.errors})));
+    let counts =
+        json!({"stacksLoaded": report.versions_loaded, "sourcesSynced": report.sources_synced});
+    if report.errors.is_empty() {
+        let message = format!(
+            "Synced {} source(s), loaded {} stack(s).",
+            report.sources_synced, report.versions_loaded
+        );
+        let mut body = json!({"success": true, "message": message});
+        merge(&mut body, counts);
+        return Ok(Json(body));
     }
-    let mut body = json!({
-        "success": true,
-        "message": format!("Synced {} source(s), loaded {} stack(s).", report.sources_synced, report.versions_loaded),
-    });
-    if let (Some(map), Value::Object(extra)) = (body.as_object_mut(), counts) {
-        map.extend(extra);
-    }
-    Ok(Json(body))
+    let message = format!(
+        "Sync found {} problem(s); sources that failed keep their last good catalog: {}",
+        report.errors.len(),
+        report.errors.join("; ")
+    );
+    let mut extra = json!({"errors": report.errors});
+    merge(&mut extra, counts);
+    Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message).with(extra))
 }
 
 /// `GET /api/deployments/{id}`: any valid key may read a record of an environment it may act on.

@@ -191,13 +191,25 @@ fn kill_9_loses_no_acknowledged_write() {
         "{{\"stackName\":\"durable\",\"environmentId\":\"{}\"}}",
         server.environment
     );
-    let mut acknowledged = Vec::new();
-    for _ in 0..20 {
-        let (status, reply) = server.hook("/api/hooks/redeploy", &key, Some(&body));
-        assert_eq!(status, 200, "{reply}");
-        acknowledged.push(reply["deploymentId"].as_str().unwrap().to_owned());
-    }
-    // SIGKILL right after the last answer: nothing gets a chance to flush.
+    // Four clients call as fast as they can; the server is killed while requests are in flight.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, key, body) = (server.url.clone(), key.clone(), body.clone());
+            std::thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                while let Ok((200, reply)) = curl(
+                    "POST",
+                    &format!("{url}/api/hooks/redeploy"),
+                    Some(&key),
+                    Some(&body),
+                ) {
+                    acknowledged.push(reply["deploymentId"].as_str().unwrap().to_owned());
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
     let pid = server.pid();
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -207,6 +219,14 @@ fn kill_9_loses_no_acknowledged_write() {
     assert!(
         curl("GET", &format!("{}/healthz", server.url), None, None).is_err(),
         "the server is gone"
+    );
+    let acknowledged: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert!(
+        acknowledged.len() >= 4,
+        "the clients got answers before the kill"
     );
     let listed = rsgo_ok(
         server.data.path(),
