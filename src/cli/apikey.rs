@@ -34,7 +34,8 @@ pub enum ApikeyCommand {
         /// Expire at this RFC 3339 time.
         #[arg(long)]
         expires_at: Option<String>,
-        /// Print `{id, name, prefix, key, ...}` as JSON instead of the bare key.
+        /// `json`: print `{id, name, prefix, key, ...}`. `yaml`: print an ApiKey manifest (hash only)
+        /// and the key on stderr, without storing anything locally.
         #[arg(short = 'o', long)]
         output: Option<KeyOutput>,
     },
@@ -59,6 +60,8 @@ pub enum ApikeyCommand {
 pub enum KeyOutput {
     /// JSON with the key and its details.
     Json,
+    /// An ApiKey manifest holding only the hash, for git or `kubectl apply`; the key goes to stderr.
+    Yaml,
 }
 
 /// Parses `30d`, `12h`, `90m` or `45s`.
@@ -117,7 +120,10 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                     "--name needs at least one letter or digit".into(),
                 ));
             }
+            // A manifest for git names a cluster environment this store does not know.
+            let manifest_only = matches!(output, Some(KeyOutput::Yaml));
             if let Some(env) = &environment
+                && !manifest_only
                 && store.get::<Environment>("", env).await?.is_none()
             {
                 return Err(Error::Invalid(format!(
@@ -148,6 +154,16 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                 },
                 status: None,
             };
+            if manifest_only {
+                print_as(&crate::store::encode(&record)?, Format::Yaml)?;
+                eprintln!("{}", key.plaintext);
+                eprintln!(
+                    "The line above is the API key '{name}' ({}). Copy it now: it is not shown again. \
+                     Stdout holds the manifest to commit or apply; it contains only the key's hash.",
+                    key.prefix
+                );
+                return Ok(());
+            }
             let stored = store.create(&record).await.map_err(|e| match e {
                 Error::AlreadyExists { .. } => {
                     Error::Invalid(format!("an API key named '{name}' already exists"))
@@ -155,23 +171,21 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                 other => other,
             })?;
             let id = stored.uid().unwrap_or_default();
-            match output {
-                Some(KeyOutput::Json) => print_as(
+            if let Some(KeyOutput::Json) = output {
+                return print_as(
                     &json!({
                         "id": id, "name": name, "prefix": key.prefix, "key": key.plaintext,
                         "permissions": permissions, "environment": environment, "expiresAt": expires_at,
                     }),
                     Format::Json,
-                )?,
-                None => {
-                    println!("{}", key.plaintext);
-                    eprintln!(
-                        "Created API key '{name}' (id {id}, prefix {}) with {}. Copy it now: it is not shown again.",
-                        key.prefix,
-                        permissions.join(", ")
-                    );
-                }
+                );
             }
+            println!("{}", key.plaintext);
+            eprintln!(
+                "Created API key '{name}' (id {id}, prefix {}) with {}. Copy it now: it is not shown again.",
+                key.prefix,
+                permissions.join(", ")
+            );
             Ok(())
         }
         ApikeyCommand::List { output } => {

@@ -53,6 +53,12 @@ pub enum Command {
         #[arg(long)]
         environment: Option<String>,
     },
+    /// Print the CustomResourceDefinitions of rsgo's kinds, or write one file per kind.
+    Crd {
+        /// Write `<plural>.rsgo.io.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
     /// Delete a stack: its containers and network go, its volumes stay.
     Delete {
         /// What to delete.
@@ -76,6 +82,9 @@ pub enum Format {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Crd { output_dir } = &cli.command {
+        return write_crds(output_dir.as_deref());
+    }
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cli.data_dir)?);
     ensure_default_environment(&store).await?;
     match cli.command {
@@ -97,12 +106,48 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
+        Command::Crd { .. } => unreachable!("handled before the store is opened"),
         Command::Delete {
             resource,
             name,
             environment,
         } => resources::delete(&store, resource, &name, &environment).await,
     }
+}
+
+/// Every CRD as YAML, keyed by its file name `<plural>.rsgo.io.yaml`.
+pub fn crd_files() -> Result<Vec<(String, String)>> {
+    crate::model::crds()
+        .into_iter()
+        .map(|crd| {
+            let yaml = serde_yaml_ng::to_string(&crd).map_err(|e| Error::Yaml {
+                context: format!(
+                    "printing CRD {}",
+                    crd.metadata.name.clone().unwrap_or_default()
+                ),
+                source: e,
+            })?;
+            Ok((
+                format!("{}.yaml", crd.metadata.name.unwrap_or_default()),
+                yaml,
+            ))
+        })
+        .collect()
+}
+
+fn write_crds(dir: Option<&std::path::Path>) -> Result<()> {
+    for (file, yaml) in crd_files()? {
+        match dir {
+            Some(dir) => {
+                let path = dir.join(&file);
+                std::fs::write(&path, yaml)
+                    .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => print!("---\n{yaml}"),
+        }
+    }
+    Ok(())
 }
 
 /// Creates the `local` environment (Docker at `DOCKER_HOST`, else the default socket) once.
@@ -123,6 +168,7 @@ async fn ensure_default_environment(store: &Arc<dyn Store>) -> Result<()> {
         },
         spec: EnvironmentSpec {
             docker: Some(DockerEndpoint { host }),
+            kubernetes: None,
         },
         status: None,
     };

@@ -25,6 +25,7 @@ pub const DEFAULT_ENVIRONMENT: &str = "local";
     group = "rsgo.io",
     version = "v1alpha1",
     kind = "Environment",
+    doc = "Where stacks run: a Docker engine or a Kubernetes namespace.",
     status = "EnvironmentStatus",
     shortname = "env",
     printcolumn = r#"{"name":"Docker","type":"string","jsonPath":".spec.docker.host"}"#,
@@ -35,6 +36,17 @@ pub struct EnvironmentSpec {
     /// A Docker engine that runs this environment's stacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerEndpoint>,
+    /// A Kubernetes namespace that runs this environment's stacks as Deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesTarget>,
+}
+
+/// Where in the cluster an environment's workloads go.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesTarget {
+    /// Namespace of the workloads; in Kubernetes mode it is also where the Stacks live.
+    pub namespace: String,
 }
 
 /// How to reach a Docker engine.
@@ -66,6 +78,7 @@ pub struct EnvironmentStatus {
     group = "rsgo.io",
     version = "v1alpha1",
     kind = "CatalogSource",
+    doc = "A place rsgo loads product manifests from.",
     status = "CatalogSourceStatus",
     printcolumn = r#"{"name":"Path","type":"string","jsonPath":".spec.directory.path"}"#,
     printcolumn = r#"{"name":"Versions","type":"integer","jsonPath":".status.versionsLoaded"}"#
@@ -109,6 +122,7 @@ pub struct CatalogSourceStatus {
     group = "rsgo.io",
     version = "v1alpha1",
     kind = "Stack",
+    doc = "A deployed product: which version of which catalog product runs in which environment.",
     namespaced,
     status = "StackStatus",
     shortname = "stk",
@@ -193,6 +207,7 @@ pub struct ServiceStatus {
     group = "rsgo.io",
     version = "v1alpha1",
     kind = "ApiKey",
+    doc = "A key that lets a pipeline call the hooks. Only its SHA-256 is stored.",
     status = "ApiKeyStatus",
     printcolumn = r#"{"name":"Display name","type":"string","jsonPath":".spec.displayName"}"#,
     printcolumn = r#"{"name":"Prefix","type":"string","jsonPath":".spec.prefix"}"#,
@@ -250,6 +265,7 @@ pub enum DeploymentAction {
     group = "rsgo.io",
     version = "v1alpha1",
     kind = "DeploymentRecord",
+    doc = "One rollout that a hook or the CLI asked for, with a stable id (its name).",
     namespaced,
     status = "DeploymentRecordStatus",
     shortname = "deprec",
@@ -338,4 +354,18 @@ pub struct ServiceResult {
     /// Image id the service runs after the rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+}
+
+/// The CustomResourceDefinitions of every rsgo kind, in a stable order.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    vec![
+        ApiKey::crd(),
+        CatalogSource::crd(),
+        DeploymentRecord::crd(),
+        Environment::crd(),
+        Stack::crd(),
+    ]
 }

@@ -46,6 +46,7 @@ fn env(name: &str) -> Environment {
             docker: Some(DockerEndpoint {
                 host: "unix:///var/run/docker.sock".into(),
             }),
+            kubernetes: None,
         },
         status: None,
     }
