@@ -1,5 +1,6 @@
 //! What the reconciler drives: container engines.
 
 pub mod docker;
+pub mod kubernetes;
 
 pub use docker::{DockerRuntime, ObservedContainer};

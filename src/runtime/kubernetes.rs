@@ -1,0 +1,553 @@
+//! Kubernetes workloads for a stack: one Deployment per service, a Service for each service
+//! that has ports, and a PersistentVolumeClaim per named volume. Pure builders: the objects are
+//! applied server-side with one field manager by whoever holds a client.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, HostPathVolumeSource, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::catalog::{ContainerPlan, StackPlan};
+use crate::model::Stack;
+
+/// Field manager for every object rsgo applies.
+pub const FIELD_MANAGER: &str = "rsgo";
+/// Pod-template annotation that a redeploy changes, which rolls the pods like `kubectl rollout restart`.
+pub const RESTARTED_AT_ANNOTATION: &str = "rsgo.io/restarted-at";
+/// Annotation with the hash of the rendered service spec.
+pub const SPEC_HASH_ANNOTATION: &str = "rsgo.io/spec-hash";
+/// Label holding the stack name on every object rsgo creates in a cluster.
+pub const STACK_LABEL: &str = "rsgo.io/stack";
+/// Label holding the service name.
+pub const SERVICE_LABEL: &str = "rsgo.io/service";
+/// Size requested for each named volume.
+pub const DEFAULT_VOLUME_SIZE: &str = "1Gi";
+
+/// Everything one stack needs in its namespace.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Workloads {
+    /// One per service.
+    pub deployments: Vec<Deployment>,
+    /// One per service that publishes ports.
+    pub services: Vec<Service>,
+    /// One per named volume. They carry no owner reference, so deleting the stack keeps them.
+    pub claims: Vec<PersistentVolumeClaim>,
+}
+
+/// Turns a name into a DNS-1123 label: lower case, `-` for anything else, at most 63 characters.
+pub fn dns_label(name: &str) -> String {
+    let mapped: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    mapped
+        .trim_matches('-')
+        .chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_owned()
+}
+
+fn owner(stack: &Stack) -> Option<OwnerReference> {
+    stack.controller_owner_ref(&())
+}
+
+fn selector_labels(stack: &Stack, service: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/instance".to_owned(),
+            dns_label(&stack.name_any()),
+        ),
+        ("app.kubernetes.io/name".to_owned(), dns_label(service)),
+    ])
+}
+
+fn object_labels(stack: &Stack, service: Option<&str>, version: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        ("app.kubernetes.io/managed-by".to_owned(), "rsgo".to_owned()),
+        (
+            "app.kubernetes.io/instance".to_owned(),
+            dns_label(&stack.name_any()),
+        ),
+        (
+            "app.kubernetes.io/part-of".to_owned(),
+            dns_label(&stack.spec.product),
+        ),
+        ("app.kubernetes.io/version".to_owned(), version.to_owned()),
+        (STACK_LABEL.to_owned(), dns_label(&stack.name_any())),
+    ]);
+    if let Some(service) = service {
+        labels.insert("app.kubernetes.io/name".into(), dns_label(service));
+        labels.insert(SERVICE_LABEL.into(), dns_label(service));
+    }
+    labels
+}
+
+/// Name of the Deployment of one service.
+pub fn deployment_name(stack: &str, service: &str) -> String {
+    dns_label(&format!("{stack}-{service}"))
+}
+
+fn security_context(user: Option<&str>) -> Result<Option<PodSecurityContext>, String> {
+    let Some(user) = user else { return Ok(None) };
+    let (uid, gid) = match user.split_once(':') {
+        Some((uid, gid)) => (uid, Some(gid)),
+        None => (user, None),
+    };
+    let number = |v: &str| {
+        v.parse::<i64>()
+            .map_err(|_| format!("user '{user}' must be numeric (uid or uid:gid) on Kubernetes"))
+    };
+    Ok(Some(PodSecurityContext {
+        run_as_user: Some(number(uid)?),
+        run_as_group: gid.map(number).transpose()?,
+        ..Default::default()
+    }))
+}
+
+fn deployment(
+    stack: &Stack,
+    container: &ContainerPlan,
+    version: &str,
+    restarted_at: Option<&str>,
+) -> Result<Deployment, String> {
+    let namespace = stack.namespace();
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    for (index, mount) in container.mounts.iter().enumerate() {
+        let name = format!("v{index}");
+        volumes.push(Volume {
+            name: name.clone(),
+            persistent_volume_claim: mount.named_volume.then(|| {
+                PersistentVolumeClaimVolumeSource {
+                    claim_name: dns_label(&mount.source),
+                    read_only: None,
+                }
+            }),
+            host_path: (!mount.named_volume).then(|| HostPathVolumeSource {
+                path: mount.source.clone(),
+                type_: None,
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name,
+            mount_path: mount.target.clone(),
+            read_only: mount.read_only.then_some(true),
+            ..Default::default()
+        });
+    }
+    let env: Vec<EnvVar> = container
+        .env
+        .iter()
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            EnvVar {
+                name: name.to_owned(),
+                value: Some(value.to_owned()),
+                value_from: None,
+            }
+        })
+        .collect();
+    let ports: Vec<ContainerPort> = container
+        .ports
+        .iter()
+        .map(|p| ContainerPort {
+            container_port: i32::from(p.container_port),
+            protocol: Some(p.protocol.to_uppercase()),
+            ..Default::default()
+        })
+        .collect();
+    let mut pod_annotations =
+        BTreeMap::from([(SPEC_HASH_ANNOTATION.to_owned(), container.spec_hash.clone())]);
+    if let Some(at) = restarted_at {
+        pod_annotations.insert(RESTARTED_AT_ANNOTATION.into(), at.to_owned());
+    }
+    let mut pod_labels = object_labels(stack, Some(&container.service), version);
+    pod_labels.extend(selector_labels(stack, &container.service));
+    Ok(Deployment {
+        metadata: ObjectMeta {
+            name: Some(deployment_name(&stack.name_any(), &container.service)),
+            namespace: namespace.clone(),
+            labels: Some(object_labels(stack, Some(&container.service), version)),
+            owner_references: owner(stack).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(stack, &container.service)),
+                match_expressions: None,
+            },
+            // Named volumes are ReadWriteOnce: the old pod must let go before the new one mounts.
+            strategy: Some(DeploymentStrategy {
+                type_: Some(
+                    if container.mounts.iter().any(|m| m.named_volume) {
+                        "Recreate"
+                    } else {
+                        "RollingUpdate"
+                    }
+                    .into(),
+                ),
+                rolling_update: None,
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: dns_label(&container.service),
+                        image: Some(container.image.clone()),
+                        image_pull_policy: Some("Always".into()),
+                        command: container.entrypoint.clone(),
+                        args: container.cmd.clone(),
+                        working_dir: container.working_dir.clone(),
+                        env: (!env.is_empty()).then_some(env),
+                        ports: (!ports.is_empty()).then_some(ports),
+                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                        ..Default::default()
+                    }],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
+                    security_context: security_context(container.user.as_deref())?,
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        },
+        status: None,
+    })
+}
+
+fn service(stack: &Stack, container: &ContainerPlan, version: &str) -> Option<Service> {
+    if container.ports.is_empty() {
+        return None;
+    }
+    let ports = container
+        .ports
+        .iter()
+        .map(|p| ServicePort {
+            name: Some(format!(
+                "{}-{}",
+                p.protocol,
+                p.host_port.unwrap_or(p.container_port)
+            )),
+            port: i32::from(p.host_port.unwrap_or(p.container_port)),
+            target_port: Some(IntOrString::Int(i32::from(p.container_port))),
+            protocol: Some(p.protocol.to_uppercase()),
+            ..Default::default()
+        })
+        .collect();
+    Some(Service {
+        // Named after the service, so services reach each other by name as they do on Docker.
+        metadata: ObjectMeta {
+            name: Some(dns_label(&container.service)),
+            namespace: stack.namespace(),
+            labels: Some(object_labels(stack, Some(&container.service), version)),
+            owner_references: owner(stack).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(stack, &container.service)),
+            ports: Some(ports),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// Builds every object of a stack from its rendered plan. `restarted_at` is the redeploy request
+/// the pods must reflect, if any.
+pub fn workloads(
+    stack: &Stack,
+    plan: &StackPlan,
+    version: &str,
+    restarted_at: Option<&str>,
+) -> Result<Workloads, String> {
+    let mut workloads = Workloads::default();
+    for container in &plan.containers {
+        workloads
+            .deployments
+            .push(deployment(stack, container, version, restarted_at)?);
+        workloads
+            .services
+            .extend(service(stack, container, version));
+    }
+    for volume in &plan.volumes {
+        workloads.claims.push(PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(dns_label(volume)),
+                namespace: stack.namespace(),
+                labels: Some(object_labels(stack, None, version)),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity(DEFAULT_VOLUME_SIZE.into()),
+                    )])),
+                    limits: None,
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        });
+    }
+    Ok(workloads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{parse_manifest, render};
+    use crate::model::StackSpec;
+    use std::path::Path;
+
+    const MANIFEST: &str = r#"
+metadata: {name: Shop, productId: shop, productVersion: "6.5.0"}
+variables:
+  GREETING: {default: hello}
+services:
+  web:
+    image: registry.local/web:2
+    entrypoint: ["/bin/web"]
+    command: ["--port", "80"]
+    environment: {GREETING: "${GREETING}"}
+    ports: ["8080:80", "53/udp"]
+    volumes: ["data:/data", "/etc/ssl:/ssl:ro"]
+    user: "1000:2000"
+  worker:
+    image: registry.local/worker:2
+volumes:
+  data: {}
+"#;
+
+    fn stack() -> Stack {
+        let mut stack = Stack::new(
+            "Shop_Prod",
+            StackSpec {
+                environment: "prod".into(),
+                product: "shop".into(),
+                version: Some("6.5.0".into()),
+                variables: Default::default(),
+            },
+        );
+        stack.metadata.namespace = Some("prod".into());
+        stack.metadata.uid = Some("uid-1".into());
+        stack
+    }
+
+    fn build(restarted_at: Option<&str>) -> Workloads {
+        let pv = parse_manifest(Path::new("shop.yaml"), MANIFEST)
+            .unwrap()
+            .unwrap();
+        let stack = stack();
+        let plan = render(&stack.name_any(), "prod", &pv, &stack.spec.variables).unwrap();
+        workloads(&stack, &plan, "6.5.0", restarted_at).unwrap()
+    }
+
+    #[test]
+    fn a_deployment_per_service_with_owner_labels_and_pod_spec() {
+        let w = build(None);
+        let names: Vec<_> = w
+            .deployments
+            .iter()
+            .map(|d| d.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["shop-prod-web", "shop-prod-worker"]);
+        let web = &w.deployments[0];
+        assert_eq!(web.metadata.namespace.as_deref(), Some("prod"));
+        let owner = &web.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("Stack", "Shop_Prod", "uid-1")
+        );
+        assert_eq!(owner.controller, Some(true));
+        let labels = web.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "rsgo");
+        assert_eq!(labels["app.kubernetes.io/name"], "web");
+        assert_eq!(labels["app.kubernetes.io/instance"], "shop-prod");
+        assert_eq!(labels["app.kubernetes.io/version"], "6.5.0");
+        let spec = &web.spec;
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(
+            spec.strategy.as_ref().unwrap().type_.as_deref(),
+            Some("Recreate")
+        );
+        let selector = spec.selector.match_labels.as_ref().unwrap();
+        let template = spec.template.metadata.as_ref().unwrap();
+        for (k, v) in selector {
+            assert_eq!(
+                &template.labels.as_ref().unwrap()[k],
+                v,
+                "pods match the selector"
+            );
+        }
+        assert!(
+            template
+                .annotations
+                .as_ref()
+                .unwrap()
+                .contains_key(SPEC_HASH_ANNOTATION)
+        );
+        let pod = spec.template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.name, "web");
+        assert_eq!(c.image.as_deref(), Some("registry.local/web:2"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(c.command.as_deref(), Some(&["/bin/web".to_string()][..]));
+        assert_eq!(
+            c.args.as_deref(),
+            Some(&["--port".to_string(), "80".into()][..])
+        );
+        let env = c.env.as_ref().unwrap();
+        assert_eq!(
+            (env[0].name.as_str(), env[0].value.as_deref()),
+            ("GREETING", Some("hello"))
+        );
+        let ports = c.ports.as_ref().unwrap();
+        assert_eq!(
+            (ports[0].container_port, ports[0].protocol.as_deref()),
+            (80, Some("TCP"))
+        );
+        assert_eq!(
+            (ports[1].container_port, ports[1].protocol.as_deref()),
+            (53, Some("UDP"))
+        );
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert_eq!(
+            (mounts[0].mount_path.as_str(), mounts[0].read_only),
+            ("/data", None)
+        );
+        assert_eq!(
+            (mounts[1].mount_path.as_str(), mounts[1].read_only),
+            ("/ssl", Some(true))
+        );
+        let volumes = pod.volumes.as_ref().unwrap();
+        assert_eq!(
+            volumes[0]
+                .persistent_volume_claim
+                .as_ref()
+                .unwrap()
+                .claim_name,
+            "shop-prod-data"
+        );
+        assert_eq!(volumes[1].host_path.as_ref().unwrap().path, "/etc/ssl");
+        let security = pod.security_context.as_ref().unwrap();
+        assert_eq!(
+            (security.run_as_user, security.run_as_group),
+            (Some(1000), Some(2000))
+        );
+        assert_eq!(
+            w.deployments[1]
+                .spec
+                .strategy
+                .as_ref()
+                .unwrap()
+                .type_
+                .as_deref(),
+            Some("RollingUpdate")
+        );
+    }
+
+    #[test]
+    fn services_only_for_services_with_ports() {
+        let w = build(None);
+        assert_eq!(w.services.len(), 1);
+        let svc = &w.services[0];
+        assert_eq!(svc.metadata.name.as_deref(), Some("web"));
+        let spec = svc.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.selector.as_ref(),
+            w.deployments[0].spec.selector.match_labels.as_ref()
+        );
+        let ports = spec.ports.as_ref().unwrap();
+        assert_eq!(
+            (ports[0].port, ports[0].target_port.clone()),
+            (8080, Some(IntOrString::Int(80)))
+        );
+        assert_eq!(
+            (ports[1].port, ports[1].protocol.as_deref()),
+            (53, Some("UDP"))
+        );
+        assert!(svc.metadata.owner_references.is_some());
+    }
+
+    #[test]
+    fn claims_per_named_volume_without_owner() {
+        let w = build(None);
+        assert_eq!(w.claims.len(), 1);
+        let claim = &w.claims[0];
+        assert_eq!(claim.metadata.name.as_deref(), Some("shop-prod-data"));
+        assert!(
+            claim.metadata.owner_references.is_none(),
+            "deleting a stack keeps its data"
+        );
+        let spec = claim.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.access_modes.as_deref(),
+            Some(&["ReadWriteOnce".to_string()][..])
+        );
+        assert_eq!(
+            spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            "1Gi"
+        );
+    }
+
+    #[test]
+    fn a_redeploy_changes_only_the_restart_annotation() {
+        let before = build(None);
+        let after = build(Some("2026-11-28T10:00:00Z"));
+        let annotations = |w: &Workloads| {
+            w.deployments[0]
+                .spec
+                .template
+                .metadata
+                .clone()
+                .unwrap()
+                .annotations
+                .unwrap()
+        };
+        assert_eq!(
+            annotations(&after)[RESTARTED_AT_ANNOTATION],
+            "2026-11-28T10:00:00Z"
+        );
+        let mut restored = after.clone();
+        for d in &mut restored.deployments {
+            let meta = d.spec.template.metadata.as_mut().unwrap();
+            meta.annotations
+                .as_mut()
+                .unwrap()
+                .remove(RESTARTED_AT_ANNOTATION);
+        }
+        assert_eq!(restored, before);
+        assert!(!annotations(&before).contains_key(RESTARTED_AT_ANNOTATION));
+    }
+
+    #[test]
+    fn names_become_dns_labels_and_users_must_be_numeric() {
+        assert_eq!(dns_label("My_Stack.v2"), "my-stack-v2");
+        assert_eq!(dns_label(&"a".repeat(70)).len(), 63);
+        assert!(
+            security_context(Some("www-data"))
+                .unwrap_err()
+                .contains("numeric")
+        );
+        assert_eq!(security_context(None).unwrap(), None);
+    }
+}
