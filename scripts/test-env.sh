@@ -51,5 +51,14 @@ YAML
   wait_for "the registry" 60 curl -sf "http://$RSGO_TEST_REGISTRY/v2/"
 fi
 
+# Real Helm (as a library) and kubernetes-validate, for the chart tests, in a private venv.
+venv="$state_dir/venv"
+if ! "$venv/bin/python" -c "import helm_python, kubernetes_validate, yaml" >/dev/null 2>&1; then
+  echo "test-env: installing helm-python-sdk and kubernetes-validate into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml
+fi
+
 export RSGO_TEST_REGISTRY
 export RSGO_TEST_BUSYBOX=/bin/busybox
+export RSGO_TEST_PYTHON="$venv/bin/python"

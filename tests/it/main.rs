@@ -3,5 +3,6 @@
 
 mod docker_e2e;
 mod hooks;
+mod kubernetes;
 mod store;
 mod support;
