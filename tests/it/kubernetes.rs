@@ -1,6 +1,6 @@
 //! Kubernetes artefacts that can be checked without an API server: the CRDs and the Helm chart.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
