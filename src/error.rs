@@ -42,6 +42,12 @@ pub enum Error {
         operation: String,
         source: bollard::errors::Error,
     },
+    /// A Kubernetes API call failed.
+    #[error("kubernetes: {operation}: {source}")]
+    Kube {
+        operation: String,
+        source: kube::Error,
+    },
     /// An image could not be pulled.
     #[error("pulling image '{image}' failed: {message}")]
     Pull { image: String, message: String },
@@ -66,6 +72,7 @@ impl Error {
             Error::Yaml { .. } => "yaml",
             Error::Io { .. } => "io",
             Error::Docker { .. } => "docker",
+            Error::Kube { .. } => "kubernetes",
             Error::Pull { .. } => "pull",
             Error::Catalog(_) => "catalog",
             Error::Task(_) => "task",

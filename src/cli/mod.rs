@@ -82,13 +82,14 @@ pub enum Format {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
-    if let Command::Crd { output_dir } = &cli.command {
-        return write_crds(output_dir.as_deref());
-    }
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cli.data_dir)?);
-    ensure_default_environment(&store).await?;
     match cli.command {
-        Command::Serve(args) => serve::serve(store, args).await,
+        Command::Crd { output_dir } => return write_crds(output_dir.as_deref()),
+        Command::Serve(args) => return serve::serve(&cli.data_dir, args).await,
+        _ => {}
+    }
+    let store = open_sqlite(&cli.data_dir).await?;
+    match cli.command {
+        Command::Serve(_) | Command::Crd { .. } => unreachable!("handled above"),
         Command::Apikey(command) => apikey::run(&store, command).await,
         Command::Apply { file } => resources::apply(&store, &file).await,
         Command::Get {
@@ -106,7 +107,6 @@ pub async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
-        Command::Crd { .. } => unreachable!("handled before the store is opened"),
         Command::Delete {
             resource,
             name,
@@ -148,6 +148,13 @@ fn write_crds(dir: Option<&std::path::Path>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Opens the embedded store and makes sure the `local` environment exists.
+pub(crate) async fn open_sqlite(data_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(data_dir)?);
+    ensure_default_environment(&store).await?;
+    Ok(store)
 }
 
 /// Creates the `local` environment (Docker at `DOCKER_HOST`, else the default socket) once.

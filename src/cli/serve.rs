@@ -15,13 +15,29 @@ use sha2::{Digest, Sha256};
 use crate::api::{AppState, router};
 use crate::catalog::{Catalog, sync};
 use crate::model::{CatalogSource, CatalogSourceSpec, DEFAULT_ENVIRONMENT, DirectorySource};
+use crate::reconcile::leader::{self, LeaseLock};
 use crate::reconcile::{self, Context};
-use crate::store::Store;
+use crate::store::{KubeStore, Store};
 use crate::{Error, Result};
+
+/// Where `rsgo serve` keeps its objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// The embedded SQLite database in `--data-dir`.
+    Sqlite,
+    /// Custom resources in the Kubernetes cluster of the in-cluster config or KUBECONFIG.
+    Kubernetes,
+}
 
 /// Options of `rsgo serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Where objects live: `sqlite` (standalone) or `kubernetes` (custom resources).
+    #[arg(long, env = "RSGO_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+    /// Name of the Lease that elects the one reconciling replica (Kubernetes store).
+    #[arg(long, default_value = "rsgo-controller")]
+    pub lease_name: String,
     /// Address to serve the API on.
     #[arg(long, env = "RSGO_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -63,7 +79,19 @@ async fn register_catalog(store: &Arc<dyn Store>, dir: &std::path::Path) -> Resu
 }
 
 /// Runs until SIGINT or SIGTERM.
-pub async fn serve(store: Arc<dyn Store>, args: ServeArgs) -> Result<()> {
+pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
+    let (store, client): (Arc<dyn Store>, Option<kube::Client>) = match args.store {
+        StoreKind::Sqlite => (super::open_sqlite(data_dir).await?, None),
+        StoreKind::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|source| Error::Kube {
+                    operation: "connecting to the cluster (in-cluster config or KUBECONFIG)".into(),
+                    source,
+                })?;
+            (Arc::new(KubeStore::new(client.clone())), Some(client))
+        }
+    };
     for dir in &args.catalogs {
         register_catalog(&store, dir).await?;
     }
@@ -97,15 +125,28 @@ pub async fn serve(store: Arc<dyn Store>, args: ServeArgs) -> Result<()> {
     });
 
     let ctx = Arc::new(Context::new(store.clone(), catalog.clone()));
-    let synced_stream = futures::stream::unfold(catalog_synced.clone(), |notify| async move {
-        notify.notified().await;
-        Some(((), notify))
-    });
-    tokio::spawn(reconcile::run(
-        ctx,
-        Duration::from_secs(args.resync_seconds.max(1)),
-        synced_stream,
-    ));
+    let resync = Duration::from_secs(args.resync_seconds.max(1));
+    match client {
+        None => {
+            tokio::spawn(reconcile::run(ctx, resync, catalog_synced.clone()));
+        }
+        Some(client) => {
+            // Every replica serves hooks; only the Lease holder reconciles.
+            let namespace = std::env::var("POD_NAMESPACE")
+                .unwrap_or_else(|_| client.default_namespace().to_owned());
+            let identity = std::env::var("POD_NAME")
+                .unwrap_or_else(|_| format!("rsgo-{}", std::process::id()));
+            let lock = LeaseLock::new(
+                kube::Api::namespaced(client, &namespace),
+                &args.lease_name,
+                &identity,
+            );
+            let synced = catalog_synced.clone();
+            tokio::spawn(leader::lead(lock, move || {
+                reconcile::run(ctx.clone(), resync, synced.clone())
+            }));
+        }
+    }
 
     let state = AppState {
         store,

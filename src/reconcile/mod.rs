@@ -1,13 +1,14 @@
 //! The reconciler: level-triggered and idempotent. It reads a Stack from the store, compares it
 //! with what runs, acts, and writes status and deployment records back.
 
+pub mod leader;
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -118,12 +119,12 @@ fn rollout_trigger(stack: &Stack) -> Option<u64> {
 }
 
 /// Runs the controller until the process ends: every Stack change, every `resync` period, and
-/// every `extra` signal (a catalog sync) reconciles.
-pub async fn run(
-    ctx: Arc<Context>,
-    resync: Duration,
-    extra: impl Stream<Item = ()> + Send + 'static,
-) {
+/// every catalog sync (`catalog_synced`) reconciles.
+pub async fn run(ctx: Arc<Context>, resync: Duration, catalog_synced: Arc<tokio::sync::Notify>) {
+    let synced = futures::stream::unfold(catalog_synced, |notify| async move {
+        notify.notified().await;
+        Some(((), notify))
+    });
     let (reader, writer) = reflector::store::<Stack>();
     let stacks = ctx
         .store
@@ -137,7 +138,7 @@ pub async fn run(
         Some(((), interval))
     });
     Controller::for_stream(stacks, reader)
-        .reconcile_all_on(futures::stream::select(ticks, extra))
+        .reconcile_all_on(futures::stream::select(ticks, synced))
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {

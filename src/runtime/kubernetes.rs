@@ -19,8 +19,6 @@ use kube::{Resource, ResourceExt};
 use crate::catalog::{ContainerPlan, StackPlan};
 use crate::model::Stack;
 
-/// Field manager for every object rsgo applies.
-pub const FIELD_MANAGER: &str = "rsgo";
 /// Pod-template annotation that a redeploy changes, which rolls the pods like `kubectl rollout restart`.
 pub const RESTARTED_AT_ANNOTATION: &str = "rsgo.io/restarted-at";
 /// Annotation with the hash of the rendered service spec.

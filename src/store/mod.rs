@@ -1,14 +1,15 @@
 //! Where desired state and status live. Hooks and the CLI only talk to a [`Store`];
 //! the reconciler watches it.
 
+mod kubernetes;
 mod sqlite;
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::Stream;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use kube::Resource;
 use kube::runtime::watcher;
 use serde::Serialize;
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::watch;
 
+pub use kubernetes::KubeStore;
 pub use sqlite::SqliteStore;
 
 use crate::{Error, Result};
@@ -59,15 +61,6 @@ pub enum Write {
     },
 }
 
-/// One entry of the change feed.
-#[derive(Debug, Clone)]
-pub struct Change {
-    /// The object as stored (its last state, for a deletion).
-    pub object: Value,
-    /// Whether the change removed the object.
-    pub deleted: bool,
-}
-
 /// Storage of rsgo's resources with optimistic concurrency and a change feed.
 pub trait Store: Send + Sync + 'static {
     /// Reads one object.
@@ -85,18 +78,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<Value>>>;
     /// Applies every write or none, and returns the stored documents (deletions return nothing).
     fn write(&self, writes: Vec<Write>) -> BoxFuture<'_, Result<Vec<Value>>>;
-    /// Changes of a kind after `revision`, oldest first, with the newest revision seen.
-    fn changes_since(
-        &self,
-        kind: String,
-        revision: u64,
-    ) -> BoxFuture<'_, Result<(Vec<Change>, u64)>>;
+    /// Every object of a kind, then each change, as the raw documents of kube-runtime watcher
+    /// events. The stream ends only when dropped; failures are retried inside it.
+    fn watch_raw(self: Arc<Self>, kind: String) -> BoxStream<'static, watcher::Event<Value>>;
     /// Wakes when this process wrote something; other processes' writes are found by polling.
     fn subscribe(&self) -> watch::Receiver<u64>;
 }
-
-/// How often watchers look for writes made by other processes.
-const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 fn kind_of<K: Object>() -> String {
     K::kind(&()).into_owned()
@@ -187,63 +174,22 @@ impl dyn Store {
     pub fn watch<K: Object>(
         self: Arc<Self>,
     ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send {
-        let kind = kind_of::<K>();
-        let mut wake = self.subscribe();
-        async_stream(move |tx| async move {
-            let mut revision = 0;
-            let mut listed = false;
-            loop {
-                match self.changes_since(kind.clone(), revision).await {
-                    Ok((changes, newest)) => {
-                        if !listed {
-                            let _ = tx.send(watcher::Event::Init);
-                        }
-                        for change in changes {
-                            match decode::<K>(change.object) {
-                                Ok(_) if !listed && change.deleted => {}
-                                Ok(object) if !listed => {
-                                    let _ = tx.send(watcher::Event::InitApply(object));
-                                }
-                                Ok(object) if change.deleted => {
-                                    let _ = tx.send(watcher::Event::Delete(object));
-                                }
-                                Ok(object) => {
-                                    let _ = tx.send(watcher::Event::Apply(object));
-                                }
-                                Err(error) => {
-                                    tracing::warn!(%error, "skipping an undecodable stored object")
-                                }
-                            }
-                        }
-                        if !listed {
-                            let _ = tx.send(watcher::Event::InitDone);
-                            listed = true;
-                        }
-                        revision = newest;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, kind = %kind, "reading the change feed failed; retrying")
-                    }
-                }
-                if tx.is_closed() {
-                    return;
-                }
-                let _ = tokio::time::timeout(POLL_INTERVAL, wake.changed()).await;
-            }
+        let decode_logged = |value: Value| {
+            decode::<K>(value)
+                .inspect_err(
+                    |error| tracing::warn!(%error, "skipping an undecodable stored object"),
+                )
+                .ok()
+        };
+        self.watch_raw(kind_of::<K>()).filter_map(move |event| {
+            let event = match event {
+                watcher::Event::Apply(v) => decode_logged(v).map(watcher::Event::Apply),
+                watcher::Event::Delete(v) => decode_logged(v).map(watcher::Event::Delete),
+                watcher::Event::InitApply(v) => decode_logged(v).map(watcher::Event::InitApply),
+                watcher::Event::Init => Some(watcher::Event::Init),
+                watcher::Event::InitDone => Some(watcher::Event::InitDone),
+            };
+            std::future::ready(event.map(Ok))
         })
     }
-}
-
-/// Runs `producer` as a task that feeds the returned stream; the task ends when the stream is dropped.
-fn async_stream<T, F, Fut>(producer: F) -> impl Stream<Item = Result<T, watcher::Error>> + Send
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::UnboundedSender<T>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(producer(tx));
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (Ok(item), rx))
-    })
 }

@@ -8,15 +8,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use kube::runtime::watcher;
 use rand::RngExt;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::{Change, Store, Write};
+use super::{Store, Write};
 use crate::{Error, Result};
+
+/// How often watchers look for writes made by other processes.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "rsgo.db";
@@ -295,6 +300,62 @@ impl Store for SqliteStore {
         .boxed()
     }
 
+    fn watch_raw(self: Arc<Self>, kind: String) -> BoxStream<'static, watcher::Event<Value>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut wake = self.written.subscribe();
+            let mut revision = 0;
+            let mut listed = false;
+            loop {
+                match self.changes_since(kind.clone(), revision).await {
+                    Ok((changes, newest)) => {
+                        if !listed {
+                            let _ = tx.send(watcher::Event::Init);
+                        }
+                        for change in changes {
+                            let event = match (listed, change.deleted) {
+                                (false, true) => continue,
+                                (false, false) => watcher::Event::InitApply(change.object),
+                                (true, true) => watcher::Event::Delete(change.object),
+                                (true, false) => watcher::Event::Apply(change.object),
+                            };
+                            let _ = tx.send(event);
+                        }
+                        if !listed {
+                            let _ = tx.send(watcher::Event::InitDone);
+                            listed = true;
+                        }
+                        revision = newest;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, %kind, "reading the change feed failed; retrying")
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                let _ = tokio::time::timeout(POLL_INTERVAL, wake.changed()).await;
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|event| (event, rx))
+        })
+        .boxed()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.written.subscribe()
+    }
+}
+
+/// One entry of the change feed.
+struct Change {
+    object: Value,
+    deleted: bool,
+}
+
+impl SqliteStore {
+    /// Changes of a kind after `revision`, oldest first, with the newest revision seen.
     fn changes_since(
         &self,
         kind: String,
@@ -322,9 +383,5 @@ impl Store for SqliteStore {
             drop(stmt);
             Ok((changes, newest as u64))
         })
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.written.subscribe()
     }
 }
