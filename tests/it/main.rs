@@ -3,6 +3,7 @@
 
 mod docker_e2e;
 mod hooks;
+mod kube_mock;
 mod kubernetes;
 mod store;
 mod support;
