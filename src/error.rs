@@ -48,6 +48,9 @@ pub enum Error {
         operation: String,
         source: kube::Error,
     },
+    /// A cluster rollout gave up.
+    #[error("{0}")]
+    Rollout(String),
     /// An image could not be pulled.
     #[error("pulling image '{image}' failed: {message}")]
     Pull { image: String, message: String },
@@ -73,6 +76,7 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Docker { .. } => "docker",
             Error::Kube { .. } => "kubernetes",
+            Error::Rollout(_) => "rollout",
             Error::Pull { .. } => "pull",
             Error::Catalog(_) => "catalog",
             Error::Task(_) => "task",

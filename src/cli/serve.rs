@@ -124,7 +124,11 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
         }
     });
 
-    let ctx = Arc::new(Context::new(store.clone(), catalog.clone()));
+    let mut ctx = Context::new(store.clone(), catalog.clone());
+    if let Some(client) = &client {
+        ctx = ctx.with_kubernetes(client.clone());
+    }
+    let ctx = Arc::new(ctx);
     let resync = Duration::from_secs(args.resync_seconds.max(1));
     match client {
         None => {

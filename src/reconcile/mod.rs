@@ -20,7 +20,8 @@ use crate::model::{
     DeploymentRecordStatus, Environment, EnvironmentStatus, REDEPLOY_ANNOTATION, ServiceResult,
     ServiceStatus, Stack, StackPhase, StackStatus,
 };
-use crate::runtime::DockerRuntime;
+use crate::runtime::kubernetes;
+use crate::runtime::{DockerRuntime, KubeRuntime, Rollout};
 use crate::store::Store;
 use crate::{Error, Result};
 use plan::Step;
@@ -35,6 +36,7 @@ pub struct Context {
     /// Products to deploy.
     pub catalog: Arc<RwLock<Catalog>>,
     runtimes: tokio::sync::Mutex<HashMap<String, DockerRuntime>>,
+    kube: Option<kube::Client>,
 }
 
 impl Context {
@@ -44,6 +46,28 @@ impl Context {
             store,
             catalog,
             runtimes: Default::default(),
+            kube: None,
+        }
+    }
+
+    /// Lets the reconciler deploy to Kubernetes environments through `client`.
+    pub fn with_kubernetes(mut self, client: kube::Client) -> Self {
+        self.kube = Some(client);
+        self
+    }
+
+    /// Where an environment's workloads go.
+    async fn target(&self, env: &Environment) -> Result<Target> {
+        match (&env.spec.kubernetes, &self.kube) {
+            (Some(target), Some(client)) => Ok(Target::Kubernetes {
+                runtime: KubeRuntime::new(client.clone()),
+                namespace: target.namespace.clone(),
+            }),
+            (Some(_), None) => Err(invalid(format!(
+                "environment '{}' targets Kubernetes; run `rsgo serve --store kubernetes` in the cluster",
+                env.name_any()
+            ))),
+            (None, _) => self.runtime(env).await.map(Target::Docker),
         }
     }
 
@@ -168,7 +192,7 @@ pub async fn reconcile(trigger: Arc<Stack>, ctx: Arc<Context>) -> Result<Action>
         return finalize(&stack, &ctx).await;
     }
     match rollout(&stack, &ctx).await {
-        Ok(()) => Ok(Action::await_change()),
+        Ok(action) => Ok(action),
         Err(Error::Invalid(message)) => {
             tracing::info!(stack = %stack.name_any(), %message, "stack cannot be deployed as specified");
             Ok(Action::await_change())
@@ -177,7 +201,8 @@ pub async fn reconcile(trigger: Arc<Stack>, ctx: Arc<Context>) -> Result<Action>
     }
 }
 
-/// Removes a deleted stack's containers and network (never its volumes), then the Stack itself.
+/// Removes a deleted stack's containers and network, or Deployments and Services (never its
+/// volumes or claims), then the Stack itself.
 async fn finalize(stack: &Stack, ctx: &Context) -> Result<Action> {
     let name = stack.name_any();
     if let Some(env) = ctx
@@ -185,11 +210,17 @@ async fn finalize(stack: &Stack, ctx: &Context) -> Result<Action> {
         .get::<Environment>("", &stack.spec.environment)
         .await?
     {
-        let runtime = ctx.runtime(&env).await?;
-        for container in runtime.observe(&stack.spec.environment, &name).await? {
-            runtime.remove(&container.id, &container.name).await?;
+        match ctx.target(&env).await? {
+            Target::Docker(runtime) => {
+                for container in runtime.observe(&stack.spec.environment, &name).await? {
+                    runtime.remove(&container.id, &container.name).await?;
+                }
+                runtime.remove_network(&format!("{name}_default")).await?;
+            }
+            Target::Kubernetes { runtime, namespace } => {
+                runtime.teardown(&namespace, &name).await?
+            }
         }
-        runtime.remove_network(&format!("{name}_default")).await?;
     }
     ctx.store
         .delete::<Stack>(&stack.namespace().unwrap_or_default(), &name)
@@ -203,18 +234,35 @@ struct Outcome {
     results: Vec<ServiceResult>,
 }
 
-async fn rollout(stack: &Stack, ctx: &Context) -> Result<()> {
+/// Where a stack's workloads run.
+enum Target {
+    /// Containers on a Docker engine.
+    Docker(DockerRuntime),
+    /// Deployments in a cluster namespace.
+    Kubernetes {
+        runtime: KubeRuntime,
+        namespace: String,
+    },
+}
+
+/// How often an unfinished Kubernetes rollout is looked at again.
+const ROLLOUT_POLL: Duration = Duration::from_secs(5);
+
+async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
     let namespace = stack.namespace().unwrap_or_default();
     let old_status = stack.status.clone().unwrap_or_default();
     let requested = stack.annotations().get(REDEPLOY_ANNOTATION).cloned();
     let redeploy = requested.is_some() && requested != old_status.last_handled_redeploy_at;
     let spec_changed = old_status.observed_generation != stack.metadata.generation;
-    let deployment = if redeploy || spec_changed {
+    let changed = redeploy || spec_changed;
+    // A new request names its record in the annotation; an unfinished rollout keeps reporting
+    // to the record it started with.
+    let deployment_id = if changed {
         stack.annotations().get(DEPLOYMENT_ANNOTATION).cloned()
     } else {
-        None
+        old_status.last_deployment.clone()
     };
-    let deployment = match deployment {
+    let deployment = match deployment_id {
         Some(id) => ctx
             .store
             .get::<DeploymentRecord>(&namespace, &id)
@@ -232,8 +280,7 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<()> {
         ..old_status.clone()
     };
 
-    let prepared = prepare(stack, ctx).await;
-    let (runtime, plan, version) = match prepared {
+    let (target, plan, version) = match prepare(stack, ctx).await {
         Ok(prepared) => prepared,
         Err(error) => {
             let transient = !matches!(error, Error::Invalid(_));
@@ -244,30 +291,52 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<()> {
             return Err(error);
         }
     };
-    if let Some(record) = &deployment {
+    if let Some(record) = deployment.as_ref().filter(|r| r.status.is_none()) {
         set_record(ctx, record, DeploymentPhase::Running, None, vec![]).await?;
     }
-    if redeploy || spec_changed {
+    if changed {
         status.phase = Some(StackPhase::Deploying);
         write_status(ctx, stack, &old_status, &status).await?;
     }
-    let result = apply_plan(
-        &runtime,
-        stack,
-        &plan,
-        redeploy,
-        redeploy || spec_changed,
-        deployment.as_ref(),
-    )
-    .await;
-    if result.is_ok() {
-        status.deployed_version = Some(version);
-    }
-    let status_before = if redeploy || spec_changed {
+    let status_before = if changed {
         status.clone()
     } else {
         old_status.clone()
     };
+    let result = match target {
+        Target::Docker(runtime) => {
+            apply_plan(
+                &runtime,
+                stack,
+                &plan,
+                redeploy,
+                changed,
+                deployment.as_ref(),
+            )
+            .await
+        }
+        Target::Kubernetes { runtime, namespace } => {
+            let workloads = kubernetes::workloads(stack, &plan, &version, requested.as_deref())
+                .map_err(|e| invalid(format!("{} {version}: {e}", stack.spec.product)))?;
+            match runtime
+                .apply(&namespace, &stack.name_any(), &workloads)
+                .await
+            {
+                Ok(Rollout::Complete) => Ok(kubernetes_outcome(&plan, &workloads)),
+                Ok(Rollout::Progressing(progress)) => {
+                    status.phase = Some(StackPhase::Deploying);
+                    status.message = Some(format!("Rolling out: {progress}"));
+                    write_status(ctx, stack, &status_before, &status).await?;
+                    return Ok(Action::requeue(ROLLOUT_POLL));
+                }
+                Ok(Rollout::Failed(reason)) => Err(Error::Rollout(reason)),
+                Err(error) => Err(error),
+            }
+        }
+    };
+    if result.is_ok() {
+        status.deployed_version = Some(version);
+    }
     finish(
         ctx,
         stack,
@@ -277,11 +346,36 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<()> {
         result.as_ref(),
     )
     .await?;
-    result.map(drop)
+    result.map(|_| Action::await_change())
 }
 
-/// Resolves the environment, runtime, product version and rendered plan of a stack.
-async fn prepare(stack: &Stack, ctx: &Context) -> Result<(DockerRuntime, StackPlan, String)> {
+/// What a completed Kubernetes rollout reports: one entry per service.
+fn kubernetes_outcome(plan: &StackPlan, workloads: &kubernetes::Workloads) -> Outcome {
+    let services = plan
+        .containers
+        .iter()
+        .zip(&workloads.deployments)
+        .map(|(c, d)| ServiceStatus {
+            name: c.service.clone(),
+            container: d.name_any(),
+            image: c.image.clone(),
+            image_id: None,
+        })
+        .collect();
+    let results = plan
+        .containers
+        .iter()
+        .map(|c| ServiceResult {
+            service: c.service.clone(),
+            action: "applied".into(),
+            image_id: None,
+        })
+        .collect();
+    Outcome { services, results }
+}
+
+/// Resolves the environment, target, product version and rendered plan of a stack.
+async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Target, StackPlan, String)> {
     let env_name = &stack.spec.environment;
     let env = ctx
         .store
@@ -308,8 +402,8 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(DockerRuntime, StackPl
     };
     let plan = render(&stack.name_any(), env_name, &pv, &stack.spec.variables)
         .map_err(|e| invalid(format!("{} {}: {e}", pv.product, pv.version)))?;
-    let runtime = ctx.runtime(&env).await?;
-    Ok((runtime, plan, pv.version.to_string()))
+    let target = ctx.target(&env).await?;
+    Ok((target, plan, pv.version.to_string()))
 }
 
 /// Pulls, then acts on the plan. Any failed pull fails the rollout before anything is stopped.

@@ -309,6 +309,159 @@ pub fn workloads(
     Ok(workloads)
 }
 
+/// How far the Deployments of a stack have rolled out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rollout {
+    /// Every Deployment runs its newest spec on all replicas.
+    Complete,
+    /// Still rolling; the text says what is missing.
+    Progressing(String),
+    /// A Deployment gave up (progress deadline exceeded); the text says which and why.
+    Failed(String),
+}
+
+/// Reads the rollout state from Deployments as the API server reports them (like `kubectl rollout status`).
+pub fn rollout_state(deployments: &[Deployment]) -> Rollout {
+    let mut waiting = Vec::new();
+    for deployment in deployments {
+        let name = deployment.metadata.name.clone().unwrap_or_default();
+        let status = deployment.status.clone().unwrap_or_default();
+        if let Some(failed) = status.conditions.iter().flatten().find(|c| {
+            c.type_.as_deref() == Some("Progressing")
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        }) {
+            return Rollout::Failed(format!(
+                "deployment {name} did not roll out: {}",
+                failed.message.clone().unwrap_or_default()
+            ));
+        }
+        let wanted = deployment.spec.replicas.unwrap_or(1);
+        let observed =
+            status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
+        let updated = status.updated_replicas.unwrap_or(0);
+        let available = status.available_replicas.unwrap_or(0);
+        let total = status.replicas.unwrap_or(0);
+        if !observed || updated < wanted || available < wanted || total > updated {
+            waiting.push(format!(
+                "{name}: {updated}/{wanted} updated, {available} available"
+            ));
+        }
+    }
+    if waiting.is_empty() {
+        Rollout::Complete
+    } else {
+        Rollout::Progressing(waiting.join("; "))
+    }
+}
+
+/// Applies a stack's workloads to a cluster and reads their rollout.
+#[derive(Clone)]
+pub struct KubeRuntime {
+    client: kube::Client,
+}
+
+fn kube_error(operation: String) -> impl FnOnce(kube::Error) -> crate::Error {
+    move |source| crate::Error::Kube { operation, source }
+}
+
+impl KubeRuntime {
+    /// A runtime over `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Self { client }
+    }
+
+    async fn apply_all<K>(&self, namespace: &str, objects: &[K]) -> crate::Result<Vec<K>>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: kube::Api<K> = kube::Api::namespaced(self.client.clone(), namespace);
+        let params = kube::api::PatchParams::apply(crate::model::FIELD_MANAGER).force();
+        let mut applied = Vec::new();
+        for object in objects {
+            let name = object.name_any();
+            let result = api
+                .patch(&name, &params, &kube::api::Patch::Apply(object))
+                .await
+                .map_err(kube_error(format!(
+                    "applying {} {namespace}/{name}",
+                    K::kind(&())
+                )))?;
+            applied.push(result);
+        }
+        Ok(applied)
+    }
+
+    async fn prune<K>(&self, namespace: &str, stack: &str, keep: &[String]) -> crate::Result<()>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: kube::Api<K> = kube::Api::namespaced(self.client.clone(), namespace);
+        let selector = format!(
+            "{STACK_LABEL}={},app.kubernetes.io/managed-by=rsgo",
+            dns_label(stack)
+        );
+        let kind = K::kind(&());
+        let existing = api
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map_err(kube_error(format!("listing {kind}s of stack {stack}")))?;
+        for object in existing.items {
+            let name = object.name_any();
+            if !keep.contains(&name) {
+                api.delete(&name, &Default::default())
+                    .await
+                    .map_err(kube_error(format!("deleting {kind} {namespace}/{name}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies claims, Services and Deployments server-side, removes the Deployments and Services
+    /// the stack no longer has (claims stay), and returns the rollout state of the Deployments.
+    pub async fn apply(
+        &self,
+        namespace: &str,
+        stack: &str,
+        workloads: &Workloads,
+    ) -> crate::Result<Rollout> {
+        self.apply_all(namespace, &workloads.claims).await?;
+        self.apply_all(namespace, &workloads.services).await?;
+        let deployments = self.apply_all(namespace, &workloads.deployments).await?;
+        let names =
+            |objects: Vec<Option<String>>| objects.into_iter().flatten().collect::<Vec<_>>();
+        let services = names(
+            workloads
+                .services
+                .iter()
+                .map(|s| s.metadata.name.clone())
+                .collect(),
+        );
+        self.prune::<Service>(namespace, stack, &services).await?;
+        let kept = names(
+            workloads
+                .deployments
+                .iter()
+                .map(|d| d.metadata.name.clone())
+                .collect(),
+        );
+        self.prune::<Deployment>(namespace, stack, &kept).await?;
+        Ok(rollout_state(&deployments))
+    }
+
+    /// Removes a stack's Deployments and Services; its claims (data) stay.
+    pub async fn teardown(&self, namespace: &str, stack: &str) -> crate::Result<()> {
+        self.prune::<Service>(namespace, stack, &[]).await?;
+        self.prune::<Deployment>(namespace, stack, &[]).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,6 +688,50 @@ volumes:
         }
         assert_eq!(restored, before);
         assert!(!annotations(&before).contains_key(RESTARTED_AT_ANNOTATION));
+    }
+
+    fn with_status(generation: i64, status: serde_json::Value) -> Deployment {
+        let mut deployment = build(None).deployments.remove(0);
+        deployment.metadata.generation = Some(generation);
+        deployment.status = Some(serde_json::from_value(status).unwrap());
+        deployment
+    }
+
+    #[test]
+    fn rollout_state_reads_like_kubectl_rollout_status() {
+        let done = with_status(
+            2,
+            serde_json::json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}),
+        );
+        assert_eq!(rollout_state(std::slice::from_ref(&done)), Rollout::Complete);
+        let unseen = with_status(
+            3,
+            serde_json::json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}),
+        );
+        assert!(
+            matches!(rollout_state(&[done.clone(), unseen]), Rollout::Progressing(m) if m.contains("shop-prod-web"))
+        );
+        let old_pod_left = with_status(
+            2,
+            serde_json::json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1}),
+        );
+        assert!(matches!(
+            rollout_state(&[old_pod_left]),
+            Rollout::Progressing(_)
+        ));
+        let stuck = with_status(
+            2,
+            serde_json::json!({"observedGeneration": 2, "conditions": [
+                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet has timed out progressing."}
+            ]}),
+        );
+        assert_eq!(
+            rollout_state(&[stuck]),
+            Rollout::Failed(
+                "deployment shop-prod-web did not roll out: ReplicaSet has timed out progressing."
+                    .into()
+            )
+        );
     }
 
     #[test]

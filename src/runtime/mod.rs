@@ -4,3 +4,4 @@ pub mod docker;
 pub mod kubernetes;
 
 pub use docker::{DockerRuntime, ObservedContainer};
+pub use kubernetes::{KubeRuntime, Rollout};
