@@ -32,6 +32,10 @@ if ! docker info >/dev/null 2>&1; then
   wait_for "dockerd" 120 docker info
 fi
 
+# Networks left by interrupted test runs use up the engine's address pools; only unused ones
+# carrying rsgo's label go.
+docker network prune -f --filter label=io.rsgo.managed=true >/dev/null
+
 if ! curl -sf "http://$RSGO_TEST_REGISTRY/v2/" >/dev/null; then
   echo "test-env: starting a registry on $RSGO_TEST_REGISTRY" >&2
   mkdir -p "$state_dir/registry"

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -170,7 +168,15 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
         match existing {
             None => writes.push(Write::Create(value)),
             Some(_) if verb == "unchanged" => {}
-            Some(_) => writes.push(Write::Update(value)),
+            Some(old) => {
+                // Like kubectl apply: fields the file does not manage stay as they are.
+                for field in ["finalizers", "ownerReferences"] {
+                    if let Some(kept) = old["metadata"].get(field) {
+                        value["metadata"][field] = kept.clone();
+                    }
+                }
+                writes.push(Write::Update(value))
+            }
         }
     }
     store.write(writes).await?;
@@ -295,7 +301,7 @@ pub async fn get(
     Ok(())
 }
 
-/// Marks a stack for deletion; the server removes its containers and network, then the stack.
+/// Asks for a stack's deletion; the server removes its containers and network, then the stack.
 pub async fn delete(
     store: &Arc<dyn Store>,
     what: Deletable,
@@ -303,17 +309,16 @@ pub async fn delete(
     environment: &str,
 ) -> Result<()> {
     let Deletable::Stack = what;
-    let mut stack = store
-        .get::<Stack>(environment, name)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            kind: "Stack".into(),
-            name: format!("{name}' in environment '{environment}"),
+    store
+        .delete::<Stack>(environment, name)
+        .await
+        .map_err(|e| match e {
+            Error::NotFound { .. } => Error::NotFound {
+                kind: "Stack".into(),
+                name: format!("{name}' in environment '{environment}"),
+            },
+            other => other,
         })?;
-    if stack.metadata.deletion_timestamp.is_none() {
-        stack.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
-        store.update(&stack).await?;
-    }
     let deadline = tokio::time::Instant::now() + DELETE_WAIT;
     while tokio::time::Instant::now() < deadline {
         if store.get::<Stack>(environment, name).await?.is_none() {

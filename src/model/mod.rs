@@ -16,6 +16,8 @@ pub const API_VERSION: &str = "rsgo.io/v1alpha1";
 pub const REDEPLOY_ANNOTATION: &str = "rsgo.io/redeploy-requested-at";
 /// Annotation naming the deployment record the next rollout of a stack reports to.
 pub const DEPLOYMENT_ANNOTATION: &str = "rsgo.io/deployment-id";
+/// Finalizer that keeps a Stack until its workloads are removed.
+pub const CLEANUP_FINALIZER: &str = "rsgo.io/cleanup";
 /// Field manager of every write rsgo makes to a Kubernetes API server.
 pub const FIELD_MANAGER: &str = "rsgo";
 /// Name of the environment that exists from the first start.

@@ -16,13 +16,13 @@ use kube::runtime::{Controller, WatchStreamExt, reflector};
 
 use crate::catalog::{Catalog, StackPlan, render};
 use crate::model::{
-    DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
+    CLEANUP_FINALIZER, DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
     DeploymentRecordStatus, Environment, EnvironmentStatus, REDEPLOY_ANNOTATION, ServiceResult,
     ServiceStatus, Stack, StackPhase, StackStatus,
 };
 use crate::runtime::kubernetes;
 use crate::runtime::{DockerRuntime, KubeRuntime, Rollout};
-use crate::store::Store;
+use crate::store::{Store, Write, encode};
 use crate::{Error, Result};
 use plan::Step;
 
@@ -191,6 +191,14 @@ pub async fn reconcile(trigger: Arc<Stack>, ctx: Arc<Context>) -> Result<Action>
     if stack.metadata.deletion_timestamp.is_some() {
         return finalize(&stack, &ctx).await;
     }
+    let stack = if stack.finalizers().iter().any(|f| f == CLEANUP_FINALIZER) {
+        stack
+    } else {
+        // Deleting the stack must wait until its workloads are gone.
+        let mut guarded = stack;
+        guarded.finalizers_mut().push(CLEANUP_FINALIZER.into());
+        ctx.store.update(&guarded).await?
+    };
     match rollout(&stack, &ctx).await {
         Ok(action) => Ok(action),
         Err(Error::Invalid(message)) => {
@@ -222,8 +230,11 @@ async fn finalize(stack: &Stack, ctx: &Context) -> Result<Action> {
             }
         }
     }
+    // Releasing the finalizer lets the store remove the stack.
+    let mut released = stack.clone();
+    released.finalizers_mut().retain(|f| f != CLEANUP_FINALIZER);
     ctx.store
-        .delete::<Stack>(&stack.namespace().unwrap_or_default(), &name)
+        .write(vec![Write::Update(encode(&released)?)])
         .await?;
     tracing::info!(stack = %name, "stack deleted; volumes kept");
     Ok(Action::await_change())

@@ -703,7 +703,10 @@ volumes:
             2,
             serde_json::json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}),
         );
-        assert_eq!(rollout_state(std::slice::from_ref(&done)), Rollout::Complete);
+        assert_eq!(
+            rollout_state(std::slice::from_ref(&done)),
+            Rollout::Complete
+        );
         let unseen = with_status(
             3,
             serde_json::json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}),

@@ -45,12 +45,13 @@ impl<K> Object for K where
 pub enum Write {
     /// Create a new object; fails when one of that kind, namespace and name exists.
     Create(Value),
-    /// Replace spec, labels and annotations of an existing object. When the document carries a
-    /// `metadata.resourceVersion`, the write fails on a stale one. Status is kept.
+    /// Replace spec, labels, annotations, finalizers and owner references of an existing object.
+    /// When the document carries a `metadata.resourceVersion`, the write fails on a stale one.
+    /// Status is kept. Removing the last finalizer of a deleted object removes the object.
     Update(Value),
     /// Replace only the status of an existing object.
     UpdateStatus(Value),
-    /// Remove an object.
+    /// Remove an object; one with finalizers is only marked (`deletionTimestamp`) for its controller.
     Delete {
         /// Kind of the object.
         kind: String,
@@ -76,7 +77,8 @@ pub trait Store: Send + Sync + 'static {
         kind: String,
         namespace: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<Value>>>;
-    /// Applies every write or none, and returns the stored documents (deletions return nothing).
+    /// Applies every write or none, and returns the stored documents (deletions, and updates
+    /// that complete a deletion, return nothing).
     fn write(&self, writes: Vec<Write>) -> BoxFuture<'_, Result<Vec<Value>>>;
     /// Every object of a kind, then each change, as the raw documents of kube-runtime watcher
     /// events. The stream ends only when dropped; failures are retried inside it.

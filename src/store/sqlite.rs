@@ -153,6 +153,12 @@ fn save(
     Ok(())
 }
 
+fn has_finalizers(doc: &Value) -> bool {
+    doc["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+}
+
 fn load_existing(tx: &Transaction, kind: &str, namespace: &str, name: &str) -> Result<Value> {
     load(tx, kind, namespace, name)?.ok_or_else(|| Error::NotFound {
         kind: kind.to_owned(),
@@ -213,13 +219,8 @@ fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
                 stored["metadata"]["generation"] = json!(generation);
                 stored["spec"] = doc.get("spec").cloned().unwrap_or(Value::Null);
             }
-            for field in [
-                "labels",
-                "annotations",
-                "deletionTimestamp",
-                "finalizers",
-                "ownerReferences",
-            ] {
+            // deletionTimestamp is the store's to set (on a delete request), never the writer's.
+            for field in ["labels", "annotations", "finalizers", "ownerReferences"] {
                 match doc["metadata"].get(field) {
                     Some(value) => stored["metadata"][field] = value.clone(),
                     None => {
@@ -229,8 +230,11 @@ fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
                     }
                 }
             }
-            store_revision(tx, &kind, &namespace, &name, false, &mut stored)?;
-            Ok(Some(stored))
+            // As on Kubernetes: a deleted object goes once its last finalizer is removed.
+            let gone =
+                stored["metadata"].get("deletionTimestamp").is_some() && !has_finalizers(&stored);
+            store_revision(tx, &kind, &namespace, &name, gone, &mut stored)?;
+            Ok((!gone).then_some(stored))
         }
         Write::UpdateStatus(doc) => {
             let (kind, namespace, name) = identity(&doc)?;
@@ -245,6 +249,15 @@ fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
             name,
         } => {
             let mut stored = load_existing(tx, &kind, &namespace, &name)?;
+            // As on Kubernetes: an object with finalizers is only marked; its controller finishes.
+            if has_finalizers(&stored) {
+                if stored["metadata"].get("deletionTimestamp").is_none() {
+                    stored["metadata"]["deletionTimestamp"] =
+                        json!(jiff::Timestamp::now().to_string());
+                    store_revision(tx, &kind, &namespace, &name, false, &mut stored)?;
+                }
+                return Ok(None);
+            }
             store_revision(tx, &kind, &namespace, &name, true, &mut stored)?;
             Ok(None)
         }

@@ -308,3 +308,332 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
     assert_eq!(reply["stackVersion"], "6.4.0");
     server.done().await;
 }
+
+const MANIFEST: &str = r#"
+metadata: {name: Shop, productId: shop, productVersion: "6.5.0"}
+services:
+  web:
+    image: registry.example.com/web:6.5.0
+    ports: ["80"]
+    volumes: ["data:/data"]
+volumes:
+  data: {}
+"#;
+
+fn kube_context(client: Client, with_product: bool) -> Arc<rsgo::reconcile::Context> {
+    let mut catalog = Catalog::default();
+    if with_product {
+        let pv = rsgo::catalog::parse_manifest(std::path::Path::new("shop.yaml"), MANIFEST)
+            .unwrap()
+            .unwrap();
+        catalog.replace_source("test", vec![pv]);
+    }
+    let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone()));
+    Arc::new(
+        rsgo::reconcile::Context::new(store, Arc::new(RwLock::new(catalog)))
+            .with_kubernetes(client),
+    )
+}
+
+fn kube_stack(extra_metadata: Value) -> Value {
+    let mut stack = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "Stack",
+        "metadata": {"name": "shop", "namespace": "prod", "resourceVersion": "200", "generation": 2, "uid": "stack-uid",
+                     "annotations": {"rsgo.io/deployment-id": "d1"}, "finalizers": ["rsgo.io/cleanup"]},
+        "spec": {"environment": "prod", "product": "shop", "version": "6.5.0"},
+        "status": {"observedGeneration": 1, "deployedVersion": "6.4.0", "phase": "Running"}});
+    if let (Some(meta), Value::Object(extra)) = (stack["metadata"].as_object_mut(), extra_metadata)
+    {
+        meta.extend(extra);
+    }
+    stack
+}
+
+fn kube_environment() -> Value {
+    json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "Environment", "metadata": {"name": "prod"},
+           "spec": {"kubernetes": {"namespace": "prod"}}})
+}
+
+fn record(phase: Option<&str>) -> Value {
+    let mut record = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "DeploymentRecord",
+        "metadata": {"name": "d1", "namespace": "prod", "resourceVersion": "5"},
+        "spec": {"stack": "shop", "environment": "prod", "action": "Upgrade", "fromVersion": "6.4.0",
+                 "toVersion": "6.5.0", "requestedBy": "CI", "requestedAt": "2026-11-28T10:00:00Z"}});
+    if let Some(phase) = phase {
+        record["status"] = json!({"phase": phase});
+    }
+    record
+}
+
+/// Answers a status write by echoing the object back.
+fn echo(sent: &Value) -> (u16, Value) {
+    (200, sent.clone())
+}
+
+/// Expects the server-side applies and pruning of the test stack; the Deployment is answered by
+/// `deployment` (given the applied object). Returns the applied Deployment.
+async fn expect_apply(
+    server: &mut ApiServer,
+    deployment: impl FnOnce(&Value) -> (u16, Value),
+) -> Value {
+    let claim = server
+        .expect_with(
+            "PATCH",
+            "/api/v1/namespaces/prod/persistentvolumeclaims/shop-data",
+            echo,
+        )
+        .await;
+    assert!(
+        claim["metadata"].get("ownerReferences").is_none(),
+        "claims outlive the stack"
+    );
+    let service = server
+        .expect_with("PATCH", "/api/v1/namespaces/prod/services/web", echo)
+        .await;
+    assert_eq!(
+        service["metadata"]["ownerReferences"][0]["uid"],
+        "stack-uid"
+    );
+    let applied = server
+        .expect_with(
+            "PATCH",
+            "/apis/apps/v1/namespaces/prod/deployments/shop-web",
+            deployment,
+        )
+        .await;
+    let services = json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {}, "items": [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "prod"}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "admin", "namespace": "prod"}}]});
+    server
+        .expect("GET", "/api/v1/namespaces/prod/services", 200, services)
+        .await;
+    server
+        .expect(
+            "DELETE",
+            "/api/v1/namespaces/prod/services/admin",
+            200,
+            status(200, "Success"),
+        )
+        .await;
+    let deployments =
+        json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {}, "items": []});
+    server
+        .expect(
+            "GET",
+            "/apis/apps/v1/namespaces/prod/deployments",
+            200,
+            deployments,
+        )
+        .await;
+    applied
+}
+
+#[tokio::test]
+async fn an_upgrade_applies_workloads_and_its_record_ends_when_the_rollout_does() {
+    let (client, mut server) = mock();
+    let ctx = kube_context(client, true);
+    let trigger: rsgo::model::Stack = serde_json::from_value(kube_stack(json!({}))).unwrap();
+    let run = tokio::spawn(rsgo::reconcile::reconcile(
+        Arc::new(trigger.clone()),
+        ctx.clone(),
+    ));
+
+    let stacks = format!("{API}/namespaces/prod/stacks/shop");
+    let records = format!("{API}/namespaces/prod/deploymentrecords");
+    server
+        .expect("GET", &stacks, 200, kube_stack(json!({})))
+        .await;
+    server
+        .expect("GET", &format!("{records}/d1"), 200, record(None))
+        .await;
+    server
+        .expect(
+            "GET",
+            &format!("{API}/environments/prod"),
+            200,
+            kube_environment(),
+        )
+        .await;
+    let running = server
+        .expect_with("PUT", &format!("{records}/d1/status"), echo)
+        .await;
+    assert_eq!(running["status"]["phase"], "Running");
+    let deploying = server
+        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .await;
+    assert_eq!(deploying["status"]["phase"], "Deploying");
+    assert_eq!(deploying["status"]["observedGeneration"], 2);
+    // The API server has not rolled the pods yet: the answer to the apply has no status.
+    let applied = expect_apply(&mut server, echo).await;
+    let container = &applied["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example.com/web:6.5.0");
+    assert_eq!(container["imagePullPolicy"], "Always");
+    assert_eq!(
+        applied["metadata"]["labels"]["app.kubernetes.io/version"],
+        "6.5.0"
+    );
+    let rolling = server
+        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .await;
+    assert_eq!(rolling["status"]["phase"], "Deploying");
+    assert!(
+        rolling["status"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rolling out: shop-web")
+    );
+    let action = run.await.unwrap().unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+    );
+
+    // The next look finds the rollout complete and finishes the same record.
+    let mut stored = rolling.clone();
+    stored["metadata"]["resourceVersion"] = json!("201");
+    let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
+    server.expect("GET", &stacks, 200, stored).await;
+    server
+        .expect(
+            "GET",
+            &format!("{records}/d1"),
+            200,
+            record(Some("Running")),
+        )
+        .await;
+    server
+        .expect(
+            "GET",
+            &format!("{API}/environments/prod"),
+            200,
+            kube_environment(),
+        )
+        .await;
+    expect_apply(&mut server, |sent| {
+        let mut done = sent.clone();
+        done["metadata"]["generation"] = json!(4);
+        done["status"] = json!({"observedGeneration": 4, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1});
+        (200, done)
+    })
+    .await;
+    let done = server
+        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .await;
+    assert_eq!(done["status"]["phase"], "Running");
+    assert_eq!(done["status"]["deployedVersion"], "6.5.0");
+    assert_eq!(done["status"]["lastDeployment"], "d1");
+    assert!(done["status"].get("message").is_none());
+    let succeeded = server
+        .expect_with("PUT", &format!("{records}/d1/status"), echo)
+        .await;
+    assert_eq!(succeeded["status"]["phase"], "Succeeded");
+    assert_eq!(succeeded["status"]["message"], "Upgraded 'shop' to 6.5.0.");
+    let list = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "DeploymentRecordList", "metadata": {}, "items": [record(Some("Succeeded"))]});
+    server.expect("GET", &records, 200, list).await;
+    assert_eq!(
+        run.await.unwrap().unwrap(),
+        kube::runtime::controller::Action::await_change()
+    );
+    server.done().await;
+}
+
+#[tokio::test]
+async fn an_invalid_stack_gets_a_status_message_instead_of_a_crash_loop() {
+    let (client, mut server) = mock();
+    let ctx = kube_context(client, false);
+    // A stack applied with kubectl has no finalizer yet: rsgo adds its own first.
+    let fresh = json!({"annotations": {}, "finalizers": []});
+    let trigger: rsgo::model::Stack = serde_json::from_value(kube_stack(fresh.clone())).unwrap();
+    let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
+    let stacks = format!("{API}/namespaces/prod/stacks/shop");
+    server.expect("GET", &stacks, 200, kube_stack(fresh)).await;
+    let guarded = server.expect_with("PUT", &stacks, echo).await;
+    assert_eq!(
+        guarded["metadata"]["finalizers"],
+        json!(["rsgo.io/cleanup"])
+    );
+    assert_eq!(guarded["metadata"]["resourceVersion"], "200");
+    server
+        .expect(
+            "GET",
+            &format!("{API}/environments/prod"),
+            200,
+            kube_environment(),
+        )
+        .await;
+    let failed = server
+        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .await;
+    assert_eq!(failed["status"]["phase"], "Failed");
+    let message = failed["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("product 'shop' version '6.5.0' is not in the catalog"),
+        "{message}"
+    );
+    let action = run
+        .await
+        .unwrap()
+        .expect("an invalid spec is not an error to retry");
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    server.done().await;
+}
+
+#[tokio::test]
+async fn a_deleted_stack_loses_its_workloads_but_keeps_its_claims() {
+    let (client, mut server) = mock();
+    let ctx = kube_context(client, true);
+    let deleting =
+        json!({"deletionTimestamp": "2026-11-28T10:00:00Z", "finalizers": ["rsgo.io/cleanup"]});
+    let trigger: rsgo::model::Stack = serde_json::from_value(kube_stack(deleting.clone())).unwrap();
+    let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
+    let stacks = format!("{API}/namespaces/prod/stacks/shop");
+    server
+        .expect("GET", &stacks, 200, kube_stack(deleting))
+        .await;
+    server
+        .expect(
+            "GET",
+            &format!("{API}/environments/prod"),
+            200,
+            kube_environment(),
+        )
+        .await;
+    let services = json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {}, "items": [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "prod"}}]});
+    server
+        .expect("GET", "/api/v1/namespaces/prod/services", 200, services)
+        .await;
+    server
+        .expect(
+            "DELETE",
+            "/api/v1/namespaces/prod/services/web",
+            200,
+            status(200, "Success"),
+        )
+        .await;
+    let deployments = json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {}, "items": [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shop-web", "namespace": "prod"}, "spec": {"selector": {}, "template": {}}}]});
+    server
+        .expect(
+            "GET",
+            "/apis/apps/v1/namespaces/prod/deployments",
+            200,
+            deployments,
+        )
+        .await;
+    server
+        .expect(
+            "DELETE",
+            "/apis/apps/v1/namespaces/prod/deployments/shop-web",
+            200,
+            status(200, "Success"),
+        )
+        .await;
+    let released = server.expect_with("PUT", &stacks, echo).await;
+    assert_eq!(
+        released["metadata"]["finalizers"],
+        json!([]),
+        "the finalizer is released last"
+    );
+    run.await.unwrap().unwrap();
+    server.done().await;
+}

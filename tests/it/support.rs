@@ -236,20 +236,27 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Containers, then the networks and volumes they used: networks are a scarce resource
+        // (the engine's address pools), so a test leaves none behind.
         let filter = format!("label=io.rsgo.environment={}", self.environment);
-        if let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        {
+        for (list, remove) in [
+            (vec!["ps", "-aq"], vec!["rm", "-f"]),
+            (vec!["network", "ls", "-q"], vec!["network", "rm"]),
+            (vec!["volume", "ls", "-q"], vec!["volume", "rm", "-f"]),
+        ] {
+            let Ok(out) = Command::new("docker")
+                .args(&list)
+                .args(["--filter", &filter])
+                .output()
+            else {
+                continue;
+            };
             let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
                 .split_whitespace()
                 .map(String::from)
                 .collect();
             if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f"])
-                    .args(&ids)
-                    .output();
+                let _ = Command::new("docker").args(&remove).args(&ids).output();
             }
         }
     }
