@@ -94,11 +94,15 @@ async fn authenticate(
     let presented = headers
         .get(API_KEY_HEADER)
         .map(|v| v.to_str().unwrap_or_default());
-    let keys = state.store.list::<ApiKey>(None).await?;
+    let unauthorized =
+        |rejection: KeyRejection| ApiError::new(StatusCode::UNAUTHORIZED, rejection.message());
+    let wanted = auth::presented_hash(presented).map_err(unauthorized)?;
+    let candidates = match &state.keys {
+        Some(index) => index.lookup(&wanted).into_iter().collect(),
+        None => state.store.list::<ApiKey>(None).await?,
+    };
     let now = Timestamp::now();
-    let key = auth::verify(presented, keys, now).map_err(|rejection: KeyRejection| {
-        ApiError::new(StatusCode::UNAUTHORIZED, rejection.message())
-    })?;
+    let key = auth::verify(&wanted, candidates, now).map_err(unauthorized)?;
     if let Some(permission) = permission
         && !auth::grants(&key.spec.permissions, permission)
     {
@@ -495,8 +499,14 @@ pub async fn deployment(
     })))
 }
 
-/// `GET /readyz`: ready when the store answers.
+/// `GET /readyz`: ready when the store answers and the key index (if any) is loaded.
 pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.keys.as_ref().is_some_and(|index| !index.is_ready()) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "API keys are still loading.",
+        ));
+    }
     state.store.list::<Environment>(None).await?;
     Ok("ready")
 }

@@ -1,6 +1,13 @@
 //! API keys: generation, hashing, permission checks and verification.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
 use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::watcher;
 use rand::RngExt;
 use rand::distr::Alphanumeric;
 use rand::rand_core::UnwrapErr;
@@ -8,6 +15,7 @@ use rand::rngs::SysRng;
 use sha2::{Digest, Sha256};
 
 use crate::model::ApiKey;
+use crate::store::Store;
 
 /// Every key starts with this.
 pub const KEY_PREFIX: &str = "rsgo_";
@@ -141,20 +149,24 @@ impl KeyRejection {
     }
 }
 
-/// Finds the key matching `presented` among `keys` and checks that it may be used at `now`.
-/// Every stored hash is compared in constant time, so timing reveals nothing about which matched.
-pub fn verify(
-    presented: Option<&str>,
-    keys: Vec<ApiKey>,
-    now: Timestamp,
-) -> Result<ApiKey, KeyRejection> {
+/// Checks the shape of a presented key and returns its hash.
+pub fn presented_hash(presented: Option<&str>) -> Result<String, KeyRejection> {
     let presented = presented.ok_or(KeyRejection::Missing)?;
     if !is_well_formed(presented) {
         return Err(KeyRejection::Malformed);
     }
-    let wanted = hash(presented);
+    Ok(hash(presented))
+}
+
+/// Finds the key whose hash is `wanted` among `candidates` and checks that it may be used at
+/// `now`. Every candidate is compared in constant time, so timing reveals nothing about which matched.
+pub fn verify(
+    wanted: &str,
+    candidates: Vec<ApiKey>,
+    now: Timestamp,
+) -> Result<ApiKey, KeyRejection> {
     let mut found = None;
-    for key in keys {
+    for key in candidates {
         if constant_time_eq(key.spec.key_hash.as_bytes(), wanted.as_bytes()) {
             found = Some(key);
         }
@@ -167,6 +179,65 @@ pub fn verify(
         return Err(KeyRejection::Expired);
     }
     Ok(key)
+}
+
+/// ApiKey objects held in memory and indexed by hash, kept current from the store's watch, so
+/// checking a key costs no API round trip.
+#[derive(Clone, Default)]
+pub struct KeyIndex {
+    by_hash: Arc<RwLock<HashMap<String, ApiKey>>>,
+    listing: Arc<RwLock<Option<HashMap<String, ApiKey>>>>,
+    ready: Arc<AtomicBool>,
+}
+
+impl KeyIndex {
+    /// An index that follows the ApiKeys of `store` until the process ends.
+    pub fn follow(store: Arc<dyn Store>) -> Self {
+        let index = Self::default();
+        let events = store.watch::<ApiKey>();
+        let updated = index.clone();
+        tokio::spawn(async move {
+            futures::pin_mut!(events);
+            while let Some(Ok(event)) = events.next().await {
+                updated.apply(event);
+            }
+        });
+        index
+    }
+
+    /// Applies one watch event.
+    pub fn apply(&self, event: watcher::Event<ApiKey>) {
+        let mut by_hash = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
+        let mut listing = self.listing.write().unwrap_or_else(|e| e.into_inner());
+        let insert = |map: &mut HashMap<String, ApiKey>, key: ApiKey| {
+            map.retain(|_, k| k.name_any() != key.name_any());
+            map.insert(key.spec.key_hash.clone(), key);
+        };
+        match event {
+            watcher::Event::Init => *listing = Some(HashMap::new()),
+            watcher::Event::InitApply(key) => insert(listing.get_or_insert_default(), key),
+            watcher::Event::InitDone => {
+                *by_hash = listing.take().unwrap_or_default();
+                self.ready.store(true, Ordering::Release);
+            }
+            watcher::Event::Apply(key) => insert(&mut by_hash, key),
+            watcher::Event::Delete(key) => by_hash.retain(|_, k| k.name_any() != key.name_any()),
+        }
+    }
+
+    /// The key with this hash, if any.
+    pub fn lookup(&self, hash: &str) -> Option<ApiKey> {
+        self.by_hash
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
+    }
+
+    /// Whether the first full listing has arrived.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
 }
 
 #[cfg(test)]
@@ -210,6 +281,75 @@ mod tests {
             "{err}"
         );
         assert!(validate_permissions(&[]).is_err());
+    }
+
+    fn key(name: &str, hash: &str) -> ApiKey {
+        let mut key = ApiKey::new(name, Default::default());
+        key.spec.key_hash = hash.into();
+        key
+    }
+
+    #[test]
+    fn the_index_follows_listings_changes_and_deletions() {
+        let index = KeyIndex::default();
+        assert!(!index.is_ready());
+        index.apply(watcher::Event::Init);
+        index.apply(watcher::Event::InitApply(key("a", "h1")));
+        assert!(
+            index.lookup("h1").is_none(),
+            "a listing counts only once complete"
+        );
+        index.apply(watcher::Event::InitDone);
+        assert!(index.is_ready());
+        assert_eq!(index.lookup("h1").unwrap().name_any(), "a");
+        let mut revoked = key("a", "h1");
+        revoked.spec.revoked = true;
+        index.apply(watcher::Event::Apply(revoked));
+        assert!(
+            index.lookup("h1").unwrap().spec.revoked,
+            "changes replace the old copy"
+        );
+        index.apply(watcher::Event::Apply(key("a", "h2")));
+        assert!(
+            index.lookup("h1").is_none(),
+            "a rehashed key loses its old hash"
+        );
+        index.apply(watcher::Event::Delete(key("a", "h2")));
+        assert!(index.lookup("h2").is_none());
+        index.apply(watcher::Event::Init);
+        index.apply(watcher::Event::InitApply(key("b", "h3")));
+        index.apply(watcher::Event::InitDone);
+        assert!(index.lookup("h3").is_some());
+    }
+
+    #[test]
+    fn verification_reports_why_a_key_is_refused() {
+        let now = Timestamp::now();
+        assert_eq!(presented_hash(None), Err(KeyRejection::Missing));
+        assert_eq!(presented_hash(Some("nope")), Err(KeyRejection::Malformed));
+        let wanted = presented_hash(Some("rsgo_a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6")).unwrap();
+        assert_eq!(
+            verify(&wanted, vec![key("x", "other")], now).unwrap_err(),
+            KeyRejection::Unknown
+        );
+        let mut revoked = key("r", &wanted);
+        revoked.spec.revoked = true;
+        assert_eq!(
+            verify(&wanted, vec![revoked], now).unwrap_err(),
+            KeyRejection::Revoked
+        );
+        let mut expired = key("e", &wanted);
+        expired.spec.expires_at = Some(now);
+        assert_eq!(
+            verify(&wanted, vec![expired], now).unwrap_err(),
+            KeyRejection::Expired
+        );
+        assert_eq!(
+            verify(&wanted, vec![key("x", "other"), key("ok", &wanted)], now)
+                .unwrap()
+                .name_any(),
+            "ok"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use kube::runtime::{WatchStreamExt, predicates};
 use sha2::{Digest, Sha256};
 
 use crate::api::{AppState, router};
+use crate::auth::KeyIndex;
 use crate::catalog::{Catalog, sync};
 use crate::model::{CatalogSource, CatalogSourceSpec, DEFAULT_ENVIRONMENT, DirectorySource};
 use crate::reconcile::leader::{self, LeaseLock};
@@ -130,6 +131,7 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     }
     let ctx = Arc::new(ctx);
     let resync = Duration::from_secs(args.resync_seconds.max(1));
+    let keys = client.is_some().then(|| KeyIndex::follow(store.clone()));
     match client {
         None => {
             tokio::spawn(reconcile::run(ctx, resync, catalog_synced.clone()));
@@ -153,6 +155,7 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     }
 
     let state = AppState {
+        keys,
         store,
         catalog,
         default_environment: args.default_environment,

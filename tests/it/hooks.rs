@@ -89,6 +89,7 @@ pub async fn fixture() -> Fixture {
             catalog: Arc::new(RwLock::new(catalog)),
             default_environment: "local".into(),
             catalog_synced: Default::default(),
+            keys: None,
         },
         _dir: dir,
     }

@@ -208,13 +208,21 @@ fn stack(resource_version: &str) -> Value {
 #[tokio::test]
 async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_its_record() {
     let (client, mut server) = mock();
+    // Keys come from the in-memory index: checking one costs no API call.
+    let key = rsgo::auth::generate().plaintext;
+    let keys = rsgo::auth::KeyIndex::default();
+    keys.apply(kube::runtime::watcher::Event::Init);
+    keys.apply(kube::runtime::watcher::Event::InitApply(
+        serde_json::from_value(api_key(&key)).unwrap(),
+    ));
+    keys.apply(kube::runtime::watcher::Event::InitDone);
     let state = AppState {
+        keys: Some(keys),
         store: Arc::new(KubeStore::new(client)) as Arc<dyn Store>,
         catalog: Arc::new(RwLock::new(Catalog::default())),
         default_environment: "prod".into(),
         catalog_synced: Default::default(),
     };
-    let key = rsgo::auth::generate().plaintext;
     let call = {
         let key = key.clone();
         tokio::spawn(async move {
@@ -222,10 +230,6 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
             send(&state, "/api/hooks/redeploy", Some(&key), Some(body)).await
         })
     };
-    let list = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "ApiKeyList", "metadata": {}, "items": [api_key(&key)]});
-    server
-        .expect("GET", &format!("{API}/apikeys"), 200, list)
-        .await;
     let environment = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "Environment",
                              "metadata": {"name": "prod"}, "spec": {"kubernetes": {"namespace": "prod"}}});
     server
