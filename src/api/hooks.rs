@@ -10,8 +10,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use jiff::{SignedDuration, Timestamp};
-use kube::ResourceExt;
 use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
 use rand::RngExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -215,6 +215,8 @@ where
             metadata: ObjectMeta {
                 name: Some(id),
                 namespace: Some(environment.to_owned()),
+                // Owned by the stack: deleting the stack deletes its history.
+                owner_references: stack.owner_ref(&()).map(|owner| vec![owner]),
                 ..Default::default()
             },
             spec,

@@ -542,7 +542,7 @@ async fn finish(
                     outcome.results.clone(),
                 )
                 .await?;
-                supersede_older(ctx, stack, record).await?;
+                settle_records(ctx, stack, record).await?;
             }
         }
         Err(error) => {
@@ -573,7 +573,7 @@ async fn finish(
                     )
                     .await?;
                 }
-                supersede_older(ctx, stack, record).await?;
+                settle_records(ctx, stack, record).await?;
             }
         }
     }
@@ -642,31 +642,127 @@ async fn set_record(
     ctx.store.update_status(&updated).await.map(drop)
 }
 
-/// Marks requests for the same stack that were still pending when `done` ran as superseded:
-/// the rollout that just ended already served them.
-async fn supersede_older(ctx: &Context, stack: &Stack, done: &DeploymentRecord) -> Result<()> {
+/// Finished deployment records kept per stack; older ones are deleted.
+pub const RECORD_HISTORY: usize = 20;
+
+/// Splits a stack's records after `done` ended: requests still pending that `done` already served
+/// (to mark superseded), and finished records beyond [`RECORD_HISTORY`] (to delete), oldest first.
+pub fn settle(
+    records: &[DeploymentRecord],
+    done: &DeploymentRecord,
+) -> (Vec<DeploymentRecord>, Vec<DeploymentRecord>) {
+    let mut mine: Vec<&DeploymentRecord> = records
+        .iter()
+        .filter(|r| r.spec.stack == done.spec.stack)
+        .collect();
+    mine.sort_by_key(|r| std::cmp::Reverse(r.spec.requested_at));
+    let superseded = mine
+        .iter()
+        .filter(|r| {
+            r.status
+                .as_ref()
+                .is_none_or(|s| s.phase == DeploymentPhase::Pending)
+                && r.name_any() != done.name_any()
+                && r.spec.requested_at <= done.spec.requested_at
+        })
+        .map(|r| (*r).clone())
+        .collect();
+    let finished = |r: &&&DeploymentRecord| {
+        r.name_any() == done.name_any() || r.status.as_ref().is_some_and(|s| s.phase.is_terminal())
+    };
+    let mut expired: Vec<DeploymentRecord> = mine
+        .iter()
+        .filter(finished)
+        .skip(RECORD_HISTORY)
+        .map(|r| (*r).clone())
+        .collect();
+    expired.reverse();
+    (superseded, expired)
+}
+
+/// Marks requests that `done` served as superseded and trims the stack's record history.
+async fn settle_records(ctx: &Context, stack: &Stack, done: &DeploymentRecord) -> Result<()> {
     let namespace = stack.namespace().unwrap_or_default();
     let records = ctx.store.list::<DeploymentRecord>(Some(&namespace)).await?;
-    for record in records {
-        let pending = record
-            .status
-            .as_ref()
-            .is_none_or(|s| s.phase == DeploymentPhase::Pending);
-        if pending
-            && record.spec.stack == done.spec.stack
-            && record.name_any() != done.name_any()
-            && record.spec.requested_at <= done.spec.requested_at
+    let (superseded, expired) = settle(&records, done);
+    for record in superseded {
+        let message = format!("Superseded by deployment {}.", done.name_any());
+        set_record(
+            ctx,
+            &record,
+            DeploymentPhase::Superseded,
+            Some(message),
+            vec![],
+        )
+        .await?;
+    }
+    for record in expired {
+        match ctx
+            .store
+            .delete::<DeploymentRecord>(&namespace, &record.name_any())
+            .await
         {
-            let message = format!("Superseded by deployment {}.", done.name_any());
-            set_record(
-                ctx,
-                &record,
-                DeploymentPhase::Superseded,
-                Some(message),
-                vec![],
-            )
-            .await?;
+            Ok(()) | Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DeploymentRecordSpec;
+
+    fn record(
+        name: &str,
+        stack: &str,
+        minute: i64,
+        phase: Option<DeploymentPhase>,
+    ) -> DeploymentRecord {
+        let mut record = DeploymentRecord::new(
+            name,
+            DeploymentRecordSpec {
+                stack: stack.into(),
+                requested_at: Timestamp::from_second(minute * 60).unwrap(),
+                ..Default::default()
+            },
+        );
+        record.status = phase.map(|phase| DeploymentRecordStatus {
+            phase,
+            ..Default::default()
+        });
+        record
+    }
+
+    fn names(records: &[DeploymentRecord]) -> Vec<String> {
+        records.iter().map(|r| r.name_any()).collect()
+    }
+
+    #[test]
+    fn settling_supersedes_served_requests_and_trims_history() {
+        let mut records: Vec<DeploymentRecord> = (0..RECORD_HISTORY as i64 + 2)
+            .map(|i| {
+                record(
+                    &format!("old{i}"),
+                    "shop",
+                    i,
+                    Some(DeploymentPhase::Succeeded),
+                )
+            })
+            .collect();
+        records.push(record("waiting", "shop", 100, None));
+        records.push(record("other-stack", "web", 1, None));
+        records.push(record("later", "shop", 300, None));
+        let done = record("done", "shop", 200, Some(DeploymentPhase::Succeeded));
+        records.push(done.clone());
+        let (superseded, expired) = settle(&records, &done);
+        assert_eq!(
+            names(&superseded),
+            ["waiting"],
+            "only this stack's requests made before `done`"
+        );
+        // `done` plus the 19 newest old records stay; the three oldest go, oldest first.
+        assert_eq!(names(&expired), ["old0", "old1", "old2"]);
+    }
 }

@@ -219,6 +219,12 @@ async fn redeploy_records_a_deployment_and_the_annotation() {
         .await
         .unwrap();
     assert_eq!(record.spec.stack, "shop");
+    let owner = &record.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Stack", "shop")
+    );
+    assert_eq!(Some(&owner.uid), stack.metadata.uid.as_ref());
     assert!(record.spec.requested_by.starts_with("key rsgo_"));
 }
 
