@@ -228,23 +228,24 @@ fn kill_9_loses_no_acknowledged_write() {
         acknowledged.len() >= 4,
         "the clients got answers before the kill"
     );
-    let listed = rsgo_ok(
-        server.data.path(),
-        &[
-            "get",
-            "deployments",
-            "--environment",
-            &server.environment,
-            "-o",
-            "json",
-        ],
-    );
+    // The reconciler trims record history, so a record may since have been deleted on purpose:
+    // the database still holds a row (or tombstone) for every write it acknowledged.
+    let db = rusqlite::Connection::open(server.data.path().join("rsgo.db")).unwrap();
+    let mut stmt = db
+        .prepare("SELECT name FROM objects WHERE kind = 'DeploymentRecord'")
+        .unwrap();
+    let stored: Vec<String> = stmt
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     for id in &acknowledged {
-        assert!(
-            listed.contains(id.as_str()),
-            "acknowledged deployment {id} was lost"
-        );
+        assert!(stored.contains(id), "acknowledged deployment {id} was lost");
     }
+    eprintln!(
+        "{} acknowledged deployments survived kill -9",
+        acknowledged.len()
+    );
 }
 
 #[test]
