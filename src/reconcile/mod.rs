@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use kube::ResourceExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector};
+use kube::{Resource, ResourceExt};
 
 use crate::catalog::{Catalog, StackPlan, render};
 use crate::model::{
@@ -37,6 +39,7 @@ pub struct Context {
     pub catalog: Arc<RwLock<Catalog>>,
     runtimes: tokio::sync::Mutex<HashMap<String, DockerRuntime>>,
     kube: Option<kube::Client>,
+    recorder: Option<Recorder>,
 }
 
 impl Context {
@@ -47,13 +50,43 @@ impl Context {
             catalog,
             runtimes: Default::default(),
             kube: None,
+            recorder: None,
         }
     }
 
     /// Lets the reconciler deploy to Kubernetes environments through `client`.
-    pub fn with_kubernetes(mut self, client: kube::Client) -> Self {
+    /// Events about rollouts go to the cluster, reported as `instance` (the pod name).
+    pub fn with_kubernetes(mut self, client: kube::Client, instance: &str) -> Self {
+        let reporter = Reporter {
+            controller: "rsgo".into(),
+            instance: Some(instance.into()),
+        };
+        self.recorder = Some(Recorder::new(client.clone(), reporter));
         self.kube = Some(client);
         self
+    }
+
+    /// Publishes a Kubernetes Event on the stack for a finished rollout. Losing an event only
+    /// costs visibility, so a failure is logged, never raised.
+    async fn record_event(&self, stack: &Stack, phase: DeploymentPhase, note: String) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        let (type_, reason) = match phase {
+            DeploymentPhase::Succeeded => (EventType::Normal, "Deployed"),
+            DeploymentPhase::RolledBack => (EventType::Warning, "RolledBack"),
+            _ => (EventType::Warning, "DeployFailed"),
+        };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Rollout".into(),
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &stack.object_ref(&())).await {
+            tracing::warn!(%error, stack = %stack.name_any(), "could not record an event");
+        }
     }
 
     /// Where an environment's workloads go.
@@ -521,63 +554,46 @@ async fn finish(
     deployment: Option<DeploymentRecord>,
     result: Result<&Outcome, &Error>,
 ) -> Result<()> {
-    match result {
+    let (phase, message, results) = match result {
         Ok(outcome) => {
             status.phase = Some(StackPhase::Running);
             status.services = outcome.services.clone();
             status.message = None;
             write_status(ctx, stack, old_status, &status).await?;
-            if let Some(record) = &deployment {
-                let message = match (record.spec.action, &record.spec.to_version) {
-                    (DeploymentAction::Upgrade, Some(to)) => {
-                        format!("Upgraded '{}' to {to}.", record.spec.stack)
-                    }
-                    _ => format!("Redeployed '{}'.", record.spec.stack),
-                };
-                set_record(
-                    ctx,
-                    record,
-                    DeploymentPhase::Succeeded,
-                    Some(message),
-                    outcome.results.clone(),
-                )
-                .await?;
-                settle_records(ctx, stack, record).await?;
-            }
+            let Some(record) = &deployment else {
+                return Ok(());
+            };
+            let message = match (record.spec.action, &record.spec.to_version) {
+                (DeploymentAction::Upgrade, Some(to)) => {
+                    format!("Upgraded '{}' to {to}.", record.spec.stack)
+                }
+                _ => format!("Redeployed '{}'.", record.spec.stack),
+            };
+            (DeploymentPhase::Succeeded, message, outcome.results.clone())
         }
         Err(error) => {
             status.phase = Some(StackPhase::Failed);
             status.message = Some(error.to_string());
             write_status(ctx, stack, old_status, &status).await?;
-            if let Some(record) = &deployment {
-                if let (DeploymentAction::Upgrade, Some(previous)) =
-                    (record.spec.action, &record.spec.from_version)
-                {
+            let Some(record) = &deployment else {
+                return Ok(());
+            };
+            match (record.spec.action, &record.spec.from_version) {
+                (DeploymentAction::Upgrade, Some(previous)) => {
                     roll_back(ctx, stack, record, previous).await?;
                     let message = format!("Upgrade failed: {error}. Rolled back to {previous}.");
-                    set_record(
-                        ctx,
-                        record,
-                        DeploymentPhase::RolledBack,
-                        Some(message),
-                        vec![],
-                    )
-                    .await?;
-                } else {
-                    set_record(
-                        ctx,
-                        record,
-                        DeploymentPhase::Failed,
-                        Some(error.to_string()),
-                        vec![],
-                    )
-                    .await?;
+                    (DeploymentPhase::RolledBack, message, vec![])
                 }
-                settle_records(ctx, stack, record).await?;
+                _ => (DeploymentPhase::Failed, error.to_string(), vec![]),
             }
         }
-    }
-    Ok(())
+    };
+    let Some(record) = &deployment else {
+        return Ok(());
+    };
+    set_record(ctx, record, phase, Some(message.clone()), results).await?;
+    ctx.record_event(stack, phase, message).await;
+    settle_records(ctx, stack, record).await
 }
 
 async fn roll_back(
@@ -614,12 +630,43 @@ async fn write_status(
     old: &StackStatus,
     new: &StackStatus,
 ) -> Result<()> {
-    if old != new {
+    let mut new = new.clone();
+    new.conditions = ready_condition(&old.conditions, &new, Timestamp::now());
+    if *old != new {
         let mut updated = stack.clone();
-        updated.status = Some(new.clone());
+        updated.status = Some(new);
         ctx.store.update_status(&updated).await?;
     }
     Ok(())
+}
+
+/// The `Ready` condition for a status. Its transition time moves only when its status does.
+pub fn ready_condition(
+    previous: &[Condition],
+    status: &StackStatus,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let (state, reason, default_message) = match status.phase {
+        Some(StackPhase::Running) => ("True", "Deployed", "Every service runs as specified."),
+        Some(StackPhase::Deploying) => ("False", "RollingOut", "A rollout is under way."),
+        Some(StackPhase::Failed) => ("False", "Failed", "The last rollout failed."),
+        Some(StackPhase::Pending) | None => ("Unknown", "Pending", "Not reconciled yet."),
+    };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == state)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    vec![Condition {
+        type_: "Ready".into(),
+        status: state.into(),
+        reason: reason.into(),
+        message: status
+            .message
+            .clone()
+            .unwrap_or_else(|| default_message.into()),
+        observed_generation: status.observed_generation,
+        last_transition_time: since,
+    }]
 }
 
 async fn set_record(
@@ -737,6 +784,40 @@ mod tests {
 
     fn names(records: &[DeploymentRecord]) -> Vec<String> {
         records.iter().map(|r| r.name_any()).collect()
+    }
+
+    #[test]
+    fn the_ready_condition_follows_the_phase_and_keeps_its_transition_time() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let t1 = Timestamp::from_second(2_000).unwrap();
+        let mut status = StackStatus {
+            phase: Some(StackPhase::Deploying),
+            observed_generation: Some(3),
+            ..Default::default()
+        };
+        let deploying = ready_condition(&[], &status, t0);
+        assert_eq!(
+            (deploying[0].status.as_str(), deploying[0].reason.as_str()),
+            ("False", "RollingOut")
+        );
+        assert_eq!(deploying[0].observed_generation, Some(3));
+        status.phase = Some(StackPhase::Failed);
+        status.message = Some("pulling image 'x' failed".into());
+        let failed = ready_condition(&deploying, &status, t1);
+        assert_eq!(
+            failed[0].last_transition_time,
+            Time(t0),
+            "still False: the transition time stays"
+        );
+        assert_eq!(failed[0].message, "pulling image 'x' failed");
+        status.phase = Some(StackPhase::Running);
+        status.message = None;
+        let ready = ready_condition(&failed, &status, t1);
+        assert_eq!(
+            (ready[0].status.as_str(), ready[0].reason.as_str()),
+            ("True", "Deployed")
+        );
+        assert_eq!(ready[0].last_transition_time, Time(t1));
     }
 
     #[test]

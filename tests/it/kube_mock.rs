@@ -335,7 +335,7 @@ fn kube_context(client: Client, with_product: bool) -> Arc<rsgo::reconcile::Cont
     let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone()));
     Arc::new(
         rsgo::reconcile::Context::new(store, Arc::new(RwLock::new(catalog)))
-            .with_kubernetes(client),
+            .with_kubernetes(client, "rsgo-0"),
     )
 }
 
@@ -525,12 +525,29 @@ async fn an_upgrade_applies_workloads_and_its_record_ends_when_the_rollout_does(
     assert_eq!(done["status"]["phase"], "Running");
     assert_eq!(done["status"]["deployedVersion"], "6.5.0");
     assert_eq!(done["status"]["lastDeployment"], "d1");
+    let ready = &done["status"]["conditions"][0];
+    assert_eq!(
+        (ready["type"].as_str(), ready["status"].as_str()),
+        (Some("Ready"), Some("True"))
+    );
+    assert_eq!(ready["reason"], "Deployed");
+    assert_eq!(ready["observedGeneration"], 2);
     assert!(done["status"].get("message").is_none());
     let succeeded = server
         .expect_with("PUT", &format!("{records}/d1/status"), echo)
         .await;
     assert_eq!(succeeded["status"]["phase"], "Succeeded");
     assert_eq!(succeeded["status"]["message"], "Upgraded 'shop' to 6.5.0.");
+    let events = "/apis/events.k8s.io/v1/namespaces/prod/events";
+    let event = server
+        .expect_with("POST", events, |sent| (201, sent.clone()))
+        .await;
+    assert_eq!(event["reason"], "Deployed");
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["note"], "Upgraded 'shop' to 6.5.0.");
+    assert_eq!(event["regarding"]["kind"], "Stack");
+    assert_eq!(event["regarding"]["name"], "shop");
+    assert_eq!(event["reportingController"], "rsgo");
     let list = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "DeploymentRecordList", "metadata": {}, "items": [record(Some("Succeeded"))]});
     server.expect("GET", &records, 200, list).await;
     assert_eq!(
