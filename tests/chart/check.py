@@ -24,6 +24,7 @@ NON_DEFAULT = {
         "tls": [{"secretName": "rsgo-tls", "hosts": ["rsgo.example.org"]}],
     },
     "podAnnotations": {"prometheus.io/scrape": "true"},
+    "catalogConfigMaps": ["team-catalog"],
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
 }

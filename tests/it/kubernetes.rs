@@ -179,3 +179,33 @@ fn every_chart_value_is_documented() {
     }
     assert!(keys > 20, "found only {keys} keys");
 }
+
+#[test]
+fn the_kubernetes_examples_are_valid_objects() {
+    let dir = root().join("examples/kubernetes");
+    let data = tempfile::TempDir::new().unwrap();
+    for file in [
+        "environment.yaml",
+        "catalogsource.yaml",
+        "stack.yaml",
+        "apikey.yaml",
+    ] {
+        let out = crate::support::rsgo_ok(
+            data.path(),
+            &["apply", "-f", dir.join(file).to_str().unwrap()],
+        );
+        assert!(out.ends_with("created"), "{file}: {out}");
+    }
+    let app: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.join("argocd-application.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(app["kind"], "Application");
+    assert_eq!(app["spec"]["source"]["path"], "examples/kubernetes");
+    let stack: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("stack.yaml")).unwrap()).unwrap();
+    assert!(
+        stack["spec"].get("version").is_none(),
+        "the example leaves version to the upgrade hook"
+    );
+}
