@@ -138,7 +138,7 @@ async fn resolve_environment(
     state: &AppState,
     requested: Option<&str>,
     key: &ApiKey,
-) -> Result<String, ApiError> {
+) -> Result<Environment, ApiError> {
     let requested = requested.filter(|e| !e.is_empty());
     let environment = match (requested, &key.spec.environment) {
         (Some(wanted), Some(scope)) if wanted != scope => {
@@ -154,12 +154,7 @@ async fn resolve_environment(
         (None, Some(scope)) => scope.clone(),
         (None, None) => state.default_environment.clone(),
     };
-    if state
-        .store
-        .get::<Environment>("", &environment)
-        .await?
-        .is_none()
-    {
+    let Some(found) = state.store.get::<Environment>("", &environment).await? else {
         let known: Vec<String> = state
             .store
             .list::<Environment>(None)
@@ -171,8 +166,8 @@ async fn resolve_environment(
             "Environment '{environment}' not found. Known environments: {}.",
             known.join(", ")
         )));
-    }
-    Ok(environment)
+    };
+    Ok(found)
 }
 
 fn new_deployment_id() -> String {
@@ -188,7 +183,7 @@ fn status_url(id: &str) -> String {
 /// atomic write, retrying from a fresh read when another writer changed the stack meanwhile.
 async fn request_rollout<F>(
     store: &std::sync::Arc<dyn Store>,
-    environment: &str,
+    env: &Environment,
     stack_name: &str,
     requested_by: &str,
     mut change: F,
@@ -196,9 +191,10 @@ async fn request_rollout<F>(
 where
     F: FnMut(&Stack) -> Result<(Stack, DeploymentRecordSpec), ApiError>,
 {
+    let (environment, namespace) = (env.name_any(), env.stack_namespace());
     for _ in 0..WRITE_ATTEMPTS {
         let stack = store
-            .get::<Stack>(environment, stack_name)
+            .get::<Stack>(&namespace, stack_name)
             .await?
             .ok_or_else(|| {
                 ApiError::bad_request(format!(
@@ -214,7 +210,7 @@ where
         let record = DeploymentRecord {
             metadata: ObjectMeta {
                 name: Some(id),
-                namespace: Some(environment.to_owned()),
+                namespace: Some(namespace.clone()),
                 // Owned by the stack: deleting the stack deletes its history.
                 owner_references: stack.owner_ref(&()).map(|owner| vec![owner]),
                 ..Default::default()
@@ -293,10 +289,11 @@ pub async fn redeploy(
     if request.stack_name.is_empty() {
         return Err(ApiError::bad_request("stackName must not be empty."));
     }
-    let environment = resolve_environment(&state, request.environment_id.as_deref(), &key).await?;
+    let env = resolve_environment(&state, request.environment_id.as_deref(), &key).await?;
+    let (environment, namespace) = (env.name_any(), env.stack_namespace());
     let (stack, record) = request_rollout(
         &state.store,
-        &environment,
+        &env,
         &request.stack_name,
         &key.spec.display_name,
         |stack| {
@@ -330,7 +327,7 @@ pub async fn redeploy(
         "statusUrl": status_url(&id),
     });
     if request.wait {
-        return rollout_result(&wait_for(&state.store, &environment, &id).await?, body);
+        return rollout_result(&wait_for(&state.store, &namespace, &id).await?, body);
     }
     Ok(Json(body))
 }
@@ -354,7 +351,8 @@ pub async fn upgrade(
     if request.stack_name.is_empty() {
         return Err(ApiError::bad_request("stackName must not be empty."));
     }
-    let environment = resolve_environment(&state, request.environment_id.as_deref(), &key).await?;
+    let env = resolve_environment(&state, request.environment_id.as_deref(), &key).await?;
+    let (environment, namespace) = (env.name_any(), env.stack_namespace());
     let target =
         semver::Version::parse(request.target_version.trim_start_matches('v')).map_err(|e| {
             ApiError::bad_request(format!(
@@ -363,7 +361,7 @@ pub async fn upgrade(
             ))
         })?;
     let mut previous = String::new();
-    let (_, record) = request_rollout(&state.store, &environment, &request.stack_name, &key.spec.display_name, |stack| {
+    let (_, record) = request_rollout(&state.store, &env, &request.stack_name, &key.spec.display_name, |stack| {
         let catalog = state.catalog.read().map_err(|_| Error::Task("catalog lock poisoned".into()))?;
         let product = &stack.spec.product;
         let pv = catalog.find(product, &target.to_string()).ok_or_else(|| {
@@ -416,7 +414,7 @@ pub async fn upgrade(
         "statusUrl": status_url(&id),
     });
     if request.wait {
-        return rollout_result(&wait_for(&state.store, &environment, &id).await?, body);
+        return rollout_result(&wait_for(&state.store, &namespace, &id).await?, body);
     }
     Ok(Json(body))
 }

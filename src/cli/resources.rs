@@ -1,6 +1,6 @@
 //! `rsgo apply`, `rsgo get` and `rsgo delete`.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -73,7 +73,7 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
             file.display()
         )));
     }
-    let mut new_environments = BTreeSet::new();
+    let mut new_environments: BTreeMap<String, Environment> = BTreeMap::new();
     let mut prepared: Vec<(String, Value)> = Vec::new();
     for (position, doc) in &docs {
         let api_version = doc
@@ -89,7 +89,7 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
         let value = match kind {
             "Environment" => {
                 let env: Environment = decode(doc, *position)?;
-                new_environments.insert(env.name_any());
+                new_environments.insert(env.name_any(), env.clone());
                 encode(&env)?
             }
             "CatalogSource" => {
@@ -103,21 +103,26 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
             }
             "Stack" => {
                 let mut stack: Stack = decode(doc, *position)?;
-                let env = stack.spec.environment.clone();
+                let env_name = stack.spec.environment.clone();
+                let env = match new_environments.get(&env_name) {
+                    Some(env) => env.clone(),
+                    None => store
+                        .get::<Environment>("", &env_name)
+                        .await?
+                        .ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "document {position}: environment '{env_name}' does not exist"
+                            ))
+                        })?,
+                };
+                let namespace = env.stack_namespace();
                 match stack.metadata.namespace.as_deref() {
-                    Some(ns) if ns != env => {
+                    Some(ns) if ns != namespace => {
                         return Err(Error::Invalid(format!(
-                            "document {position}: metadata.namespace '{ns}' differs from spec.environment '{env}'"
+                            "document {position}: stacks of environment '{env_name}' live in namespace '{namespace}', not '{ns}'"
                         )));
                     }
-                    _ => stack.metadata.namespace = Some(env.clone()),
-                }
-                if !new_environments.contains(&env)
-                    && store.get::<Environment>("", &env).await?.is_none()
-                {
-                    return Err(Error::Invalid(format!(
-                        "document {position}: environment '{env}' does not exist"
-                    )));
+                    _ => stack.metadata.namespace = Some(namespace),
                 }
                 encode(&stack)?
             }

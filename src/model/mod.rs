@@ -46,6 +46,17 @@ pub struct EnvironmentSpec {
     pub kubernetes: Option<KubernetesTarget>,
 }
 
+impl Environment {
+    /// Namespace that holds this environment's Stacks and DeploymentRecords: the Kubernetes
+    /// namespace when it has one, else its own name.
+    pub fn stack_namespace(&self) -> String {
+        match &self.spec.kubernetes {
+            Some(target) => target.namespace.clone(),
+            None => self.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
 /// Where in the cluster an environment's workloads go.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
