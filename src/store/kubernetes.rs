@@ -12,7 +12,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Store, Write};
+use super::{Store, Write, identity, text};
 use crate::model::{ApiKey, CatalogSource, DeploymentRecord, Environment, FIELD_MANAGER, Stack};
 use crate::{Error, Result};
 
@@ -37,14 +37,6 @@ fn resource(kind: &str) -> Result<(ApiResource, bool)> {
             )));
         }
     })
-}
-
-fn text(value: &Value, pointer: &str) -> String {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Maps API errors onto the store's: 404 → NotFound, 409 → AlreadyExists or Conflict.
@@ -107,11 +99,7 @@ impl KubeStore {
         };
         match write {
             Write::Create(doc) => {
-                let (kind, ns, name) = (
-                    text(doc, "/kind"),
-                    text(doc, "/metadata/namespace"),
-                    text(doc, "/metadata/name"),
-                );
+                let (kind, ns, name) = identity(doc)?;
                 let api = self.api(&kind, Some(&ns))?;
                 let created = api
                     .create(&post, &to_object(doc)?)
@@ -120,11 +108,7 @@ impl KubeStore {
                 Ok(Some(to_value(created)?))
             }
             Write::Update(doc) => {
-                let (kind, ns, name) = (
-                    text(doc, "/kind"),
-                    text(doc, "/metadata/namespace"),
-                    text(doc, "/metadata/name"),
-                );
+                let (kind, ns, name) = identity(doc)?;
                 let api = self.api(&kind, Some(&ns))?;
                 let replaced = api
                     .replace(&name, &post, &to_object(doc)?)
@@ -133,11 +117,7 @@ impl KubeStore {
                 Ok(Some(to_value(replaced)?))
             }
             Write::UpdateStatus(doc) => {
-                let (kind, ns, name) = (
-                    text(doc, "/kind"),
-                    text(doc, "/metadata/namespace"),
-                    text(doc, "/metadata/name"),
-                );
+                let (kind, ns, name) = identity(doc)?;
                 let api = self.api(&kind, Some(&ns))?;
                 // Status has one writer per object (the controller, or a hook for key usage):
                 // written without a resourceVersion, so it never conflicts with spec edits.

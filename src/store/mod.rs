@@ -87,6 +87,27 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> watch::Receiver<u64>;
 }
 
+/// The string at `pointer` in a document, or an empty string.
+fn text(value: &Value, pointer: &str) -> String {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Kind, namespace (empty for cluster-scoped kinds) and name of a document.
+fn identity(doc: &Value) -> Result<(String, String, String)> {
+    let kind = text(doc, "/kind");
+    let name = text(doc, "/metadata/name");
+    if kind.is_empty() || name.is_empty() {
+        return Err(Error::Invalid(
+            "an object needs a kind and metadata.name".into(),
+        ));
+    }
+    Ok((kind, text(doc, "/metadata/namespace"), name))
+}
+
 fn kind_of<K: Object>() -> String {
     K::kind(&()).into_owned()
 }

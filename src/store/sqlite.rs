@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::{Store, Write};
+use super::{Store, Write, identity, text};
 use crate::{Error, Result};
 
 /// How often watchers look for writes made by other processes.
@@ -95,25 +95,6 @@ impl SqliteStore {
 
 fn parse(body: &str) -> Result<Value> {
     serde_json::from_str(body).map_err(|e| Error::json("decoding a stored object", e))
-}
-
-fn text(value: &Value, pointer: &str) -> String {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn identity(doc: &Value) -> Result<(String, String, String)> {
-    let kind = text(doc, "/kind");
-    let name = text(doc, "/metadata/name");
-    if kind.is_empty() || name.is_empty() {
-        return Err(Error::Invalid(
-            "an object needs a kind and metadata.name".into(),
-        ));
-    }
-    Ok((kind, text(doc, "/metadata/namespace"), name))
 }
 
 fn next_revision(tx: &Transaction) -> Result<u64> {

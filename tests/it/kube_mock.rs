@@ -98,20 +98,32 @@ fn lock(client: Client, identity: &str) -> LeaseLock {
     )
 }
 
+/// Starts one acquire-or-renew attempt by `identity` at `now` and answers its read of the
+/// Lease with `current` (absent: 404).
+async fn attempt(
+    identity: &'static str,
+    now: Timestamp,
+    current: Option<Value>,
+) -> (tokio::task::JoinHandle<rsgo::Result<bool>>, ApiServer) {
+    let (client, mut server) = mock();
+    let attempt =
+        tokio::spawn(async move { lock(client, identity).try_acquire_or_renew(now).await });
+    let path = format!("{LEASES}/rsgo-controller");
+    match current {
+        Some(lease) => server.expect("GET", &path, 200, lease).await,
+        None => {
+            server
+                .expect("GET", &path, 404, status(404, "NotFound"))
+                .await
+        }
+    };
+    (attempt, server)
+}
+
 #[tokio::test]
 async fn a_free_lease_is_created_and_held() {
-    let (client, mut server) = mock();
     let now = Timestamp::now();
-    let attempt =
-        tokio::spawn(async move { lock(client, "pod-a").try_acquire_or_renew(now).await });
-    server
-        .expect(
-            "GET",
-            &format!("{LEASES}/rsgo-controller"),
-            404,
-            status(404, "NotFound"),
-        )
-        .await;
+    let (attempt, mut server) = attempt("pod-a", now, None).await;
     let created = server
         .expect("POST", LEASES, 201, lease("pod-a", now, 0))
         .await;
@@ -123,14 +135,9 @@ async fn a_free_lease_is_created_and_held() {
 
 #[tokio::test]
 async fn a_lease_held_by_a_live_leader_is_left_alone() {
-    let (client, mut server) = mock();
     let now = Timestamp::now();
-    let attempt =
-        tokio::spawn(async move { lock(client, "pod-b").try_acquire_or_renew(now).await });
     let fresh = lease("pod-a", now - SignedDuration::from_secs(3), 0);
-    server
-        .expect("GET", &format!("{LEASES}/rsgo-controller"), 200, fresh)
-        .await;
+    let (attempt, server) = attempt("pod-b", now, Some(fresh)).await;
     assert!(
         !attempt.await.unwrap().unwrap(),
         "pod-b must not lead while pod-a renews"
@@ -140,21 +147,12 @@ async fn a_lease_held_by_a_live_leader_is_left_alone() {
 
 #[tokio::test]
 async fn an_expired_lease_is_taken_over_with_its_resource_version() {
-    let (client, mut server) = mock();
     let now = Timestamp::now();
-    let attempt =
-        tokio::spawn(async move { lock(client, "pod-b").try_acquire_or_renew(now).await });
     let stale = lease("pod-a", now - SignedDuration::from_secs(20), 4);
-    server
-        .expect("GET", &format!("{LEASES}/rsgo-controller"), 200, stale)
-        .await;
+    let (attempt, mut server) = attempt("pod-b", now, Some(stale)).await;
+    let path = format!("{LEASES}/rsgo-controller");
     let replaced = server
-        .expect(
-            "PUT",
-            &format!("{LEASES}/rsgo-controller"),
-            200,
-            lease("pod-b", now, 5),
-        )
+        .expect("PUT", &path, 200, lease("pod-b", now, 5))
         .await;
     assert_eq!(
         replaced["metadata"]["resourceVersion"], "41",
@@ -168,21 +166,12 @@ async fn an_expired_lease_is_taken_over_with_its_resource_version() {
 
 #[tokio::test]
 async fn losing_the_race_for_a_lease_is_not_leading() {
-    let (client, mut server) = mock();
     let now = Timestamp::now();
-    let attempt =
-        tokio::spawn(async move { lock(client, "pod-b").try_acquire_or_renew(now).await });
     let stale = lease("pod-a", now - SignedDuration::from_secs(20), 0);
+    let (attempt, mut server) = attempt("pod-b", now, Some(stale)).await;
+    let path = format!("{LEASES}/rsgo-controller");
     server
-        .expect("GET", &format!("{LEASES}/rsgo-controller"), 200, stale)
-        .await;
-    server
-        .expect(
-            "PUT",
-            &format!("{LEASES}/rsgo-controller"),
-            409,
-            status(409, "Conflict"),
-        )
+        .expect("PUT", &path, 409, status(409, "Conflict"))
         .await;
     assert!(!attempt.await.unwrap().unwrap());
     server.done().await;
