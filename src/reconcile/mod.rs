@@ -199,7 +199,8 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, catalog_synced: Arc<tokio:
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
-                tracing::warn!(%error, "reconcile failed");
+                // error_policy already logged reconciler failures; this adds the controller's view.
+                tracing::debug!(%error, "reconcile ended with an error");
             }
         })
         .await;
@@ -360,21 +361,25 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
             .await
         }
         Target::Kubernetes { runtime, namespace } => {
-            let workloads = kubernetes::workloads(stack, &plan, &version, requested.as_deref())
-                .map_err(|e| invalid(format!("{} {version}: {e}", stack.spec.product)))?;
-            match runtime
-                .apply(&namespace, &stack.name_any(), &workloads)
-                .await
-            {
-                Ok(Rollout::Complete) => Ok(kubernetes_outcome(&plan, &workloads)),
-                Ok(Rollout::Progressing(progress)) => {
-                    status.phase = Some(StackPhase::Deploying);
-                    status.message = Some(format!("Rolling out: {progress}"));
-                    write_status(ctx, stack, &status_before, &status).await?;
-                    return Ok(Action::requeue(ROLLOUT_POLL));
-                }
-                Ok(Rollout::Failed(reason)) => Err(Error::Rollout(reason)),
-                Err(error) => Err(error),
+            match kubernetes::workloads(stack, &plan, &version, requested.as_deref()) {
+                Err(reason) => Err(invalid(format!(
+                    "{} {version}: {reason}",
+                    stack.spec.product
+                ))),
+                Ok(workloads) => match runtime
+                    .apply(&namespace, &stack.name_any(), &workloads)
+                    .await
+                {
+                    Ok(Rollout::Complete) => Ok(kubernetes_outcome(&plan, &workloads)),
+                    Ok(Rollout::Progressing(progress)) => {
+                        status.phase = Some(StackPhase::Deploying);
+                        status.message = Some(format!("Rolling out: {progress}"));
+                        write_status(ctx, stack, &status_before, &status).await?;
+                        return Ok(Action::requeue(ROLLOUT_POLL));
+                    }
+                    Ok(Rollout::Failed(reason)) => Err(Error::Rollout(reason)),
+                    Err(error) => Err(error),
+                },
             }
         }
     };

@@ -647,3 +647,141 @@ async fn a_deleted_stack_loses_its_workloads_but_keeps_its_claims() {
     run.await.unwrap().unwrap();
     server.done().await;
 }
+
+#[tokio::test]
+async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_record() {
+    let (client, mut server) = mock();
+    let mut catalog = Catalog::default();
+    let versions = ["6.4.0", "6.5.0"]
+        .iter()
+        .map(|v| {
+            let text = format!("metadata: {{name: shop, productVersion: '{v}'}}\nservices:\n  web: {{image: 'web:{v}'}}\n");
+            rsgo::catalog::parse_manifest(std::path::Path::new("m.yaml"), &text).unwrap().unwrap()
+        })
+        .collect();
+    catalog.replace_source("test", versions);
+    let key = rsgo::auth::generate().plaintext;
+    let keys = rsgo::auth::KeyIndex::default();
+    let mut upgrader = api_key(&key);
+    upgrader["spec"]["permissions"] = json!(["Hooks.Upgrade"]);
+    keys.apply(kube::runtime::watcher::Event::Init);
+    keys.apply(kube::runtime::watcher::Event::InitApply(
+        serde_json::from_value(upgrader).unwrap(),
+    ));
+    keys.apply(kube::runtime::watcher::Event::InitDone);
+    let state = AppState {
+        keys: Some(keys),
+        store: Arc::new(KubeStore::new(client)) as Arc<dyn Store>,
+        catalog: Arc::new(RwLock::new(catalog)),
+        default_environment: "prod".into(),
+        catalog_synced: Default::default(),
+    };
+    let call = tokio::spawn(async move {
+        let body =
+            json!({"stackName": "shop", "targetVersion": "6.5.0", "variables": {"MODE": "fast"}});
+        send(
+            &state,
+            "/api/hooks/upgrade",
+            Some(&key),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    });
+    let environment = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "Environment",
+                             "metadata": {"name": "prod"}, "spec": {"kubernetes": {"namespace": "prod"}}});
+    server
+        .expect("GET", &format!("{API}/environments/prod"), 200, environment)
+        .await;
+    server
+        .expect(
+            "GET",
+            &format!("{API}/namespaces/prod/stacks/shop"),
+            200,
+            stack("300"),
+        )
+        .await;
+    let record = server
+        .expect_with(
+            "POST",
+            &format!("{API}/namespaces/prod/deploymentrecords"),
+            |sent| (201, sent.clone()),
+        )
+        .await;
+    assert_eq!(record["spec"]["action"], "Upgrade");
+    assert_eq!(
+        (
+            record["spec"]["fromVersion"].as_str(),
+            record["spec"]["toVersion"].as_str()
+        ),
+        (Some("6.4.0"), Some("6.5.0"))
+    );
+    assert_eq!(record["metadata"]["ownerReferences"][0]["uid"], "u1");
+    let put = server
+        .expect_with(
+            "PUT",
+            &format!("{API}/namespaces/prod/stacks/shop"),
+            |sent| (200, sent.clone()),
+        )
+        .await;
+    assert_eq!(put["metadata"]["resourceVersion"], "300");
+    assert_eq!(put["spec"]["version"], "6.5.0");
+    assert_eq!(put["spec"]["variables"]["MODE"], "fast");
+    let (code, reply) = call.await.unwrap();
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(
+        reply["message"],
+        "Successfully upgraded 'shop' from 6.4.0 to 6.5.0."
+    );
+    server.done().await;
+}
+
+#[tokio::test]
+async fn a_stack_kubernetes_cannot_run_fails_with_a_message() {
+    let (client, mut server) = mock();
+    let mut catalog = Catalog::default();
+    let text = "metadata: {name: shop, productVersion: '6.5.0'}\nservices:\n  web: {image: web, user: www-data}\n";
+    catalog.replace_source(
+        "t",
+        vec![
+            rsgo::catalog::parse_manifest(std::path::Path::new("m.yaml"), text)
+                .unwrap()
+                .unwrap(),
+        ],
+    );
+    let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone()));
+    let ctx = Arc::new(
+        rsgo::reconcile::Context::new(store, Arc::new(RwLock::new(catalog)))
+            .with_kubernetes(client, "rsgo-0"),
+    );
+    let plain = json!({"annotations": {}});
+    let trigger: rsgo::model::Stack = serde_json::from_value(kube_stack(plain.clone())).unwrap();
+    let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
+    let stacks = format!("{API}/namespaces/prod/stacks/shop");
+    server.expect("GET", &stacks, 200, kube_stack(plain)).await;
+    server
+        .expect(
+            "GET",
+            &format!("{API}/environments/prod"),
+            200,
+            kube_environment(),
+        )
+        .await;
+    let deploying = server
+        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .await;
+    assert_eq!(deploying["status"]["phase"], "Deploying");
+    let failed = server
+        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .await;
+    assert_eq!(failed["status"]["phase"], "Failed");
+    let message = failed["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("user 'www-data' must be numeric"),
+        "{message}"
+    );
+    assert_eq!(failed["status"]["conditions"][0]["reason"], "Failed");
+    run.await
+        .unwrap()
+        .expect("an invalid spec waits for a change");
+    server.done().await;
+}
