@@ -15,7 +15,7 @@ use rsgo::model::{
     ApiKey, ApiKeySpec, DEPLOYMENT_ANNOTATION, DeploymentRecord, DockerEndpoint, Environment,
     EnvironmentSpec, REDEPLOY_ANNOTATION, Stack, StackSpec,
 };
-use rsgo::store::{SqliteStore, Store};
+use rsgo::store::{KubeStore, SqliteStore, Store};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -52,9 +52,21 @@ fn env(name: &str) -> Environment {
     }
 }
 
-pub async fn fixture() -> Fixture {
+/// Which store a hook test runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    /// The embedded SQLite store, in a temp dir.
+    Sqlite,
+    /// The Kubernetes store, against the in-memory fake API server.
+    Kubernetes,
+}
+
+pub async fn fixture(backend: Backend) -> Fixture {
     let dir = TempDir::new().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = match backend {
+        Backend::Sqlite => Arc::new(SqliteStore::open(dir.path()).unwrap()),
+        Backend::Kubernetes => Arc::new(KubeStore::new(crate::fake_api::client())),
+    };
     for name in ["local", "other"] {
         store.create(&env(name)).await.unwrap();
     }
@@ -181,9 +193,8 @@ fn assert_error(result: &(StatusCode, Value), status: StatusCode, needle: &str) 
     );
 }
 
-#[tokio::test]
-async fn redeploy_records_a_deployment_and_the_annotation() {
-    let f = fixture().await;
+async fn redeploy_records_a_deployment_and_the_annotation(backend: Backend) {
+    let f = fixture(backend).await;
     let key = f.key(&["Hooks.Redeploy"]).await;
     let (status, body) = f
         .json("/api/hooks/redeploy", &key, json!({"stackName": "shop"}))
@@ -228,9 +239,8 @@ async fn redeploy_records_a_deployment_and_the_annotation() {
     assert!(record.spec.requested_by.starts_with("key rsgo_"));
 }
 
-#[tokio::test]
-async fn upgrade_validates_versions_and_merges_variables() {
-    let f = fixture().await;
+async fn upgrade_validates_versions_and_merges_variables(backend: Backend) {
+    let f = fixture(backend).await;
     let key = f.key(&["Hooks.Upgrade"]).await;
     let unknown = f
         .json(
@@ -307,9 +317,8 @@ async fn upgrade_validates_versions_and_merges_variables() {
     assert_eq!(record.spec.previous_variables.unwrap()["TAG"], "2");
 }
 
-#[tokio::test]
-async fn unauthenticated_requests_get_401_with_the_reason() {
-    let f = fixture().await;
+async fn unauthenticated_requests_get_401_with_the_reason(backend: Backend) {
+    let f = fixture(backend).await;
     let body = Some(br#"{"stackName":"shop"}"#.to_vec());
     let path = "/api/hooks/redeploy";
     assert_error(
@@ -353,9 +362,8 @@ async fn unauthenticated_requests_get_401_with_the_reason() {
     assert_eq!(f.call(path, Some(&future), body).await.0, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn missing_permissions_and_foreign_environments_get_403() {
-    let f = fixture().await;
+async fn missing_permissions_and_foreign_environments_get_403(backend: Backend) {
+    let f = fixture(backend).await;
     let redeploy_only = f.key(&["Hooks.Redeploy"]).await;
     let upgrade = json!({"stackName": "shop", "targetVersion": "6.5.0"});
     assert_error(
@@ -389,9 +397,8 @@ async fn missing_permissions_and_foreign_environments_get_403() {
     );
 }
 
-#[tokio::test]
-async fn bad_requests_get_400_and_oversized_bodies_413() {
-    let f = fixture().await;
+async fn bad_requests_get_400_and_oversized_bodies_413(backend: Backend) {
+    let f = fixture(backend).await;
     let key = f.key(&["*"]).await;
     let path = "/api/hooks/redeploy";
     assert_error(
@@ -438,9 +445,8 @@ async fn bad_requests_get_400_and_oversized_bodies_413() {
     );
 }
 
-#[tokio::test]
-async fn fifty_concurrent_hooks_lose_no_write() {
-    let f = fixture().await;
+async fn fifty_concurrent_hooks_lose_no_write(backend: Backend) {
+    let f = fixture(backend).await;
     let key = f.key(&["Hooks.Redeploy"]).await;
     let calls = (0..50).map(|_| {
         let (state, key) = (f.state.clone(), key.clone());
@@ -482,3 +488,29 @@ async fn fifty_concurrent_hooks_lose_no_write() {
         "the stack names one of the recorded deployments"
     );
 }
+
+/// Runs each hook test on both stores.
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$test(super::Backend::Sqlite).await
+            }
+
+            #[tokio::test]
+            async fn kubernetes() {
+                super::$test(super::Backend::Kubernetes).await
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    redeploy_records_a_deployment_and_the_annotation,
+    upgrade_validates_versions_and_merges_variables,
+    unauthenticated_requests_get_401_with_the_reason,
+    missing_permissions_and_foreign_environments_get_403,
+    bad_requests_get_400_and_oversized_bodies_413,
+    fifty_concurrent_hooks_lose_no_write
+);

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod docker_e2e;
+mod fake_api;
 mod hooks;
 mod kube_mock;
 mod kubernetes;
