@@ -785,3 +785,51 @@ async fn a_stack_kubernetes_cannot_run_fails_with_a_message() {
         .expect("an invalid spec waits for a change");
     server.done().await;
 }
+
+/// Sends on a channel when dropped: tells the test that leader work was stopped.
+struct Stopped(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_stops_reconciling() {
+    let (client, mut server) = mock();
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
+    let mut signals = Some((started_tx, stopped_tx));
+    let election = tokio::spawn(rsgo::reconcile::leader::lead(
+        lock(client, "pod-a"),
+        move || {
+            let (started_tx, stopped_tx) = signals.take().expect("work starts once in this test");
+            async move {
+                let _guard = Stopped(Some(stopped_tx));
+                let _ = started_tx.send(());
+                std::future::pending::<()>().await
+            }
+        },
+    ));
+    let path = format!("{LEASES}/rsgo-controller");
+    server
+        .expect("GET", &path, 404, status(404, "NotFound"))
+        .await;
+    server
+        .expect_with("POST", LEASES, |sent| (201, sent.clone()))
+        .await;
+    started.await.expect("the leader starts reconciling");
+    // At the next renewal another replica holds the Lease: the work must stop at once.
+    let other = lease("pod-b", Timestamp::now(), 1);
+    server.expect("GET", &path, 200, other.clone()).await;
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the work was stopped")
+        .unwrap();
+    // Still a follower: it keeps asking, and leaves a live Lease alone.
+    server.expect("GET", &path, 200, other).await;
+    election.abort();
+}
