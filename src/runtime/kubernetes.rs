@@ -383,6 +383,30 @@ impl KubeRuntime {
         let mut applied = Vec::new();
         for object in objects {
             let name = object.name_any();
+            let kind = K::kind(&());
+            // Never take over an object rsgo did not make for this very stack.
+            let existing = api
+                .get_opt(&name)
+                .await
+                .map_err(kube_error(format!("reading {kind} {namespace}/{name}")))?;
+            if let Some(existing) = existing {
+                let wanted = object.labels().get(STACK_LABEL);
+                let labels = existing.labels();
+                let ours = labels
+                    .get("app.kubernetes.io/managed-by")
+                    .map(String::as_str)
+                    == Some("rsgo");
+                if !ours || labels.get(STACK_LABEL) != wanted {
+                    let owner = match labels.get(STACK_LABEL) {
+                        Some(other) if ours => format!("stack '{other}'"),
+                        _ => "something other than rsgo".to_owned(),
+                    };
+                    return Err(crate::Error::Invalid(format!(
+                        "{kind} '{name}' in namespace '{namespace}' belongs to {owner}; rename the service \
+                         or run the stack in another environment"
+                    )));
+                }
+            }
             let result = api
                 .patch(&name, &params, &kube::api::Patch::Apply(object))
                 .await

@@ -368,6 +368,15 @@ async fn expect_apply(
     server: &mut ApiServer,
     deployment: impl FnOnce(&Value) -> (u16, Value),
 ) -> Value {
+    let absent = || status(404, "NotFound");
+    server
+        .expect(
+            "GET",
+            "/api/v1/namespaces/prod/persistentvolumeclaims/shop-data",
+            404,
+            absent(),
+        )
+        .await;
     let claim = server
         .expect_with(
             "PATCH",
@@ -379,6 +388,9 @@ async fn expect_apply(
         claim["metadata"].get("ownerReferences").is_none(),
         "claims outlive the stack"
     );
+    server
+        .expect("GET", "/api/v1/namespaces/prod/services/web", 404, absent())
+        .await;
     let service = server
         .expect_with("PATCH", "/api/v1/namespaces/prod/services/web", echo)
         .await;
@@ -386,6 +398,14 @@ async fn expect_apply(
         service["metadata"]["ownerReferences"][0]["uid"],
         "stack-uid"
     );
+    server
+        .expect(
+            "GET",
+            "/apis/apps/v1/namespaces/prod/deployments/shop-web",
+            404,
+            absent(),
+        )
+        .await;
     let applied = server
         .expect_with(
             "PATCH",
@@ -832,4 +852,49 @@ async fn a_leader_that_loses_its_lease_stops_reconciling() {
     // Still a follower: it keeps asking, and leaves a live Lease alone.
     server.expect("GET", &path, 200, other).await;
     election.abort();
+}
+
+#[tokio::test]
+async fn a_service_name_taken_by_another_stack_is_reported_not_stolen() {
+    let (client, mut server) = mock();
+    let ctx = kube_context(client, true);
+    let plain = json!({"annotations": {}});
+    let trigger: rsgo::model::Stack = serde_json::from_value(kube_stack(plain.clone())).unwrap();
+    let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
+    let stacks = format!("{API}/namespaces/prod/stacks/shop");
+    server.expect("GET", &stacks, 200, kube_stack(plain)).await;
+    server
+        .expect(
+            "GET",
+            &format!("{API}/environments/prod"),
+            200,
+            kube_environment(),
+        )
+        .await;
+    server
+        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .await;
+    let claim = "/api/v1/namespaces/prod/persistentvolumeclaims/shop-data";
+    server
+        .expect("GET", claim, 404, status(404, "NotFound"))
+        .await;
+    server.expect_with("PATCH", claim, echo).await;
+    let theirs = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "prod",
+                     "labels": {"app.kubernetes.io/managed-by": "rsgo", "rsgo.io/stack": "blog"}},
+        "spec": {"ports": [{"port": 80}]}});
+    server
+        .expect("GET", "/api/v1/namespaces/prod/services/web", 200, theirs)
+        .await;
+    let failed = server
+        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .await;
+    assert_eq!(failed["status"]["phase"], "Failed");
+    let message = failed["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Service 'web' in namespace 'prod' belongs to stack 'blog'"),
+        "{message}"
+    );
+    run.await.unwrap().expect("a name clash waits for a change");
+    server.done().await;
 }
