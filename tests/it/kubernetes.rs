@@ -209,3 +209,43 @@ fn the_kubernetes_examples_are_valid_objects() {
         "the example leaves version to the upgrade hook"
     );
 }
+
+#[test]
+fn the_image_runs_non_root_on_a_read_only_root() {
+    let image = format!("{}:test", crate::support::unique("rsgo-image"));
+    let built = Command::new(root().join("scripts/image.sh"))
+        .args([&image, env!("CARGO_BIN_EXE_rsgo")])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let run = |args: &[&str]| {
+        Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--read-only",
+                "--user",
+                "65532:65532",
+                &image,
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let crds = run(&["crd"]);
+    assert!(crds.status.success());
+    assert!(String::from_utf8_lossy(&crds.stdout).contains("name: stacks.rsgo.io"));
+    // The default command is the chart's: outside a cluster it says what is missing.
+    let serve = run(&[]);
+    assert!(!serve.status.success());
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(
+        stderr.contains("connecting to the cluster (in-cluster config or KUBECONFIG)"),
+        "{stderr}"
+    );
+    crate::support::docker(&["rmi", &image]);
+}
