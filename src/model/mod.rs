@@ -8,8 +8,6 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of every rsgo resource.
-pub const GROUP: &str = "rsgo.io";
 /// `apiVersion` of every rsgo resource.
 pub const API_VERSION: &str = "rsgo.io/v1alpha1";
 /// Annotation a redeploy hook sets; the reconciler acts when it differs from

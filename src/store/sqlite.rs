@@ -4,7 +4,7 @@
 //! revisions are totally ordered across processes and a watcher that remembers the newest
 //! revision it saw never misses a commit. Deletions leave a tombstone row for the feed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +31,6 @@ pub const DATABASE_FILE: &str = "rsgo.db";
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     written: Arc<watch::Sender<u64>>,
-    path: PathBuf,
 }
 
 impl SqliteStore {
@@ -64,13 +63,7 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             written: Arc::new(written),
-            path,
         })
-    }
-
-    /// Path of the database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn run<T, F>(&self, work: F) -> BoxFuture<'_, Result<T>>
