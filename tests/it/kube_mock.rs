@@ -898,3 +898,89 @@ async fn a_service_name_taken_by_another_stack_is_reported_not_stolen() {
     run.await.unwrap().expect("a name clash waits for a change");
     server.done().await;
 }
+
+#[tokio::test]
+async fn a_redeploy_rolls_the_pods_through_the_restart_annotation_only() {
+    let (client, mut server) = mock();
+    let ctx = kube_context(client, true);
+    let requested = "2026-11-28T12:00:00Z";
+    let mut redeploying = kube_stack(json!({
+        "annotations": {"rsgo.io/deployment-id": "d1", "rsgo.io/redeploy-requested-at": requested}
+    }));
+    redeploying["status"] = json!({"observedGeneration": 2, "deployedVersion": "6.5.0", "phase": "Running",
+                                   "lastHandledRedeployAt": "2026-11-28T09:00:00Z"});
+    let trigger: rsgo::model::Stack = serde_json::from_value(redeploying.clone()).unwrap();
+    let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
+    let stacks = format!("{API}/namespaces/prod/stacks/shop");
+    let records = format!("{API}/namespaces/prod/deploymentrecords");
+    let mut redeploy_record = record(None);
+    redeploy_record["spec"]["action"] = json!("Redeploy");
+    redeploy_record["spec"]["fromVersion"] = json!("6.5.0");
+    server.expect("GET", &stacks, 200, redeploying).await;
+    server
+        .expect(
+            "GET",
+            &format!("{records}/d1"),
+            200,
+            redeploy_record.clone(),
+        )
+        .await;
+    server
+        .expect(
+            "GET",
+            &format!("{API}/environments/prod"),
+            200,
+            kube_environment(),
+        )
+        .await;
+    server
+        .expect_with("PUT", &format!("{records}/d1/status"), echo)
+        .await;
+    let deploying = server
+        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .await;
+    assert_eq!(deploying["status"]["phase"], "Deploying");
+    let applied = expect_apply(&mut server, |sent| {
+        let mut done = sent.clone();
+        done["metadata"]["generation"] = json!(7);
+        done["status"] = json!({"observedGeneration": 7, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1});
+        (200, done)
+    })
+    .await;
+    let template = &applied["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["annotations"]["rsgo.io/restarted-at"],
+        requested
+    );
+    assert_eq!(
+        template["spec"]["containers"][0]["image"], "registry.example.com/web:6.5.0",
+        "same spec, new pods"
+    );
+    assert_eq!(
+        template["spec"]["containers"][0]["imagePullPolicy"], "Always",
+        "new pods pull the image again"
+    );
+    let done = server
+        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .await;
+    assert_eq!(done["status"]["lastHandledRedeployAt"], requested);
+    assert_eq!(done["status"]["phase"], "Running");
+    let succeeded = server
+        .expect_with("PUT", &format!("{records}/d1/status"), echo)
+        .await;
+    assert_eq!(succeeded["status"]["message"], "Redeployed 'shop'.");
+    let event = server
+        .expect_with(
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/prod/events",
+            |sent| (201, sent.clone()),
+        )
+        .await;
+    assert_eq!(event["reason"], "Deployed");
+    let mut finished = redeploy_record;
+    finished["status"] = json!({"phase": "Succeeded"});
+    let list = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "DeploymentRecordList", "metadata": {}, "items": [finished]});
+    server.expect("GET", &records, 200, list).await;
+    run.await.unwrap().unwrap();
+    server.done().await;
+}
