@@ -152,9 +152,17 @@ fn write_crds(dir: Option<&std::path::Path>) -> Result<()> {
 
 /// Opens the embedded store and makes sure the `local` environment exists.
 pub(crate) async fn open_sqlite(data_dir: &std::path::Path) -> Result<Arc<dyn Store>> {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(data_dir)?);
+    Ok(open_sqlite_store(data_dir).await?.0)
+}
+
+/// Like [`open_sqlite`], also returning the concrete store for maintenance.
+pub(crate) async fn open_sqlite_store(
+    data_dir: &std::path::Path,
+) -> Result<(Arc<dyn Store>, SqliteStore)> {
+    let sqlite = SqliteStore::open(data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
     ensure_default_environment(&store).await?;
-    Ok(store)
+    Ok((store, sqlite))
 }
 
 /// Creates the `local` environment (Docker at `DOCKER_HOST`, else the default socket) once.

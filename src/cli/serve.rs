@@ -21,6 +21,9 @@ use crate::reconcile::{self, Context};
 use crate::store::{KubeStore, Store};
 use crate::{Error, Result};
 
+/// Deletion tombstones younger than this many revisions stay for the change feed.
+const TOMBSTONE_REVISIONS: u64 = 10_000;
+
 /// Where `rsgo serve` keeps its objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StoreKind {
@@ -82,7 +85,12 @@ async fn register_catalog(store: &Arc<dyn Store>, dir: &std::path::Path) -> Resu
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     let (store, client): (Arc<dyn Store>, Option<kube::Client>) = match args.store {
-        StoreKind::Sqlite => (super::open_sqlite(data_dir).await?, None),
+        StoreKind::Sqlite => {
+            let (store, sqlite) = super::open_sqlite_store(data_dir).await?;
+            let purged = sqlite.purge_tombstones(TOMBSTONE_REVISIONS).await?;
+            tracing::debug!(purged, "old deletion tombstones purged");
+            (store, None)
+        }
         StoreKind::Kubernetes => {
             let client = kube::Client::try_default()
                 .await

@@ -66,6 +66,20 @@ impl SqliteStore {
         })
     }
 
+    /// Drops deletion tombstones more than `keep` revisions old; returns how many went. Watchers
+    /// that far behind start over with a full listing anyway, so nothing they need is lost.
+    pub async fn purge_tombstones(&self, keep: u64) -> Result<usize> {
+        self.run(move |conn| {
+            let purged = conn.execute(
+                "DELETE FROM objects WHERE deleted = 1
+                 AND revision < (SELECT value FROM revision WHERE id = 0) - ?1",
+                params![keep as i64],
+            )?;
+            Ok(purged)
+        })
+        .await
+    }
+
     fn run<T, F>(&self, work: F) -> BoxFuture<'_, Result<T>>
     where
         T: Send + 'static,

@@ -318,3 +318,29 @@ fn a_key_revoked_by_the_cli_is_refused_by_the_running_server() {
     );
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown permission 'Hooks.All'"));
 }
+
+#[tokio::test]
+async fn old_tombstones_are_purged_and_live_objects_kept() {
+    let dir = TempDir::new().unwrap();
+    let sqlite = SqliteStore::open(dir.path()).unwrap();
+    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+    for name in ["gone-1", "gone-2", "kept"] {
+        store.create(&stack(name)).await.unwrap();
+    }
+    store.delete::<Stack>("local", "gone-1").await.unwrap();
+    store.delete::<Stack>("local", "gone-2").await.unwrap();
+    let rows = |sql: &str| -> i64 {
+        let db = rusqlite::Connection::open(dir.path().join("rsgo.db")).unwrap();
+        db.query_row(sql, [], |r| r.get(0)).unwrap()
+    };
+    assert_eq!(rows("SELECT count(*) FROM objects WHERE deleted = 1"), 2);
+    assert_eq!(
+        sqlite.purge_tombstones(1_000).await.unwrap(),
+        0,
+        "recent tombstones stay"
+    );
+    // The newest tombstone is at the current revision; keeping 0 older revisions drops the other.
+    assert_eq!(sqlite.purge_tombstones(0).await.unwrap(), 1);
+    assert_eq!(rows("SELECT count(*) FROM objects WHERE deleted = 1"), 1);
+    assert!(store.get::<Stack>("local", "kept").await.unwrap().is_some());
+}
