@@ -94,8 +94,11 @@ async fn authenticate(
     let presented = headers
         .get(API_KEY_HEADER)
         .map(|v| v.to_str().unwrap_or_default());
-    let unauthorized =
-        |rejection: KeyRejection| ApiError::new(StatusCode::UNAUTHORIZED, rejection.message());
+    // Refusals are logged with their reason, never with any part of the presented key.
+    let unauthorized = |rejection: KeyRejection| {
+        tracing::warn!(reason = ?rejection, "refused a request without a valid API key");
+        ApiError::new(StatusCode::UNAUTHORIZED, rejection.message())
+    };
     let wanted = auth::presented_hash(presented).map_err(unauthorized)?;
     let candidates = match &state.keys {
         Some(index) => index.lookup(&wanted).into_iter().collect(),
@@ -106,6 +109,7 @@ async fn authenticate(
     if let Some(permission) = permission
         && !auth::grants(&key.spec.permissions, permission)
     {
+        tracing::warn!(key = %key.spec.display_name, permission, "refused a request lacking a permission");
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
