@@ -285,6 +285,15 @@ fn a_key_revoked_by_the_cli_is_refused_by_the_running_server() {
     let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
     assert_eq!(status, 401, "{reply}");
     assert_eq!(reply["message"], "API key has been revoked.");
+    let log = server.log();
+    assert!(
+        log.contains("refused a request without a valid API key"),
+        "refusals are logged"
+    );
+    assert!(
+        !log.contains(&key) && !log.contains(&key[9..]),
+        "no part of a key beyond its display prefix is logged"
+    );
     let list = server.cli(&["apikey", "list"]);
     assert!(list.contains("revoked"), "the record is kept: {list}");
 
