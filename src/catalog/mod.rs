@@ -62,6 +62,12 @@ pub fn parse_manifest(path: &Path, text: &str) -> Result<Option<ProductVersion>,
     if manifest.services.is_empty() {
         return Err("the manifest defines no services".into());
     }
+    for (name, variable) in &manifest.variables {
+        if let Some(pattern) = &variable.pattern {
+            regex::Regex::new(pattern)
+                .map_err(|e| format!("variable '{name}' has an invalid pattern: {e}"))?;
+        }
+    }
     let product = manifest
         .metadata
         .product_id

@@ -139,6 +139,17 @@ pub fn resolve_variables(
 }
 
 fn check_type(name: &str, var: &Variable, value: &str) -> Result<(), String> {
+    if let Some(pattern) = &var.pattern {
+        // Patterns were checked when the manifest loaded; one that fails to compile matches nothing.
+        let matches = regex::Regex::new(pattern).is_ok_and(|re| re.is_match(value));
+        if !matches {
+            let reason = var
+                .pattern_error
+                .clone()
+                .unwrap_or_else(|| format!("must match {pattern}"));
+            return Err(format!("variable '{name}': {reason} (got '{value}')"));
+        }
+    }
     let number = || {
         value
             .parse::<f64>()
@@ -593,6 +604,38 @@ volumes:
         )
         .unwrap_err();
         assert!(port.contains("'PORT' must be a port"), "{port}");
+    }
+
+    #[test]
+    fn patterns_are_enforced_with_their_message() {
+        let text = "metadata: {name: p, productVersion: '1.0.0'}\nvariables:\n  SLUG: {pattern: '^[a-z]+$', patternError: lower-case letters only}\n  CODE: {pattern: '^[0-9]{3}$'}\nservices:\n  a: {image: x}\n";
+        let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
+        let ok = render(
+            "s",
+            "local",
+            &pv,
+            &vars(&[("SLUG", "shop"), ("CODE", "123")]),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let slug = render(
+            "s",
+            "local",
+            &pv,
+            &vars(&[("SLUG", "Shop"), ("CODE", "123")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            slug,
+            "variable 'SLUG': lower-case letters only (got 'Shop')"
+        );
+        let code = render(
+            "s",
+            "local",
+            &pv,
+            &vars(&[("SLUG", "shop"), ("CODE", "12")]),
+        )
+        .unwrap_err();
+        assert_eq!(code, "variable 'CODE': must match ^[0-9]{3}$ (got '12')");
     }
 
     #[test]
