@@ -65,6 +65,8 @@ pub struct ContainerPlan {
     pub mounts: Vec<Mount>,
     /// Docker restart policy name.
     pub restart: Option<String>,
+    /// A one-shot container (`lifecycle: init`) that must exit 0 before its dependents start.
+    pub init: bool,
     /// Networks to join (the stack network first).
     pub networks: Vec<String>,
     /// Container labels, rsgo's included (but not the spec hash).
@@ -432,6 +434,15 @@ pub fn render(
         }
         labels.insert(LABEL_SERVICE.into(), service_name.to_owned());
         labels.insert(LABEL_VERSION.into(), pv.version.to_string());
+        let init = match service.lifecycle.as_deref() {
+            None | Some("service") => false,
+            Some("init") => true,
+            Some(other) => {
+                return Err(context(format!(
+                    "lifecycle '{other}' is unknown; use service or init"
+                )));
+            }
+        };
         let mut plan = ContainerPlan {
             service: service_name.to_owned(),
             name: format!("{stack}_{service_name}"),
@@ -453,7 +464,9 @@ pub fn render(
                 .map_err(context)?,
             ports,
             mounts,
-            restart: service.restart.clone(),
+            // A one-shot container is never restarted.
+            restart: if init { None } else { service.restart.clone() },
+            init,
             networks,
             labels,
             spec_hash: String::new(),

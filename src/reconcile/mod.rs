@@ -16,7 +16,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector};
 use kube::{Resource, ResourceExt};
 
-use crate::catalog::{Catalog, StackPlan, render};
+use crate::catalog::{Catalog, ContainerPlan, StackPlan, render};
 use crate::model::{
     CLEANUP_FINALIZER, DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
     DeploymentRecordStatus, Environment, EnvironmentStatus, REDEPLOY_ANNOTATION, ServiceResult,
@@ -507,16 +507,12 @@ async fn apply_plan(
                 continue;
             }
             Step::Create(i) => {
-                runtime
-                    .run(&plan.containers[i], deployment_id.as_deref())
-                    .await?;
+                run_to_plan(runtime, &plan.containers[i], deployment_id.as_deref()).await?;
                 (&plan.containers[i].service, "created")
             }
             Step::Recreate(i, have) => {
                 runtime.remove(&have.id, &have.name).await?;
-                runtime
-                    .run(&plan.containers[i], deployment_id.as_deref())
-                    .await?;
+                run_to_plan(runtime, &plan.containers[i], deployment_id.as_deref()).await?;
                 (&plan.containers[i].service, "recreated")
             }
             Step::Start(i, have) => {
@@ -547,6 +543,19 @@ async fn apply_plan(
         });
     }
     Ok(Outcome { services, results })
+}
+
+/// Runs a container; a one-shot (`init`) one must also exit 0 before the next service starts.
+async fn run_to_plan(
+    runtime: &DockerRuntime,
+    container: &ContainerPlan,
+    deployment: Option<&str>,
+) -> Result<()> {
+    let id = runtime.run(container, deployment).await?;
+    if container.init {
+        runtime.wait_success(&id, &container.name).await?;
+    }
+    Ok(())
 }
 
 /// Writes the stack status and the deployment record for a finished (or failed) reconcile,

@@ -39,7 +39,7 @@ pub fn plan(
                 claimed[i] = true;
                 if recreate_all || have.spec_hash != want.spec_hash {
                     Step::Recreate(index, have.clone())
-                } else if !have.running {
+                } else if !have.running && !want.init {
                     Step::Start(index, have.clone())
                 } else {
                     Step::Keep(index, have.clone())
@@ -74,6 +74,7 @@ mod tests {
             ports: vec![],
             mounts: vec![],
             restart: None,
+            init: false,
             networks: vec!["s_default".into()],
             labels: BTreeMap::new(),
             spec_hash: hash.into(),
@@ -116,6 +117,35 @@ mod tests {
                 Step::Start(2, observed[1].clone()),
                 Step::Keep(3, observed[2].clone()),
             ]
+        );
+    }
+
+    #[test]
+    fn a_finished_init_container_is_left_alone_until_its_spec_changes() {
+        let mut migrate = want("migrate", "h");
+        migrate.init = true;
+        let exited = have("migrate", "h", false);
+        assert_eq!(
+            plan(
+                std::slice::from_ref(&migrate),
+                std::slice::from_ref(&exited),
+                false
+            ),
+            [Step::Keep(0, exited.clone())]
+        );
+        let changed = have("migrate", "old", false);
+        assert_eq!(
+            plan(
+                std::slice::from_ref(&migrate),
+                std::slice::from_ref(&changed),
+                false
+            ),
+            [Step::Recreate(0, changed.clone())]
+        );
+        assert_eq!(
+            plan(&[migrate], std::slice::from_ref(&exited), true),
+            [Step::Recreate(0, exited)],
+            "a redeploy runs it again"
         );
     }
 

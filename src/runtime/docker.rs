@@ -315,6 +315,30 @@ impl DockerRuntime {
         Ok(created.id)
     }
 
+    /// Waits until a one-shot container exits and fails unless it exited 0.
+    pub async fn wait_success(&self, id: &str, name: &str) -> Result<()> {
+        let mut waits = self
+            .docker
+            .wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>);
+        match waits.next().await {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(DockerError::DockerContainerWaitError { error, code })) => {
+                let detail = if error.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {error}")
+                };
+                Err(Error::Rollout(format!(
+                    "init service container {name} exited with code {code}{detail}"
+                )))
+            }
+            Some(Err(e)) => Err(Error::docker(format!("waiting for container {name}"), e)),
+            None => Err(Error::Rollout(format!(
+                "the engine stopped reporting on container {name}"
+            ))),
+        }
+    }
+
     /// Starts an existing container.
     pub async fn start(&self, id: &str, name: &str) -> Result<()> {
         self.docker

@@ -277,6 +277,12 @@ pub fn workloads(
 ) -> Result<Workloads, String> {
     let mut workloads = Workloads::default();
     for container in &plan.containers {
+        if container.init {
+            return Err(format!(
+                "service '{}' has lifecycle init, which rsgo does not run on Kubernetes yet",
+                container.service
+            ));
+        }
         workloads
             .deployments
             .push(deployment(stack, container, version, restarted_at)?);
@@ -758,6 +764,18 @@ volumes:
                 "deployment shop-prod-web did not roll out: ReplicaSet has timed out progressing."
                     .into()
             )
+        );
+    }
+
+    #[test]
+    fn init_services_are_refused_on_kubernetes_with_a_reason() {
+        let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  migrate: {image: m, lifecycle: init}\n";
+        let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
+        let plan = render("shop", "prod", &pv, &Default::default()).unwrap();
+        let refused = workloads(&stack(), &plan, "1.0.0", None).unwrap_err();
+        assert_eq!(
+            refused,
+            "service 'migrate' has lifecycle init, which rsgo does not run on Kubernetes yet"
         );
     }
 

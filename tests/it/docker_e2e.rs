@@ -336,3 +336,68 @@ fn drift_is_corrected_and_foreign_containers_are_left_alone() {
         "volumes are kept"
     );
 }
+
+#[test]
+fn init_services_run_once_before_their_dependents_and_a_failing_one_rolls_back() {
+    let image = format!("{}/{}/app:latest", registry(), unique("init"));
+    build_and_push(&image, "v1");
+    let product = unique("app");
+    let services = |script: &str| {
+        format!(
+            "  migrate:\n    image: {image}\n    lifecycle: init\n    command: [sh, -c, \"{script}\"]\n    volumes: [\"data:/data\"]\n\
+             \x20 app:\n    image: {image}\n    dependsOn: [migrate]\n    volumes: [\"data:/data\"]\n"
+        )
+    };
+    let server = Server::start(&[
+        (
+            "1.yaml",
+            manifest(
+                &product,
+                "1.0.0",
+                &services("echo migrated >> /data/log"),
+                "  {}",
+            ),
+        ),
+        (
+            "2.yaml",
+            manifest(&product, "2.0.0", &services("exit 3"), "  {}"),
+        ),
+    ]);
+    let stack = unique("st");
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
+    wait_running(&server, &stack, "1.0.0");
+    let migrate = format!("{stack}_migrate");
+    assert_eq!(
+        inspect(&migrate, "{{.State.Running}} {{.State.ExitCode}}"),
+        "false 0"
+    );
+    assert_eq!(
+        container_file(&format!("{stack}_app"), "/data/log"),
+        "migrated"
+    );
+    let finished = inspect(&migrate, "{{.State.FinishedAt}}");
+    // Several resyncs (every 2 s here) later, the finished init container has not run again.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(inspect(&migrate, "{{.State.FinishedAt}}"), finished);
+    assert_eq!(
+        container_file(&format!("{stack}_app"), "/data/log"),
+        "migrated"
+    );
+
+    let key = server.key(&["Hooks.Upgrade"]);
+    let env = &server.environment;
+    let body = format!(
+        "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"2.0.0\",\"wait\":true}}"
+    );
+    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body));
+    assert_eq!(status, 500, "{reply}");
+    assert_eq!(reply["phase"], "RolledBack");
+    let message = reply["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "init service container {migrate} exited with code 3"
+        )),
+        "{message}"
+    );
+    wait_running(&server, &stack, "1.0.0");
+}
