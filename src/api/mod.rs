@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
@@ -42,6 +43,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/deployments/{id}", get(hooks::deployment))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(hooks::ready))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "No such route. The hooks are POST /api/hooks/redeploy, /api/hooks/upgrade and /api/hooks/sync-sources.",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed: the hooks take POST, the status pages GET.")
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

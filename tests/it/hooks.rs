@@ -489,6 +489,31 @@ async fn fifty_concurrent_hooks_lose_no_write(backend: Backend) {
     );
 }
 
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let f = fixture(Backend::Sqlite).await;
+    let (status, body) = f.call("/api/hooks/redeplyo", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["success"], false);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("/api/hooks/redeploy"),
+        "{body}"
+    );
+    let request = Request::get("/api/hooks/redeploy")
+        .body(Body::empty())
+        .unwrap();
+    let response = router(f.state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["success"], false);
+}
+
 /// Runs each hook test on both stores.
 macro_rules! on_both_stores {
     ($($test:ident),* $(,)?) => {$(
