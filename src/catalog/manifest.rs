@@ -208,9 +208,39 @@ pub struct Service {
     /// `service`, or `init` for a one-shot container.
     #[serde(default)]
     pub lifecycle: Option<String>,
-    /// Health check settings.
+    /// How to tell that the service works.
     #[serde(default)]
-    pub health_check: Option<serde_yaml_ng::Value>,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A health check: a command in the container (`docker`), an HTTP GET or a TCP connect.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `docker` (default), `http` or `tcp`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// Command for `docker` checks.
+    #[serde(default)]
+    pub test: Option<Command>,
+    /// Path for `http` checks.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Container port for `http` and `tcp` checks.
+    #[serde(default)]
+    pub port: Option<Scalar>,
+    /// Time between checks, such as `10s`.
+    #[serde(default)]
+    pub interval: Option<Scalar>,
+    /// Time one check may take.
+    #[serde(default)]
+    pub timeout: Option<Scalar>,
+    /// Failures in a row that make the service unhealthy.
+    #[serde(default)]
+    pub retries: Option<Scalar>,
+    /// Grace period after start during which failures do not count.
+    #[serde(default)]
+    pub start_period: Option<Scalar>,
 }
 
 /// A command line as a manifest writes it.

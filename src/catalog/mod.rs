@@ -11,7 +11,7 @@ use std::sync::Arc;
 use semver::Version;
 
 pub use manifest::Manifest;
-pub use render::{ContainerPlan, Mount, PortBinding, StackPlan, render};
+pub use render::{ContainerPlan, HealthPlan, Mount, PortBinding, Probe, StackPlan, render};
 
 use crate::{Error, Result};
 

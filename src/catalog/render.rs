@@ -67,12 +67,146 @@ pub struct ContainerPlan {
     pub restart: Option<String>,
     /// A one-shot container (`lifecycle: init`) that must exit 0 before its dependents start.
     pub init: bool,
+    /// Health check the engine runs; a rollout waits for it to pass.
+    pub health: Option<HealthPlan>,
     /// Networks to join (the stack network first).
     pub networks: Vec<String>,
     /// Container labels, rsgo's included (but not the spec hash).
     pub labels: BTreeMap<String, String>,
     /// Hash of everything above; a change means the container must be recreated.
     pub spec_hash: String,
+}
+
+/// What a health check probes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Probe {
+    /// A command in the container, as Docker's `["CMD", ...]` or `["CMD-SHELL", "..."]`.
+    Command(Vec<String>),
+    /// An HTTP GET on a container port.
+    Http {
+        /// Container port.
+        port: u16,
+        /// Request path.
+        path: String,
+    },
+    /// A TCP connect to a container port.
+    Tcp {
+        /// Container port.
+        port: u16,
+    },
+}
+
+/// A health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthPlan {
+    /// What is checked.
+    pub probe: Probe,
+    /// Seconds between checks.
+    pub interval_secs: u64,
+    /// Seconds one check may take.
+    pub timeout_secs: u64,
+    /// Failures in a row that make the container unhealthy.
+    pub retries: u32,
+    /// Seconds after start during which failures do not count.
+    pub start_period_secs: u64,
+}
+
+impl HealthPlan {
+    /// The check as a Docker `HEALTHCHECK` test. HTTP and TCP checks run inside the container,
+    /// so the image needs busybox-style `wget` or `nc` for them.
+    pub fn docker_test(&self) -> Vec<String> {
+        match &self.probe {
+            Probe::Command(test) => test.clone(),
+            Probe::Http { port, path } => {
+                vec![
+                    "CMD-SHELL".into(),
+                    format!("wget -q -O /dev/null http://127.0.0.1:{port}{path} || exit 1"),
+                ]
+            }
+            Probe::Tcp { port } => vec![
+                "CMD-SHELL".into(),
+                format!("nc -z 127.0.0.1 {port} || exit 1"),
+            ],
+        }
+    }
+
+    /// The longest a healthy container can take to be reported healthy.
+    pub fn patience_secs(&self) -> u64 {
+        self.start_period_secs
+            + (self.interval_secs + self.timeout_secs) * (u64::from(self.retries) + 1)
+    }
+}
+
+/// Parses `30s`, `2m`, `1h` or a bare number of seconds.
+fn seconds(field: &str, text: &str) -> Result<u64, String> {
+    let invalid = || format!("healthCheck {field} '{text}' is not a duration such as 10s or 2m");
+    let (number, factor) = match text.char_indices().last() {
+        Some((i, 's')) => (&text[..i], 1),
+        Some((i, 'm')) => (&text[..i], 60),
+        Some((i, 'h')) => (&text[..i], 3600),
+        _ => (text, 1),
+    };
+    number
+        .trim()
+        .parse::<u64>()
+        .map(|n| n * factor)
+        .map_err(|_| invalid())
+}
+
+fn health_plan(
+    check: &super::manifest::HealthCheck,
+    vars: &BTreeMap<String, String>,
+) -> Result<HealthPlan, String> {
+    let value = |field: &str,
+                 v: &Option<super::manifest::Scalar>,
+                 default: &str|
+     -> Result<String, String> {
+        let text = v.as_ref().map_or(default.to_owned(), |s| s.0.clone());
+        substitute(&text, vars).map_err(|e| format!("healthCheck {field}: {e}"))
+    };
+    let port = || -> Result<u16, String> {
+        let text = value("port", &check.port, "")?;
+        text.parse()
+            .map_err(|_| format!("healthCheck needs a port, got '{text}'"))
+    };
+    let probe = match check.kind.as_deref().unwrap_or("docker") {
+        "docker" => match &check.test {
+            Some(Command::Line(line)) => {
+                Probe::Command(vec!["CMD-SHELL".into(), substitute(line, vars)?])
+            }
+            Some(Command::Args(args)) => {
+                let mut test = vec!["CMD".to_owned()];
+                for arg in args {
+                    test.push(substitute(arg, vars)?);
+                }
+                Probe::Command(test)
+            }
+            None => return Err("healthCheck of type docker needs a test command".into()),
+        },
+        "http" => Probe::Http {
+            port: port()?,
+            path: substitute(check.path.as_deref().unwrap_or("/"), vars)?,
+        },
+        "tcp" => Probe::Tcp { port: port()? },
+        other => {
+            return Err(format!(
+                "healthCheck type '{other}' is unknown; use docker, http or tcp"
+            ));
+        }
+    };
+    let retries = value("retries", &check.retries, "3")?;
+    Ok(HealthPlan {
+        probe,
+        interval_secs: seconds("interval", &value("interval", &check.interval, "10s")?)?.max(1),
+        timeout_secs: seconds("timeout", &value("timeout", &check.timeout, "5s")?)?.max(1),
+        retries: retries
+            .parse()
+            .map_err(|_| format!("healthCheck retries '{retries}' is not a number"))?,
+        start_period_secs: seconds(
+            "startPeriod",
+            &value("startPeriod", &check.start_period, "0s")?,
+        )?,
+    })
 }
 
 /// A published port.
@@ -467,6 +601,12 @@ pub fn render(
             // A one-shot container is never restarted.
             restart: if init { None } else { service.restart.clone() },
             init,
+            health: service
+                .health_check
+                .as_ref()
+                .map(|c| health_plan(c, &vars))
+                .transpose()
+                .map_err(context)?,
             networks,
             labels,
             spec_hash: String::new(),
@@ -649,6 +789,53 @@ volumes:
         )
         .unwrap_err();
         assert_eq!(code, "variable 'CODE': must match ^[0-9]{3}$ (got '12')");
+    }
+
+    #[test]
+    fn health_checks_become_engine_checks() {
+        let text = "metadata: {name: h, productVersion: '1.0.0'}\nvariables:\n  PORT: {default: '8080'}\nservices:\n  \
+            a: {image: x, healthCheck: {test: [test, -f, /ready], interval: 2s, retries: 4, startPeriod: 1m}}\n  \
+            b: {image: x, healthCheck: {type: http, port: '${PORT}', path: /health}}\n  \
+            c: {image: x, healthCheck: {type: tcp, port: 5432, timeout: 3}}\n  \
+            d: {image: x, healthCheck: {type: grpc}}\n";
+        let pv = parse_manifest(Path::new("h.yaml"), text).unwrap().unwrap();
+        let err = render("s", "local", &pv, &BTreeMap::new()).unwrap_err();
+        assert!(
+            err.contains("service 'd': healthCheck type 'grpc' is unknown"),
+            "{err}"
+        );
+        let text = text.replace("\n  d: {image: x, healthCheck: {type: grpc}}", "");
+        let pv = parse_manifest(Path::new("h.yaml"), &text).unwrap().unwrap();
+        let plan = render("s", "local", &pv, &BTreeMap::new()).unwrap();
+        let a = plan.containers[0].health.clone().unwrap();
+        assert_eq!(a.docker_test(), ["CMD", "test", "-f", "/ready"]);
+        assert_eq!(
+            (
+                a.interval_secs,
+                a.timeout_secs,
+                a.retries,
+                a.start_period_secs
+            ),
+            (2, 5, 4, 60)
+        );
+        assert_eq!(a.patience_secs(), 60 + 7 * 5);
+        let b = plan.containers[1].health.clone().unwrap();
+        assert_eq!(
+            b.probe,
+            Probe::Http {
+                port: 8080,
+                path: "/health".into()
+            }
+        );
+        assert_eq!(
+            b.docker_test()[1],
+            "wget -q -O /dev/null http://127.0.0.1:8080/health || exit 1"
+        );
+        let c = plan.containers[2].health.clone().unwrap();
+        assert_eq!(
+            (c.docker_test()[1].as_str(), c.timeout_secs),
+            ("nc -z 127.0.0.1 5432 || exit 1", 3)
+        );
     }
 
     #[test]

@@ -519,7 +519,16 @@ async fn apply_plan(
                 runtime.start(&have.id, &have.name).await?;
                 (&plan.containers[i].service, "started")
             }
-            Step::Keep(i, _) => (&plan.containers[i].service, "unchanged"),
+            Step::Keep(i, have) => {
+                // A service that runs but fails its health check is not running as specified.
+                if have.healthy == Some(false) {
+                    return Err(Error::Rollout(format!(
+                        "container {} is unhealthy",
+                        have.name
+                    )));
+                }
+                (&plan.containers[i].service, "unchanged")
+            }
         };
         results.push(ServiceResult {
             service: service.clone(),
@@ -545,7 +554,8 @@ async fn apply_plan(
     Ok(Outcome { services, results })
 }
 
-/// Runs a container; a one-shot (`init`) one must also exit 0 before the next service starts.
+/// Runs a container; a one-shot (`init`) one must also exit 0, and one with a health check must
+/// pass it, before the next service starts.
 async fn run_to_plan(
     runtime: &DockerRuntime,
     container: &ContainerPlan,
@@ -554,6 +564,10 @@ async fn run_to_plan(
     let id = runtime.run(container, deployment).await?;
     if container.init {
         runtime.wait_success(&id, &container.name).await?;
+    } else if let Some(health) = &container.health {
+        // Dependents start only once this service is healthy; the margin covers engine delays.
+        let patience = Duration::from_secs(health.patience_secs() + 30);
+        runtime.wait_healthy(&id, &container.name, patience).await?;
     }
     Ok(())
 }

@@ -75,6 +75,7 @@ mod tests {
             mounts: vec![],
             restart: None,
             init: false,
+            health: None,
             networks: vec!["s_default".into()],
             labels: BTreeMap::new(),
             spec_hash: hash.into(),
@@ -90,6 +91,7 @@ mod tests {
             running,
             image: "img".into(),
             image_id: "sha256:1".into(),
+            healthy: None,
         }
     }
 

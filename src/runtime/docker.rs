@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, MountType, NetworkConnectRequest,
-    NetworkCreateRequest, NetworkingConfig, PortBinding as DockerPortBinding, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, MountType,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -44,6 +44,8 @@ pub struct ObservedContainer {
     pub image: String,
     /// Image id it runs.
     pub image_id: String,
+    /// What its health check last said, when it has one.
+    pub healthy: Option<bool>,
 }
 
 /// A Docker engine rsgo deploys to.
@@ -167,6 +169,16 @@ impl DockerRuntime {
                     running: c.state.is_some_and(|s| s.to_string() == "running"),
                     image: c.image.unwrap_or_default(),
                     image_id: c.image_id.unwrap_or_default(),
+                    // Every API version reports health in the status text: "Up 5 minutes (healthy)".
+                    healthy: c.status.as_deref().and_then(|status| {
+                        if status.contains("(unhealthy)") {
+                            Some(false)
+                        } else if status.contains("(healthy)") {
+                            Some(true)
+                        } else {
+                            None
+                        }
+                    }),
                 }
             })
             .collect())
@@ -269,8 +281,18 @@ impl DockerRuntime {
                 },
             )
         };
+        const NANOS: i64 = 1_000_000_000;
+        let healthcheck = plan.health.as_ref().map(|h| HealthConfig {
+            test: Some(h.docker_test()),
+            interval: Some(h.interval_secs as i64 * NANOS),
+            timeout: Some(h.timeout_secs as i64 * NANOS),
+            retries: Some(i64::from(h.retries)),
+            start_period: Some(h.start_period_secs as i64 * NANOS),
+            ..Default::default()
+        });
         let body = ContainerCreateBody {
             image: Some(plan.image.clone()),
+            healthcheck,
             env: Some(plan.env.clone()),
             cmd: plan.cmd.clone(),
             entrypoint: plan.entrypoint.clone(),
@@ -336,6 +358,63 @@ impl DockerRuntime {
             None => Err(Error::Rollout(format!(
                 "the engine stopped reporting on container {name}"
             ))),
+        }
+    }
+
+    /// Waits until a container's health check passes. Fails when it reports unhealthy (with the
+    /// check's last output), when the container stops, or after `patience`.
+    pub async fn wait_healthy(
+        &self,
+        id: &str,
+        name: &str,
+        patience: std::time::Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let inspect = self
+                .docker
+                .inspect_container(
+                    id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .map_err(|e| Error::docker(format!("inspecting container {name}"), e))?;
+            let state = inspect.state.unwrap_or_default();
+            let health = state.health.unwrap_or_default();
+            let last_output = || {
+                let output = health
+                    .log
+                    .iter()
+                    .flatten()
+                    .last()
+                    .and_then(|r| r.output.clone())
+                    .unwrap_or_default();
+                output.trim().to_owned()
+            };
+            match health.status {
+                Some(HealthStatusEnum::HEALTHY) => return Ok(()),
+                Some(HealthStatusEnum::UNHEALTHY) => {
+                    return Err(Error::Rollout(format!(
+                        "container {name} is unhealthy: {}",
+                        last_output()
+                    )));
+                }
+                _ => {}
+            }
+            if state.running == Some(false) {
+                return Err(Error::Rollout(format!(
+                    "container {name} stopped (exit code {}) before its health check passed",
+                    state.exit_code.unwrap_or_default()
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Rollout(format!(
+                    "container {name} was not healthy after {}s; last check said: {}",
+                    patience.as_secs(),
+                    last_output()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
     }
 

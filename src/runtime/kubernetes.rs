@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::catalog::{ContainerPlan, StackPlan};
+use crate::catalog::{ContainerPlan, HealthPlan, Probe, StackPlan};
 use crate::model::Stack;
 
 /// Pod-template annotation that a redeploy changes, which rolls the pods like `kubectl rollout restart`.
@@ -217,6 +217,7 @@ fn deployment(
                         env: (!env.is_empty()).then_some(env),
                         ports: (!ports.is_empty()).then_some(ports),
                         volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                        readiness_probe: container.health.as_ref().map(probe),
                         ..Default::default()
                     }],
                     volumes: (!volumes.is_empty()).then_some(volumes),
@@ -228,6 +229,46 @@ fn deployment(
         },
         status: None,
     })
+}
+
+/// A health check as a readiness probe: a Deployment is rolled out once its pods pass it.
+fn probe(health: &HealthPlan) -> k8s_openapi::api::core::v1::Probe {
+    use k8s_openapi::api::core::v1::{ExecAction, HTTPGetAction, TCPSocketAction};
+    let mut probe = k8s_openapi::api::core::v1::Probe {
+        period_seconds: Some(health.interval_secs as i32),
+        timeout_seconds: Some(health.timeout_secs as i32),
+        failure_threshold: Some(health.retries.max(1) as i32),
+        initial_delay_seconds: Some(health.start_period_secs as i32),
+        ..Default::default()
+    };
+    match &health.probe {
+        Probe::Command(test) => {
+            let command = match test.split_first() {
+                Some((kind, rest)) if kind == "CMD-SHELL" => {
+                    vec!["sh".into(), "-c".into(), rest.join(" ")]
+                }
+                Some((kind, rest)) if kind == "CMD" => rest.to_vec(),
+                _ => test.clone(),
+            };
+            probe.exec = Some(ExecAction {
+                command: Some(command),
+            });
+        }
+        Probe::Http { port, path } => {
+            probe.http_get = Some(HTTPGetAction {
+                path: Some(path.clone()),
+                port: IntOrString::Int(i32::from(*port)),
+                ..Default::default()
+            });
+        }
+        Probe::Tcp { port } => {
+            probe.tcp_socket = Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(*port)),
+                host: None,
+            });
+        }
+    }
+    probe
 }
 
 fn service(stack: &Stack, container: &ContainerPlan, version: &str) -> Option<Service> {
@@ -765,6 +806,48 @@ volumes:
                     .into()
             )
         );
+    }
+
+    #[test]
+    fn health_checks_become_readiness_probes() {
+        let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  \
+            a: {image: x, healthCheck: {test: 'curl -f localhost', interval: 5s, retries: 2, startPeriod: 10s}}\n  \
+            b: {image: x, healthCheck: {type: http, port: 8080, path: /ready}}\n  \
+            c: {image: x, healthCheck: {type: tcp, port: 5432}}\n";
+        let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
+        let plan = render("shop", "prod", &pv, &Default::default()).unwrap();
+        let w = workloads(&stack(), &plan, "1.0.0", None).unwrap();
+        let probe = |i: usize| {
+            w.deployments[i]
+                .spec
+                .template
+                .spec
+                .clone()
+                .unwrap()
+                .containers[0]
+                .readiness_probe
+                .clone()
+                .unwrap()
+        };
+        let a = probe(0);
+        assert_eq!(
+            a.exec.unwrap().command.unwrap(),
+            ["sh", "-c", "curl -f localhost"]
+        );
+        assert_eq!(
+            (
+                a.period_seconds,
+                a.failure_threshold,
+                a.initial_delay_seconds
+            ),
+            (Some(5), Some(2), Some(10))
+        );
+        let b = probe(1).http_get.unwrap();
+        assert_eq!(
+            (b.path.as_deref(), b.port),
+            (Some("/ready"), IntOrString::Int(8080))
+        );
+        assert_eq!(probe(2).tcp_socket.unwrap().port, IntOrString::Int(5432));
     }
 
     #[test]

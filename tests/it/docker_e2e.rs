@@ -401,3 +401,67 @@ fn init_services_run_once_before_their_dependents_and_a_failing_one_rolls_back()
     );
     wait_running(&server, &stack, "1.0.0");
 }
+
+#[test]
+fn rollouts_wait_for_health_checks_and_an_unhealthy_upgrade_rolls_back() {
+    let image = format!("{}/{}/app:latest", registry(), unique("health"));
+    build_and_push(&image, "v1");
+    let product = unique("app");
+    let services = |file: &str| {
+        format!(
+            "  app:\n    image: {image}\n    command: [sh, -c, \"touch /ready; trap 'exit 0' TERM; while true; do sleep 1; done\"]\n\
+             \x20   healthCheck: {{test: [test, -f, {file}], interval: 1s, timeout: 1s, retries: 2}}\n"
+        )
+    };
+    let server = Server::start(&[
+        (
+            "1.yaml",
+            manifest(&product, "1.0.0", &services("/ready"), "  {}"),
+        ),
+        (
+            "2.yaml",
+            manifest(&product, "2.0.0", &services("/never"), "  {}"),
+        ),
+    ]);
+    let stack = unique("st");
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
+    wait_running(&server, &stack, "1.0.0");
+    let container = format!("{stack}_app");
+    assert_eq!(
+        inspect(&container, "{{.State.Health.Status}}"),
+        "healthy",
+        "Running means healthy"
+    );
+
+    let key = server.key(&["Hooks.Upgrade"]);
+    let env = &server.environment;
+    let body = format!(
+        "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"2.0.0\",\"wait\":true}}"
+    );
+    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body));
+    assert_eq!(status, 500, "{reply}");
+    assert_eq!(reply["phase"], "RolledBack");
+    let message = reply["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("container {container} is unhealthy")),
+        "{message}"
+    );
+    wait_running(&server, &stack, "1.0.0");
+    assert_eq!(inspect(&container, "{{.State.Health.Status}}"), "healthy");
+
+    // A service that turns unhealthy later is reported, not shown as running.
+    docker(&["exec", &container, "rm", "/ready"]);
+    wait_for(
+        "the stack to report the unhealthy service",
+        Duration::from_secs(60),
+        || {
+            let out = server.cli(&["get", "stacks", &stack, "--environment", env, "-o", "json"]);
+            let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let message = value["status"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (value["status"]["phase"] == "Failed" && message.contains("is unhealthy")).then_some(())
+        },
+    );
+}
