@@ -527,6 +527,15 @@ async fn apply_plan(
                         have.name
                     )));
                 }
+                // A one-shot container that failed stays failed until its spec changes or a redeploy.
+                if plan.containers[i].init && !have.running && have.exit_code != Some(0) {
+                    return Err(Error::Rollout(format!(
+                        "init service container {} exited with code {}",
+                        have.name,
+                        have.exit_code
+                            .map_or("unknown".to_owned(), |c| c.to_string())
+                    )));
+                }
                 (&plan.containers[i].service, "unchanged")
             }
         };

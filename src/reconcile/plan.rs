@@ -92,6 +92,7 @@ mod tests {
             image: "img".into(),
             image_id: "sha256:1".into(),
             healthy: None,
+            exit_code: None,
         }
     }
 

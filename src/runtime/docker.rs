@@ -46,6 +46,8 @@ pub struct ObservedContainer {
     pub image_id: String,
     /// What its health check last said, when it has one.
     pub healthy: Option<bool>,
+    /// Exit code, once it has exited.
+    pub exit_code: Option<i64>,
 }
 
 /// A Docker engine rsgo deploys to.
@@ -169,6 +171,11 @@ impl DockerRuntime {
                     running: c.state.is_some_and(|s| s.to_string() == "running"),
                     image: c.image.unwrap_or_default(),
                     image_id: c.image_id.unwrap_or_default(),
+                    // Every API version reports exits as "Exited (3) 2 minutes ago".
+                    exit_code: c.status.as_deref().and_then(|status| {
+                        let code = status.strip_prefix("Exited (")?;
+                        code[..code.find(')')?].parse().ok()
+                    }),
                     // Every API version reports health in the status text: "Up 5 minutes (healthy)".
                     healthy: c.status.as_deref().and_then(|status| {
                         if status.contains("(unhealthy)") {

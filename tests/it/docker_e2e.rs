@@ -400,6 +400,38 @@ fn init_services_run_once_before_their_dependents_and_a_failing_one_rolls_back()
         "{message}"
     );
     wait_running(&server, &stack, "1.0.0");
+
+    // Deployed straight at the failing version, the stack reports the failure and keeps
+    // reporting it: resyncs neither show it running nor restart the one-shot container.
+    let failing = unique("st");
+    server.apply(&stack_yaml(&failing, env, &product, "2.0.0"));
+    let stack_status = || {
+        let out = server.cli(&[
+            "get",
+            "stacks",
+            &failing,
+            "--environment",
+            env,
+            "-o",
+            "json",
+        ]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["status"].clone()
+    };
+    wait_for(
+        "the failing init to be reported",
+        Duration::from_secs(60),
+        || (stack_status()["phase"] == "Failed").then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let status = stack_status();
+    assert_eq!(status["phase"], "Failed", "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 3"),
+        "{status}"
+    );
 }
 
 #[test]
