@@ -5,13 +5,28 @@
 pub enum Error {
     /// The object does not exist.
     #[error("{kind} '{name}' not found")]
-    NotFound { kind: String, name: String },
+    NotFound {
+        /// Kind of the object.
+        kind: String,
+        /// Name of the object.
+        name: String,
+    },
     /// The object already exists and cannot be created again.
     #[error("{kind} '{name}' already exists")]
-    AlreadyExists { kind: String, name: String },
+    AlreadyExists {
+        /// Kind of the object.
+        kind: String,
+        /// Name of the object.
+        name: String,
+    },
     /// The object changed since it was read (stale `resourceVersion`).
     #[error("{kind} '{name}' was changed by someone else; read it again and retry")]
-    Conflict { kind: String, name: String },
+    Conflict {
+        /// Kind of the object.
+        kind: String,
+        /// Name of the object.
+        name: String,
+    },
     /// The input is invalid; the message says why.
     #[error("{0}")]
     Invalid(String),
@@ -21,31 +36,41 @@ pub enum Error {
     /// A stored or supplied document could not be (de)serialized.
     #[error("{context}: {source}")]
     Json {
+        /// What was being done.
         context: String,
+        /// The underlying error.
         source: serde_json::Error,
     },
     /// A YAML document could not be parsed.
     #[error("{context}: {source}")]
     Yaml {
+        /// What was being done.
         context: String,
+        /// The underlying error.
         source: serde_yaml_ng::Error,
     },
     /// A file or directory could not be read or written.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
+        /// The underlying error.
         source: std::io::Error,
     },
     /// A Docker engine call failed.
     #[error("docker: {operation}: {source}")]
     Docker {
+        /// The call that failed, and on what.
         operation: String,
+        /// The underlying error.
         source: bollard::errors::Error,
     },
     /// A Kubernetes API call failed.
     #[error("kubernetes: {operation}: {source}")]
     Kube {
+        /// The call that failed, and on what.
         operation: String,
+        /// The underlying error.
         source: kube::Error,
     },
     /// A cluster rollout gave up.
@@ -53,10 +78,12 @@ pub enum Error {
     Rollout(String),
     /// An image could not be pulled.
     #[error("pulling image '{image}' failed: {message}")]
-    Pull { image: String, message: String },
-    /// A catalog lookup or render failed.
-    #[error("{0}")]
-    Catalog(String),
+    Pull {
+        /// The image reference.
+        image: String,
+        /// The registry's or engine's reason.
+        message: String,
+    },
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -78,7 +105,6 @@ impl Error {
             Error::Kube { .. } => "kubernetes",
             Error::Rollout(_) => "rollout",
             Error::Pull { .. } => "pull",
-            Error::Catalog(_) => "catalog",
             Error::Task(_) => "task",
         }
     }

@@ -4,6 +4,8 @@
 //! re-sync stacks. The hooks only record desired state in the [`store`]; the reconciler
 //! ([`reconcile`]) makes a [`runtime`] match it, using products from the [`catalog`].
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod auth;
 pub mod catalog;
