@@ -364,6 +364,19 @@ pub async fn upgrade(
                 request.target_version
             ))
         })?;
+    if let Some(stack) = state
+        .store
+        .get::<Stack>(&namespace, &request.stack_name)
+        .await?
+    {
+        sync::ensure_version(
+            &state.store,
+            &state.catalog,
+            &stack.spec.product,
+            Some(&target.to_string()),
+        )
+        .await?;
+    }
     let mut previous = String::new();
     let (_, record) = request_rollout(&state.store, &env, &request.stack_name, &key.spec.display_name, |stack| {
         let catalog = state.catalog.read().map_err(|_| Error::Task("catalog lock poisoned".into()))?;

@@ -78,6 +78,35 @@ pub async fn sync_all(
     Ok(report)
 }
 
+/// Makes sure the catalog has had a chance to load `product` at `version` (the newest when
+/// `None`): when it is missing, every source is synced once. A replica that did not serve the
+/// last sync-sources call, or a file added without one, is then caught up before anyone is told
+/// the version does not exist. Problems of the sync itself are logged; the caller's lookup
+/// reports what is still missing.
+pub async fn ensure_version(
+    store: &Arc<dyn Store>,
+    catalog: &Arc<RwLock<Catalog>>,
+    product: &str,
+    version: Option<&str>,
+) -> Result<()> {
+    let present = {
+        let catalog = catalog
+            .read()
+            .map_err(|_| Error::Task("catalog lock poisoned".into()))?;
+        match version {
+            Some(version) => catalog.find(product, version).is_some(),
+            None => catalog.latest(product).is_some(),
+        }
+    };
+    if !present {
+        let report = sync_all(store, catalog).await?;
+        for error in &report.errors {
+            tracing::warn!(%error, "catalog problem");
+        }
+    }
+    Ok(())
+}
+
 fn write_lock(catalog: &RwLock<Catalog>) -> Result<std::sync::RwLockWriteGuard<'_, Catalog>> {
     catalog
         .write()

@@ -16,7 +16,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector};
 use kube::{Resource, ResourceExt};
 
-use crate::catalog::{Catalog, ContainerPlan, StackPlan, render};
+use crate::catalog::{Catalog, ContainerPlan, StackPlan, render, sync};
 use crate::model::{
     CLEANUP_FINALIZER, DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
     DeploymentRecordStatus, Environment, EnvironmentStatus, REDEPLOY_ANNOTATION, ServiceResult,
@@ -431,6 +431,13 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Target, StackPlan, Str
         .get::<Environment>("", env_name)
         .await?
         .ok_or_else(|| invalid(format!("environment '{env_name}' does not exist")))?;
+    sync::ensure_version(
+        &ctx.store,
+        &ctx.catalog,
+        &stack.spec.product,
+        stack.spec.version.as_deref(),
+    )
+    .await?;
     let pv = {
         let catalog = ctx
             .catalog

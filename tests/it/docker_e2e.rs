@@ -497,3 +497,30 @@ fn rollouts_wait_for_health_checks_and_an_unhealthy_upgrade_rolls_back() {
         },
     );
 }
+
+#[test]
+fn a_version_added_to_a_catalog_directory_is_found_without_a_sync_call() {
+    let (server, image, stack, _) = deploy_single_service("catalogmiss", "");
+    let env = server.environment.clone();
+    let shown = server.cli(&["get", "stacks", &stack, "--environment", &env, "-o", "json"]);
+    let product = serde_json::from_str::<serde_json::Value>(&shown).unwrap()["spec"]["product"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A new version lands in the directory, and nobody calls sync-sources.
+    let services = format!("  app:\n    image: {image}\n    environment: {{RELEASE: '1.1.0'}}\n");
+    std::fs::write(
+        server.catalog.join("app-1.1.0.yaml"),
+        manifest(&product, "1.1.0", &services, "  {}"),
+    )
+    .unwrap();
+    let key = server.key(&["Hooks.Upgrade"]);
+    let body = format!(
+        "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"1.1.0\",\"wait\":true}}"
+    );
+    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body));
+    assert_eq!(status, 200, "{reply}");
+    wait_running(&server, &stack, "1.1.0");
+    let envs = inspect(&format!("{stack}_app"), "{{json .Config.Env}}");
+    assert!(envs.contains("RELEASE=1.1.0"), "{envs}");
+}

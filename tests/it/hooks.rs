@@ -1,7 +1,6 @@
 //! The hook contract in-process: the real router over a real SQLite store, no rollout.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use axum::body::Body;
@@ -10,10 +9,11 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::ObjectMeta;
 use rsgo::api::{AppState, router};
 use rsgo::auth;
-use rsgo::catalog::{Catalog, parse_manifest};
+use rsgo::catalog::Catalog;
 use rsgo::model::{
-    ApiKey, ApiKeySpec, DEPLOYMENT_ANNOTATION, DeploymentRecord, DockerEndpoint, Environment,
-    EnvironmentSpec, REDEPLOY_ANNOTATION, Stack, StackSpec,
+    ApiKey, ApiKeySpec, CatalogSource, CatalogSourceSpec, DEPLOYMENT_ANNOTATION, DeploymentRecord,
+    DirectorySource, DockerEndpoint, Environment, EnvironmentSpec, REDEPLOY_ANNOTATION, Stack,
+    StackSpec,
 };
 use rsgo::store::{KubeStore, SqliteStore, Store};
 use serde_json::{Value, json};
@@ -85,20 +85,43 @@ pub async fn fixture(backend: Backend) -> Fixture {
         status: None,
     };
     store.create(&stack).await.unwrap();
-    let mut catalog = Catalog::default();
-    let versions = ["6.4.0", "6.5.0"]
-        .iter()
-        .map(|v| {
-            parse_manifest(Path::new("m.yaml"), &manifest(v, *v == "6.5.0"))
-                .unwrap()
-                .unwrap()
-        })
-        .collect();
-    catalog.replace_source("test", versions);
+    // The catalog comes from a real directory source, as a server would load it.
+    let manifests = dir.path().join("catalog");
+    std::fs::create_dir(&manifests).unwrap();
+    for version in ["6.4.0", "6.5.0"] {
+        std::fs::write(
+            manifests.join(format!("shop-{version}.yaml")),
+            manifest(version, version == "6.5.0"),
+        )
+        .unwrap();
+    }
+    let source = CatalogSource {
+        metadata: ObjectMeta {
+            name: Some("shop-catalog".into()),
+            ..Default::default()
+        },
+        spec: CatalogSourceSpec {
+            directory: Some(DirectorySource {
+                path: manifests.to_string_lossy().into_owned(),
+            }),
+        },
+        status: None,
+    };
+    store.create(&source).await.unwrap();
+    let catalog = Arc::new(RwLock::new(Catalog::default()));
+    let report = rsgo::catalog::sync::sync_all(&store, &catalog)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.sources_synced, report.versions_loaded),
+        (1, 2),
+        "{:?}",
+        report.errors
+    );
     Fixture {
         state: AppState {
             store,
-            catalog: Arc::new(RwLock::new(catalog)),
+            catalog,
             default_environment: "local".into(),
             catalog_synced: Default::default(),
             keys: None,

@@ -590,6 +590,11 @@ async fn an_invalid_stack_gets_a_status_message_instead_of_a_crash_loop() {
             kube_environment(),
         )
         .await;
+    // The product is missing, so the catalog is synced once before the stack is failed.
+    let none = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "CatalogSourceList", "metadata": {}, "items": []});
+    server
+        .expect("GET", &format!("{API}/catalogsources"), 200, none)
+        .await;
     let failed = server
         .expect_with("PUT", &format!("{stacks}/status"), echo)
         .await;
@@ -711,6 +716,16 @@ async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_recor
                              "metadata": {"name": "prod"}, "spec": {"kubernetes": {"namespace": "prod"}}});
     server
         .expect("GET", &format!("{API}/environments/prod"), 200, environment)
+        .await;
+    // The hook reads the stack to learn its product (present in the catalog: no sync), then
+    // again for its conditional write.
+    server
+        .expect(
+            "GET",
+            &format!("{API}/namespaces/prod/stacks/shop"),
+            200,
+            stack("300"),
+        )
         .await;
     server
         .expect(
