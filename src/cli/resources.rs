@@ -264,7 +264,12 @@ pub async fn get(
         && rows.is_empty()
     {
         return Err(Error::NotFound {
-            kind: format!("{what:?}").to_lowercase(),
+            kind: match what {
+                Listable::Stacks => "Stack",
+                Listable::Deployments => "Deployment",
+                Listable::Environments => "Environment",
+            }
+            .into(),
             name: name.into(),
         });
     }
