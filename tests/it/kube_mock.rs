@@ -219,11 +219,7 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
             send(&state, "/api/hooks/redeploy", Some(&key), Some(body)).await
         })
     };
-    let environment = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "Environment",
-                             "metadata": {"name": "prod"}, "spec": {"kubernetes": {"namespace": "prod"}}});
-    server
-        .expect("GET", &format!("{API}/environments/prod"), 200, environment)
-        .await;
+    expect_environment(&mut server).await;
 
     // First attempt: the stack changes under us, so the record created for it is deleted again.
     server
@@ -357,6 +353,35 @@ fn record(phase: Option<&str>) -> Value {
     record
 }
 
+/// Starts a reconcile of `stack` and answers its fresh read of the Stack. Returns the running
+/// reconcile and the Stack's API path.
+async fn begin(
+    ctx: Arc<rsgo::reconcile::Context>,
+    server: &mut ApiServer,
+    stack: Value,
+) -> (
+    tokio::task::JoinHandle<rsgo::Result<kube::runtime::controller::Action>>,
+    String,
+) {
+    let trigger: rsgo::model::Stack = serde_json::from_value(stack.clone()).unwrap();
+    let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
+    let path = format!("{API}/namespaces/prod/stacks/shop");
+    server.expect("GET", &path, 200, stack).await;
+    (run, path)
+}
+
+/// Answers the read of the `prod` Environment.
+async fn expect_environment(server: &mut ApiServer) {
+    server
+        .expect(
+            "GET",
+            &format!("{API}/environments/prod"),
+            200,
+            kube_environment(),
+        )
+        .await;
+}
+
 /// Answers a status write by echoing the object back.
 fn echo(sent: &Value) -> (u16, Value) {
     (200, sent.clone())
@@ -458,14 +483,7 @@ async fn an_upgrade_applies_workloads_and_its_record_ends_when_the_rollout_does(
     server
         .expect("GET", &format!("{records}/d1"), 200, record(None))
         .await;
-    server
-        .expect(
-            "GET",
-            &format!("{API}/environments/prod"),
-            200,
-            kube_environment(),
-        )
-        .await;
+    expect_environment(&mut server).await;
     let running = server
         .expect_with("PUT", &format!("{records}/d1/status"), echo)
         .await;
@@ -513,14 +531,7 @@ async fn an_upgrade_applies_workloads_and_its_record_ends_when_the_rollout_does(
             record(Some("Running")),
         )
         .await;
-    server
-        .expect(
-            "GET",
-            &format!("{API}/environments/prod"),
-            200,
-            kube_environment(),
-        )
-        .await;
+    expect_environment(&mut server).await;
     expect_apply(&mut server, |sent| {
         let mut done = sent.clone();
         done["metadata"]["generation"] = json!(4);
@@ -572,24 +583,14 @@ async fn an_invalid_stack_gets_a_status_message_instead_of_a_crash_loop() {
     let ctx = kube_context(client, false);
     // A stack applied with kubectl has no finalizer yet: rsgo adds its own first.
     let fresh = json!({"annotations": {}, "finalizers": []});
-    let trigger: rsgo::model::Stack = serde_json::from_value(kube_stack(fresh.clone())).unwrap();
-    let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
-    let stacks = format!("{API}/namespaces/prod/stacks/shop");
-    server.expect("GET", &stacks, 200, kube_stack(fresh)).await;
+    let (run, stacks) = begin(ctx, &mut server, kube_stack(fresh)).await;
     let guarded = server.expect_with("PUT", &stacks, echo).await;
     assert_eq!(
         guarded["metadata"]["finalizers"],
         json!(["rsgo.io/cleanup"])
     );
     assert_eq!(guarded["metadata"]["resourceVersion"], "200");
-    server
-        .expect(
-            "GET",
-            &format!("{API}/environments/prod"),
-            200,
-            kube_environment(),
-        )
-        .await;
+    expect_environment(&mut server).await;
     // The product is missing, so the catalog is synced once before the stack is failed.
     let none = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "CatalogSourceList", "metadata": {}, "items": []});
     server
@@ -618,20 +619,8 @@ async fn a_deleted_stack_loses_its_workloads_but_keeps_its_claims() {
     let ctx = kube_context(client, true);
     let deleting =
         json!({"deletionTimestamp": "2026-11-28T10:00:00Z", "finalizers": ["rsgo.io/cleanup"]});
-    let trigger: rsgo::model::Stack = serde_json::from_value(kube_stack(deleting.clone())).unwrap();
-    let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
-    let stacks = format!("{API}/namespaces/prod/stacks/shop");
-    server
-        .expect("GET", &stacks, 200, kube_stack(deleting))
-        .await;
-    server
-        .expect(
-            "GET",
-            &format!("{API}/environments/prod"),
-            200,
-            kube_environment(),
-        )
-        .await;
+    let (run, stacks) = begin(ctx, &mut server, kube_stack(deleting)).await;
+    expect_environment(&mut server).await;
     let services = json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {}, "items": [
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "prod"}}]});
     server
@@ -712,11 +701,7 @@ async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_recor
         )
         .await
     });
-    let environment = json!({"apiVersion": "rsgo.io/v1alpha1", "kind": "Environment",
-                             "metadata": {"name": "prod"}, "spec": {"kubernetes": {"namespace": "prod"}}});
-    server
-        .expect("GET", &format!("{API}/environments/prod"), 200, environment)
-        .await;
+    expect_environment(&mut server).await;
     // The hook reads the stack to learn its product (present in the catalog: no sync), then
     // again for its conditional write.
     server
@@ -789,18 +774,8 @@ async fn a_stack_kubernetes_cannot_run_fails_with_a_message() {
             .with_kubernetes(client, "rsgo-0"),
     );
     let plain = json!({"annotations": {}});
-    let trigger: rsgo::model::Stack = serde_json::from_value(kube_stack(plain.clone())).unwrap();
-    let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
-    let stacks = format!("{API}/namespaces/prod/stacks/shop");
-    server.expect("GET", &stacks, 200, kube_stack(plain)).await;
-    server
-        .expect(
-            "GET",
-            &format!("{API}/environments/prod"),
-            200,
-            kube_environment(),
-        )
-        .await;
+    let (run, stacks) = begin(ctx, &mut server, kube_stack(plain)).await;
+    expect_environment(&mut server).await;
     let deploying = server
         .expect_with("PUT", &format!("{stacks}/status"), echo)
         .await;
@@ -874,18 +849,8 @@ async fn a_service_name_taken_by_another_stack_is_reported_not_stolen() {
     let (client, mut server) = mock();
     let ctx = kube_context(client, true);
     let plain = json!({"annotations": {}});
-    let trigger: rsgo::model::Stack = serde_json::from_value(kube_stack(plain.clone())).unwrap();
-    let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
-    let stacks = format!("{API}/namespaces/prod/stacks/shop");
-    server.expect("GET", &stacks, 200, kube_stack(plain)).await;
-    server
-        .expect(
-            "GET",
-            &format!("{API}/environments/prod"),
-            200,
-            kube_environment(),
-        )
-        .await;
+    let (run, stacks) = begin(ctx, &mut server, kube_stack(plain)).await;
+    expect_environment(&mut server).await;
     server
         .expect_with("PUT", &format!("{stacks}/status"), echo)
         .await;
@@ -940,14 +905,7 @@ async fn a_redeploy_rolls_the_pods_through_the_restart_annotation_only() {
             redeploy_record.clone(),
         )
         .await;
-    server
-        .expect(
-            "GET",
-            &format!("{API}/environments/prod"),
-            200,
-            kube_environment(),
-        )
-        .await;
+    expect_environment(&mut server).await;
     server
         .expect_with("PUT", &format!("{records}/d1/status"), echo)
         .await;
