@@ -55,6 +55,20 @@ fn deploy_single_service(label: &str, service_extra: &str) -> (Server, String, S
     (server, image, stack, v1)
 }
 
+/// Upgrades `stack` to `version` and waits for the rollout, which must fail and roll back.
+/// Returns the failure message.
+fn upgrade_rolls_back(server: &Server, stack: &str, version: &str) -> String {
+    let key = server.key(&["Hooks.Upgrade"]);
+    let env = &server.environment;
+    let body = format!(
+        "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"{version}\",\"wait\":true}}"
+    );
+    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body));
+    assert_eq!(status, 500, "{reply}");
+    assert_eq!(reply["phase"], "RolledBack", "{reply}");
+    reply["message"].as_str().unwrap().to_owned()
+}
+
 fn container_file(container: &str, path: &str) -> String {
     docker(&["exec", container, "cat", path])
 }
@@ -259,18 +273,12 @@ fn a_failed_upgrade_rolls_back_to_the_previous_version() {
     let services = format!("  app:\n    image: {missing}\n");
     let broken = manifest(&product, "2.0.0", &services, "  {}");
     std::fs::write(server.catalog.join("app-2.0.0.yaml"), broken).unwrap();
-    let key = server.key(&["Hooks.Upgrade", "Hooks.SyncSources"]);
+    let key = server.key(&["Hooks.SyncSources"]);
     assert_eq!(server.hook("/api/hooks/sync-sources", &key, None).0, 200);
     let container = format!("{stack}_app");
     let before = inspect(&container, "{{.Id}}");
 
-    let body = format!(
-        "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"2.0.0\",\"wait\":true}}"
-    );
-    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body));
-    assert_eq!(status, 500, "{reply}");
-    assert_eq!(reply["phase"], "RolledBack", "{reply}");
-    let message = reply["message"].as_str().unwrap();
+    let message = upgrade_rolls_back(&server, &stack, "2.0.0");
     assert!(message.contains(&missing), "{message}");
     assert!(message.contains("Rolled back to 1.0.0"), "{message}");
     wait_running(&server, &stack, "1.0.0");
@@ -384,15 +392,7 @@ fn init_services_run_once_before_their_dependents_and_a_failing_one_rolls_back()
         "migrated"
     );
 
-    let key = server.key(&["Hooks.Upgrade"]);
-    let env = &server.environment;
-    let body = format!(
-        "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"2.0.0\",\"wait\":true}}"
-    );
-    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body));
-    assert_eq!(status, 500, "{reply}");
-    assert_eq!(reply["phase"], "RolledBack");
-    let message = reply["message"].as_str().unwrap();
+    let message = upgrade_rolls_back(&server, &stack, "2.0.0");
     assert!(
         message.contains(&format!(
             "init service container {migrate} exited with code 3"
@@ -404,6 +404,7 @@ fn init_services_run_once_before_their_dependents_and_a_failing_one_rolls_back()
     // Deployed straight at the failing version, the stack reports the failure and keeps
     // reporting it: resyncs neither show it running nor restart the one-shot container.
     let failing = unique("st");
+    let env = &server.environment;
     server.apply(&stack_yaml(&failing, env, &product, "2.0.0"));
     let stack_status = || {
         let out = server.cli(&[
@@ -465,15 +466,7 @@ fn rollouts_wait_for_health_checks_and_an_unhealthy_upgrade_rolls_back() {
         "Running means healthy"
     );
 
-    let key = server.key(&["Hooks.Upgrade"]);
-    let env = &server.environment;
-    let body = format!(
-        "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"2.0.0\",\"wait\":true}}"
-    );
-    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body));
-    assert_eq!(status, 500, "{reply}");
-    assert_eq!(reply["phase"], "RolledBack");
-    let message = reply["message"].as_str().unwrap();
+    let message = upgrade_rolls_back(&server, &stack, "2.0.0");
     assert!(
         message.contains(&format!("container {container} is unhealthy")),
         "{message}"
@@ -482,6 +475,7 @@ fn rollouts_wait_for_health_checks_and_an_unhealthy_upgrade_rolls_back() {
     assert_eq!(inspect(&container, "{{.State.Health.Status}}"), "healthy");
 
     // A service that turns unhealthy later is reported, not shown as running.
+    let env = &server.environment;
     docker(&["exec", &container, "rm", "/ready"]);
     wait_for(
         "the stack to report the unhealthy service",
