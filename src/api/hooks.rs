@@ -379,7 +379,7 @@ pub async fn upgrade(
     }
     let mut previous = String::new();
     let (_, record) = request_rollout(&state.store, &env, &request.stack_name, &key.spec.display_name, |stack| {
-        let catalog = state.catalog.read().map_err(|_| Error::Task("catalog lock poisoned".into()))?;
+        let catalog = sync::read_lock(&state.catalog)?;
         let product = &stack.spec.product;
         let pv = catalog.find(product, &target.to_string()).ok_or_else(|| {
             ApiError::bad_request(format!(

@@ -177,6 +177,14 @@ impl Catalog {
             .find(|pv| pv.version == wanted)
     }
 
+    /// `version` of `product`, or its newest stable version when `version` is `None`.
+    pub fn resolve(&self, product: &str, version: Option<&str>) -> Option<Arc<ProductVersion>> {
+        match version {
+            Some(version) => self.find(product, version),
+            None => self.latest(product),
+        }
+    }
+
     /// The newest stable version of `product`, or the newest pre-release when it has no stable one.
     pub fn latest(&self, product: &str) -> Option<Arc<ProductVersion>> {
         let versions = self.versions(product);

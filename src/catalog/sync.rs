@@ -89,15 +89,7 @@ pub async fn ensure_version(
     product: &str,
     version: Option<&str>,
 ) -> Result<()> {
-    let present = {
-        let catalog = catalog
-            .read()
-            .map_err(|_| Error::Task("catalog lock poisoned".into()))?;
-        match version {
-            Some(version) => catalog.find(product, version).is_some(),
-            None => catalog.latest(product).is_some(),
-        }
-    };
+    let present = read_lock(catalog)?.resolve(product, version).is_some();
     if !present {
         let report = sync_all(store, catalog).await?;
         for error in &report.errors {
@@ -105,6 +97,13 @@ pub async fn ensure_version(
         }
     }
     Ok(())
+}
+
+/// Reads the catalog; a lock poisoned by a panic is reported, not propagated.
+pub fn read_lock(catalog: &RwLock<Catalog>) -> Result<std::sync::RwLockReadGuard<'_, Catalog>> {
+    catalog
+        .read()
+        .map_err(|_| Error::Task("catalog lock poisoned".into()))
 }
 
 fn write_lock(catalog: &RwLock<Catalog>) -> Result<std::sync::RwLockWriteGuard<'_, Catalog>> {

@@ -150,8 +150,6 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
             // Every replica serves hooks; only the Lease holder reconciles.
             let namespace = std::env::var("POD_NAMESPACE")
                 .unwrap_or_else(|_| client.default_namespace().to_owned());
-            let identity = std::env::var("POD_NAME")
-                .unwrap_or_else(|_| format!("rsgo-{}", std::process::id()));
             let lock = LeaseLock::new(
                 kube::Api::namespaced(client, &namespace),
                 &args.lease_name,

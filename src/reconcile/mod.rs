@@ -439,14 +439,8 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Target, StackPlan, Str
     )
     .await?;
     let pv = {
-        let catalog = ctx
-            .catalog
-            .read()
-            .map_err(|_| Error::Task("catalog lock poisoned".into()))?;
-        let found = match &stack.spec.version {
-            Some(version) => catalog.find(&stack.spec.product, version),
-            None => catalog.latest(&stack.spec.product),
-        };
+        let catalog = sync::read_lock(&ctx.catalog)?;
+        let found = catalog.resolve(&stack.spec.product, stack.spec.version.as_deref());
         found.ok_or_else(|| {
             invalid(format!(
                 "product '{}' version '{}' is not in the catalog; available versions: {}",
