@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{Format, print_as};
 use crate::auth;
-use crate::model::{ApiKey, ApiKeySpec, Environment};
+use crate::model::{ApiKey, ApiKeySpec, Environment, dns_label};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -89,17 +89,13 @@ pub fn parse_duration(text: &str) -> Result<SignedDuration> {
     Ok(SignedDuration::from_secs(seconds))
 }
 
-/// A Kubernetes-style object name from a display name.
+/// A Kubernetes-style object name from a display name: each run of other characters becomes one dash.
 fn object_name(display: &str) -> String {
-    let mut name: String = display
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+    let words: Vec<&str> = display
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
         .collect();
-    while name.contains("--") {
-        name = name.replace("--", "-");
-    }
-    name.trim_matches('-').chars().take(63).collect()
+    dns_label(&words.join("-"))
 }
 
 /// Runs an API key command.

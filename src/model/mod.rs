@@ -22,6 +22,22 @@ pub const FIELD_MANAGER: &str = "rsgo";
 /// Name of the environment that exists from the first start.
 pub const DEFAULT_ENVIRONMENT: &str = "local";
 
+/// Turns a name into a DNS-1123 label: lower case, `-` for anything else, at most 63 characters.
+pub fn dns_label(name: &str) -> String {
+    let mapped: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    mapped
+        .trim_matches('-')
+        .chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_owned()
+}
+
 /// Where stacks run.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(

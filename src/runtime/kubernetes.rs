@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use crate::catalog::{ContainerPlan, HealthPlan, Probe, StackPlan};
-use crate::model::Stack;
+use crate::model::{Stack, dns_label};
 
 /// Pod-template annotation that a redeploy changes, which rolls the pods like `kubectl rollout restart`.
 pub const RESTARTED_AT_ANNOTATION: &str = "rsgo.io/restarted-at";
@@ -39,22 +39,6 @@ pub struct Workloads {
     pub services: Vec<Service>,
     /// One per named volume. They carry no owner reference, so deleting the stack keeps them.
     pub claims: Vec<PersistentVolumeClaim>,
-}
-
-/// Turns a name into a DNS-1123 label: lower case, `-` for anything else, at most 63 characters.
-pub fn dns_label(name: &str) -> String {
-    let mapped: String = name
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    mapped
-        .trim_matches('-')
-        .chars()
-        .take(63)
-        .collect::<String>()
-        .trim_end_matches('-')
-        .to_owned()
 }
 
 fn owner(stack: &Stack) -> Option<OwnerReference> {
