@@ -125,6 +125,14 @@ impl Error {
         }
     }
 
+    /// Wraps a Kubernetes API error with the call that failed.
+    pub fn kube(operation: impl Into<String>, source: kube::Error) -> Self {
+        Error::Kube {
+            operation: operation.into(),
+            source,
+        }
+    }
+
     /// Wraps a Docker error with the operation that failed.
     pub fn docker(operation: impl Into<String>, source: bollard::errors::Error) -> Self {
         Error::Docker {

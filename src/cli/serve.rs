@@ -92,12 +92,12 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
             (store, None)
         }
         StoreKind::Kubernetes => {
-            let client = kube::Client::try_default()
-                .await
-                .map_err(|source| Error::Kube {
-                    operation: "connecting to the cluster (in-cluster config or KUBECONFIG)".into(),
-                    source,
-                })?;
+            let client = kube::Client::try_default().await.map_err(|e| {
+                Error::kube(
+                    "connecting to the cluster (in-cluster config or KUBECONFIG)",
+                    e,
+                )
+            })?;
             (Arc::new(KubeStore::new(client.clone())), Some(client))
         }
     };

@@ -56,10 +56,7 @@ impl LeaseLock {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
         };
-        let kube_error = |source| Error::Kube {
-            operation: format!("lease {}", self.name),
-            source,
-        };
+        let kube_error = |e| Error::kube(format!("lease {}", self.name), e);
         let Some(current) = self.api.get_opt(&self.name).await.map_err(kube_error)? else {
             let lease = Lease {
                 metadata: ObjectMeta {

@@ -391,10 +391,6 @@ pub struct KubeRuntime {
     client: kube::Client,
 }
 
-fn kube_error(operation: String) -> impl FnOnce(kube::Error) -> crate::Error {
-    move |source| crate::Error::Kube { operation, source }
-}
-
 impl KubeRuntime {
     /// A runtime over `client`.
     pub fn new(client: kube::Client) -> Self {
@@ -419,7 +415,7 @@ impl KubeRuntime {
             let existing = api
                 .get_opt(&name)
                 .await
-                .map_err(kube_error(format!("reading {kind} {namespace}/{name}")))?;
+                .map_err(|e| crate::Error::kube(format!("reading {kind} {namespace}/{name}"), e))?;
             if let Some(existing) = existing {
                 let wanted = object.labels().get(STACK_LABEL);
                 let labels = existing.labels();
@@ -441,10 +437,9 @@ impl KubeRuntime {
             let result = api
                 .patch(&name, &params, &kube::api::Patch::Apply(object))
                 .await
-                .map_err(kube_error(format!(
-                    "applying {} {namespace}/{name}",
-                    K::kind(&())
-                )))?;
+                .map_err(|e| {
+                    crate::Error::kube(format!("applying {kind} {namespace}/{name}"), e)
+                })?;
             applied.push(result);
         }
         Ok(applied)
@@ -466,13 +461,13 @@ impl KubeRuntime {
         let existing = api
             .list(&kube::api::ListParams::default().labels(&selector))
             .await
-            .map_err(kube_error(format!("listing {kind}s of stack {stack}")))?;
+            .map_err(|e| crate::Error::kube(format!("listing {kind}s of stack {stack}"), e))?;
         for object in existing.items {
             let name = object.name_any();
             if !keep.contains(&name) {
-                api.delete(&name, &Default::default())
-                    .await
-                    .map_err(kube_error(format!("deleting {kind} {namespace}/{name}")))?;
+                api.delete(&name, &Default::default()).await.map_err(|e| {
+                    crate::Error::kube(format!("deleting {kind} {namespace}/{name}"), e)
+                })?;
             }
         }
         Ok(())

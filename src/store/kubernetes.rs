@@ -58,10 +58,7 @@ fn api_error(error: kube::Error, kind: &str, name: &str, creating: bool) -> Erro
             kind: kind.into(),
             name: name.into(),
         },
-        _ => Error::Kube {
-            operation: format!("{kind} '{name}'"),
-            source: error,
-        },
+        _ => Error::kube(format!("{kind} '{name}'"), error),
     }
 }
 
