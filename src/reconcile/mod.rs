@@ -96,7 +96,7 @@ impl Context {
                 runtime: KubeRuntime::new(client.clone()),
                 namespace: target.namespace.clone(),
             }),
-            (Some(_), None) => Err(invalid(format!(
+            (Some(_), None) => Err(Error::Invalid(format!(
                 "environment '{}' targets Kubernetes; run `rsgo serve --store kubernetes` in the cluster",
                 env.name_any()
             ))),
@@ -146,11 +146,6 @@ impl Context {
         runtimes.insert(host, runtime.clone());
         Ok(runtime)
     }
-}
-
-/// Why a rollout could not even start: these wait for a change instead of retrying.
-fn invalid(message: String) -> Error {
-    Error::Invalid(message)
 }
 
 /// Which changes of a Stack call for a reconcile: spec, redeploy request, deletion. Status
@@ -362,7 +357,7 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
         }
         Target::Kubernetes { runtime, namespace } => {
             match kubernetes::workloads(stack, &plan, &version, requested.as_deref()) {
-                Err(reason) => Err(invalid(format!(
+                Err(reason) => Err(Error::Invalid(format!(
                     "{} {version}: {reason}",
                     stack.spec.product
                 ))),
@@ -430,7 +425,7 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Target, StackPlan, Str
         .store
         .get::<Environment>("", env_name)
         .await?
-        .ok_or_else(|| invalid(format!("environment '{env_name}' does not exist")))?;
+        .ok_or_else(|| Error::Invalid(format!("environment '{env_name}' does not exist")))?;
     sync::ensure_version(
         &ctx.store,
         &ctx.catalog,
@@ -442,7 +437,7 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Target, StackPlan, Str
         let catalog = sync::read_lock(&ctx.catalog)?;
         let found = catalog.resolve(&stack.spec.product, stack.spec.version.as_deref());
         found.ok_or_else(|| {
-            invalid(format!(
+            Error::Invalid(format!(
                 "product '{}' version '{}' is not in the catalog; available versions: {}",
                 stack.spec.product,
                 stack.spec.version.as_deref().unwrap_or("latest"),
@@ -451,7 +446,7 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Target, StackPlan, Str
         })?
     };
     let plan = render(&stack.name_any(), env_name, &pv, &stack.spec.variables)
-        .map_err(|e| invalid(format!("{} {}: {e}", pv.product, pv.version)))?;
+        .map_err(|e| Error::Invalid(format!("{} {}: {e}", pv.product, pv.version)))?;
     let target = ctx.target(&env).await?;
     Ok((target, plan, pv.version.to_string()))
 }
