@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, MAX_BODY_BYTES};
 use crate::auth::{self, KeyRejection};
-use crate::catalog::{render, sync};
+use crate::catalog::{self, render, sync, variables};
 use crate::model::{
     ApiKey, ApiKeyStatus, DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase,
     DeploymentRecord, DeploymentRecordSpec, Environment, REDEPLOY_ANNOTATION, Stack,
@@ -238,7 +238,8 @@ where
     ))
 }
 
-/// Waits until a deployment record reaches a final phase.
+/// Waits until a deployment record reaches a final phase. A superseded request is answered by
+/// the rollout that carried it out: its record is followed to that one.
 async fn wait_for(
     store: &std::sync::Arc<dyn Store>,
     environment: &str,
@@ -246,14 +247,19 @@ async fn wait_for(
 ) -> Result<DeploymentRecord, ApiError> {
     let mut wake = store.subscribe();
     let deadline = tokio::time::Instant::now() + WAIT_LIMIT;
+    let mut current = id.to_owned();
     loop {
-        let record = store.require::<DeploymentRecord>(environment, id).await?;
-        if record
-            .status
-            .as_ref()
-            .is_some_and(|s| s.phase.is_terminal())
-        {
-            return Ok(record);
+        let record = store
+            .require::<DeploymentRecord>(environment, &current)
+            .await?;
+        let status = record.status.clone().unwrap_or_default();
+        match (status.phase, status.served_by) {
+            (DeploymentPhase::Superseded, Some(served_by)) if served_by != current => {
+                current = served_by;
+                continue;
+            }
+            (phase, _) if phase.is_terminal() => return Ok(record),
+            _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError::new(
@@ -269,17 +275,32 @@ async fn wait_for(
     }
 }
 
-/// Turns a finished record into the hook's answer: the success body, or a failure with its message.
-fn rollout_result(record: &DeploymentRecord, success: Value) -> Result<Json<Value>, ApiError> {
+/// Turns the finished record that served request `id` into the hook's answer: the success body
+/// (naming the serving deployment when it was another), or a failure with its message.
+fn rollout_result(
+    id: &str,
+    record: &DeploymentRecord,
+    mut success: Value,
+) -> Result<Json<Value>, ApiError> {
     let status = record.status.clone().unwrap_or_default();
+    let served_by = record.name_any();
+    let mut extra = json!({"deploymentId": id, "phase": status.phase, "statusUrl": status_url(id)});
+    if served_by != id {
+        merge(&mut extra, json!({"servedBy": served_by}));
+    }
     if status.phase == DeploymentPhase::Succeeded {
+        if served_by != id {
+            merge(&mut success, json!({"servedBy": served_by}));
+        }
         return Ok(Json(success));
     }
     Err(ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        status.message.unwrap_or_else(|| format!("Deployment ended as {:?}.", status.phase)),
+        status
+            .message
+            .unwrap_or_else(|| format!("Deployment ended as {:?}.", status.phase)),
     )
-    .with(json!({"deploymentId": record.name_any(), "phase": status.phase, "statusUrl": status_url(&record.name_any())})))
+    .with(extra))
 }
 
 /// `POST /api/hooks/redeploy`
@@ -305,7 +326,7 @@ pub async fn redeploy(
             desired
                 .annotations_mut()
                 .insert(REDEPLOY_ANNOTATION.into(), Timestamp::now().to_string());
-            let version = current_version(stack);
+            let version = desired_version(stack);
             let spec = DeploymentRecordSpec {
                 stack: stack.name_any(),
                 environment: environment.clone(),
@@ -327,21 +348,23 @@ pub async fn redeploy(
         "message": format!("Successfully triggered redeploy of '{}'.", request.stack_name),
         "deploymentId": id,
         "stackName": request.stack_name,
-        "stackVersion": current_version(&stack).unwrap_or_default(),
+        "stackVersion": desired_version(&stack).unwrap_or_default(),
         "statusUrl": status_url(&id),
     });
     if request.wait {
-        return rollout_result(&wait_for(&state.store, &namespace, &id).await?, body);
+        return rollout_result(&id, &wait_for(&state.store, &namespace, &id).await?, body);
     }
     Ok(Json(body))
 }
 
-fn current_version(stack: &Stack) -> Option<String> {
-    stack
-        .status
-        .as_ref()
-        .and_then(|s| s.deployed_version.clone())
-        .or_else(|| stack.spec.version.clone())
+/// The version a stack is asked to run: its pinned version, else the one it runs.
+fn desired_version(stack: &Stack) -> Option<String> {
+    stack.spec.version.clone().or_else(|| {
+        stack
+            .status
+            .as_ref()
+            .and_then(|s| s.deployed_version.clone())
+    })
 }
 
 /// `POST /api/hooks/upgrade`
@@ -357,13 +380,8 @@ pub async fn upgrade(
     }
     let env = resolve_environment(&state, request.environment_id.as_deref(), &key).await?;
     let (environment, namespace) = (env.name_any(), env.stack_namespace());
-    let target =
-        semver::Version::parse(request.target_version.trim_start_matches('v')).map_err(|e| {
-            ApiError::bad_request(format!(
-                "targetVersion '{}' is not a SemVer version: {e}.",
-                request.target_version
-            ))
-        })?;
+    let target = catalog::parse_version(&request.target_version)
+        .map_err(|e| ApiError::bad_request(format!("targetVersion {e}.")))?;
     if let Some(stack) = state
         .store
         .get::<Stack>(&namespace, &request.stack_name)
@@ -388,36 +406,55 @@ pub async fn upgrade(
                 catalog.available(product)
             ))
         })?;
-        let running = current_version(stack);
-        if let Some(running) = &running
-            && let Ok(running_version) = semver::Version::parse(running)
-            && target <= running_version
+        // Compared with what the stack is asked to run, not with what runs now: an upgrade
+        // still rolling out counts, so two upgrades in a row can never go backwards.
+        let desired = desired_version(stack);
+        if let Some(desired) = &desired
+            && let Ok(desired_version) = catalog::parse_version(desired)
+            && target <= desired_version
         {
             return Err(ApiError::bad_request(format!(
-                "Stack '{}' runs {running}; targetVersion {target} is not newer, and upgrades never go back. Available versions: {}.",
+                "Stack '{}' is at {desired}; targetVersion {target} is not newer, and upgrades never go back. Available versions: {}.",
                 stack.name_any(),
                 catalog.available(product)
             )));
         }
-        let mut variables = stack.spec.variables.clone();
-        variables.extend(request.variables.clone());
-        render(&stack.name_any(), &environment, &pv, &variables)
+        let declared = &pv.manifest.variables;
+        let unknown = variables::undeclared(declared, request.variables.keys());
+        if !unknown.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "Cannot upgrade to {target}: variable(s) {} are not declared by {product} {target}; \
+                 a request may only set declared variables.",
+                unknown.join(", ")
+            )));
+        }
+        // Stored values the new version no longer declares are dropped; the record keeps them
+        // for a rollback.
+        let mut merged: BTreeMap<String, String> = stack
+            .spec
+            .variables
+            .iter()
+            .filter(|(name, _)| declared.contains_key(*name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        merged.extend(request.variables.clone());
+        render(&stack.name_any(), &env, &pv, &merged)
             .map_err(|e| ApiError::bad_request(format!("Cannot upgrade to {target}: {e}.")))?;
-        let mut desired = stack.clone();
-        desired.spec.version = Some(target.to_string());
-        desired.spec.variables = variables;
-        previous = running.clone().unwrap_or_default();
+        let mut desired_stack = stack.clone();
+        desired_stack.spec.version = Some(target.to_string());
+        desired_stack.spec.variables = merged;
+        previous = desired.clone().unwrap_or_default();
         let spec = DeploymentRecordSpec {
             stack: stack.name_any(),
             environment: environment.clone(),
             action: DeploymentAction::Upgrade,
-            from_version: running,
+            from_version: desired,
             to_version: Some(target.to_string()),
             previous_variables: Some(stack.spec.variables.clone()),
             requested_by: String::new(),
             requested_at: Timestamp::now(),
         };
-        Ok((desired, spec))
+        Ok((desired_stack, spec))
     })
     .await?;
     let id = record.name_any();
@@ -431,7 +468,7 @@ pub async fn upgrade(
         "statusUrl": status_url(&id),
     });
     if request.wait {
-        return rollout_result(&wait_for(&state.store, &namespace, &id).await?, body);
+        return rollout_result(&id, &wait_for(&state.store, &namespace, &id).await?, body);
     }
     Ok(Json(body))
 }
@@ -510,6 +547,8 @@ pub async fn deployment(
         "requestedAt": record.spec.requested_at,
         "phase": status.phase,
         "message": status.message,
+        "version": status.version,
+        "servedBy": status.served_by,
         "services": status.services,
         "startedAt": status.started_at,
         "finishedAt": status.finished_at,

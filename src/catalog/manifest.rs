@@ -265,8 +265,14 @@ impl<'de> Deserialize<'de> for Scalar {
             Value::Number(n) => Ok(Scalar(n.to_string())),
             Value::Bool(b) => Ok(Scalar(b.to_string())),
             Value::Null => Ok(Scalar(String::new())),
+            // The value itself is never quoted: a message must not echo a file's contents.
             other => Err(serde::de::Error::custom(format!(
-                "expected a string, number or boolean, found {other:?}"
+                "expected a string, number or boolean, found {}",
+                match other {
+                    Value::Sequence(_) => "a list",
+                    Value::Mapping(_) => "a mapping",
+                    _ => "a tagged value",
+                }
             ))),
         }
     }

@@ -1,12 +1,17 @@
-//! Turns a product version plus a stack's variables into the containers to run. Pure: no I/O.
+//! Turns a product version plus a stack's variables into the containers to run. Pure except for
+//! resolving symbolic links of host paths (see [`HostAccess`]).
 
 use std::collections::BTreeMap;
 
+use kube::ResourceExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::ProductVersion;
-use super::manifest::{Command, Variable, VariableType};
+use super::manifest::Command;
+use super::policy::HostAccess;
+use super::variables::{resolve_variables, substitute};
+use crate::model::{Environment, docker_name};
 
 /// Label prefix on everything rsgo creates; nothing without it is ever touched.
 pub const LABEL_PREFIX: &str = "io.rsgo.";
@@ -24,15 +29,25 @@ pub const LABEL_SPEC_HASH: &str = "io.rsgo.spec-hash";
 pub const LABEL_DEPLOYMENT: &str = "io.rsgo.deployment";
 /// Label holding the product version.
 pub const LABEL_VERSION: &str = "io.rsgo.version";
+/// Label holding the redeploy request a container was created for; a container whose value
+/// differs from the stack's request is recreated (the Docker twin of a pod-template annotation).
+pub const LABEL_RESTARTED_AT: &str = "io.rsgo.restarted-at";
+/// Label holding a named volume's name in the manifest.
+pub const LABEL_VOLUME: &str = "io.rsgo.volume";
 
 /// Everything one stack needs on a Docker engine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StackPlan {
+    /// Environment the stack runs in.
+    pub environment: String,
+    /// Stack name.
+    pub stack: String,
     /// The stack's own network, on which services reach each other by service name.
     pub network: String,
     /// Extra networks the manifest declares, by engine name.
     pub extra_networks: Vec<String>,
-    /// Named volumes, by engine name.
+    /// Named volumes, by their name in the manifest; [`StackPlan::volume_name`] gives the
+    /// engine's name.
     pub volumes: Vec<String>,
     /// Labels for the network and volumes.
     pub labels: BTreeMap<String, String>,
@@ -45,7 +60,7 @@ pub struct StackPlan {
 pub struct ContainerPlan {
     /// Service name from the manifest.
     pub service: String,
-    /// Container name, `<stack>_<service>`.
+    /// Container name, `<environment>_<stack>_<service>`.
     pub name: String,
     /// Image reference, variables substituted.
     pub image: String,
@@ -222,10 +237,17 @@ pub struct PortBinding {
     pub protocol: String,
 }
 
+impl StackPlan {
+    /// The Docker name of a named volume of this stack.
+    pub fn volume_name(&self, volume: &str) -> String {
+        docker_name(&self.environment, &self.stack, volume)
+    }
+}
+
 /// A mount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mount {
-    /// Engine volume name, or a host path.
+    /// The volume's name in the manifest, or a host path.
     pub source: String,
     /// Path in the container.
     pub target: String,
@@ -233,129 +255,6 @@ pub struct Mount {
     pub read_only: bool,
     /// Whether `source` is a named volume (else a host path).
     pub named_volume: bool,
-}
-
-/// Resolves every variable: manifest defaults, overridden by the stack's values. Checks
-/// required variables and the types rsgo can check without a pattern engine.
-pub fn resolve_variables(
-    declared: &BTreeMap<String, Variable>,
-    values: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, String> {
-    let mut resolved = BTreeMap::new();
-    for (name, var) in declared {
-        let value = values
-            .get(name)
-            .filter(|v| !v.is_empty())
-            .cloned()
-            .or_else(|| {
-                var.default
-                    .as_ref()
-                    .map(|d| d.0.clone())
-                    .filter(|d| !d.is_empty())
-            });
-        match value {
-            Some(value) => {
-                check_type(name, var, &value)?;
-                resolved.insert(name.clone(), value);
-            }
-            None if var.required => {
-                return Err(format!("variable '{name}' is required but has no value"));
-            }
-            None => {
-                resolved.insert(name.clone(), String::new());
-            }
-        }
-    }
-    for (name, value) in values {
-        resolved
-            .entry(name.clone())
-            .or_insert_with(|| value.clone());
-    }
-    Ok(resolved)
-}
-
-fn check_type(name: &str, var: &Variable, value: &str) -> Result<(), String> {
-    if let Some(pattern) = &var.pattern {
-        // Patterns were checked when the manifest loaded; one that fails to compile matches nothing.
-        let matches = regex::Regex::new(pattern).is_ok_and(|re| re.is_match(value));
-        if !matches {
-            let reason = var
-                .pattern_error
-                .clone()
-                .unwrap_or_else(|| format!("must match {pattern}"));
-            return Err(format!("variable '{name}': {reason} (got '{value}')"));
-        }
-    }
-    let number = || {
-        value
-            .parse::<f64>()
-            .map_err(|_| format!("variable '{name}' must be a number, got '{value}'"))
-    };
-    let in_range = |n: f64| {
-        if var.min.is_some_and(|min| n < min) || var.max.is_some_and(|max| n > max) {
-            Err(format!("variable '{name}' is out of range: {value}"))
-        } else {
-            Ok(())
-        }
-    };
-    match var.kind {
-        VariableType::Number => in_range(number()?),
-        VariableType::Port => match value.parse::<u16>() {
-            Ok(port) if port >= 1 => in_range(f64::from(port)),
-            _ => Err(format!(
-                "variable '{name}' must be a port from 1 to 65535, got '{value}'"
-            )),
-        },
-        VariableType::Boolean if !matches!(value, "true" | "false") => Err(format!(
-            "variable '{name}' must be true or false, got '{value}'"
-        )),
-        VariableType::Select
-            if !var.options.is_empty() && !var.options.iter().any(|o| o.value.0 == value) =>
-        {
-            let choices: Vec<&str> = var.options.iter().map(|o| o.value.0.as_str()).collect();
-            Err(format!(
-                "variable '{name}' must be one of {}, got '{value}'",
-                choices.join(", ")
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Substitutes `${VAR}` and `${VAR:-default}` (empty values fall back to the default); `$$` is a
-/// literal `$`. An unknown variable without a default is an error.
-pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            out.push('$');
-            rest = tail;
-        } else if let Some(body) = after.strip_prefix('{') {
-            let end = body
-                .find('}')
-                .ok_or_else(|| format!("unclosed '${{' in '{text}'"))?;
-            let expr = &body[..end];
-            let (name, default) = match expr.split_once(":-") {
-                Some((name, default)) => (name, Some(default)),
-                None => (expr, None),
-            };
-            match (vars.get(name).filter(|v| !v.is_empty()), default) {
-                (Some(value), _) => out.push_str(value),
-                (None, Some(default)) => out.push_str(default),
-                (None, None) if vars.contains_key(name) => {}
-                (None, None) => return Err(format!("'{text}' uses undefined variable '{name}'")),
-            }
-            rest = &body[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 /// Splits a command line like a shell would, honouring single and double quotes.
@@ -422,19 +321,22 @@ fn parse_port(spec: &str) -> Result<PortBinding, String> {
     })
 }
 
-fn parse_mount(spec: &str, stack: &str) -> Result<Mount, String> {
-    let mut parts = spec.split(':');
-    let (source, target) = match (parts.next(), parts.next()) {
-        (Some(source), Some(target)) if !source.is_empty() && target.starts_with('/') => {
-            (source, target)
-        }
-        _ => {
-            return Err(format!(
-                "volume '{spec}': expected 'name:/path[:ro]' or '/host/path:/path[:ro]'"
-            ));
-        }
+/// Parses `name:/path[:ro|rw]` or `/host/path:/path[:ro|rw]`. Anything not starting with `/`
+/// is a named volume, whose name must be a manifest name; host paths are checked against the
+/// Environment's [`HostAccess`] by the caller.
+fn parse_mount(spec: &str) -> Result<Mount, String> {
+    let invalid =
+        || format!("volume '{spec}': expected 'name:/path[:ro]' or '/host/path:/path[:ro]'");
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, target, mode) = match parts.as_slice() {
+        [source, target] => (*source, *target, None),
+        [source, target, mode] => (*source, *target, Some(*mode)),
+        _ => return Err(invalid()),
     };
-    let read_only = match parts.next() {
+    if source.is_empty() || !target.starts_with('/') {
+        return Err(invalid());
+    }
+    let read_only = match mode {
         None | Some("rw") => false,
         Some("ro") => true,
         Some(mode) => {
@@ -444,12 +346,11 @@ fn parse_mount(spec: &str, stack: &str) -> Result<Mount, String> {
         }
     };
     let host_path = source.starts_with(['/', '.', '~']);
+    if !host_path {
+        super::check_manifest_name("volume", source)?;
+    }
     Ok(Mount {
-        source: if host_path {
-            source.to_owned()
-        } else {
-            format!("{stack}_{source}")
-        },
+        source: source.to_owned(),
         target: target.to_owned(),
         read_only,
         named_volume: !host_path,
@@ -508,20 +409,23 @@ fn dependency_order(pv: &ProductVersion) -> Result<Vec<&str>, String> {
     Ok(order)
 }
 
-/// Renders the containers, network and volumes of `stack` in `environment` from a product version.
+/// Renders the containers, network and volumes of `stack` in `env` from a product version. Host
+/// paths are checked against what `env` allows.
 pub fn render(
     stack: &str,
-    environment: &str,
+    env: &Environment,
     pv: &ProductVersion,
     values: &BTreeMap<String, String>,
 ) -> Result<StackPlan, String> {
+    let environment = env.name_any();
+    let access = HostAccess::of(env);
     let vars = resolve_variables(&pv.manifest.variables, values)?;
     let base_labels = BTreeMap::from([
         (LABEL_MANAGED.to_owned(), "true".to_owned()),
         (LABEL_STACK.to_owned(), stack.to_owned()),
-        (LABEL_ENVIRONMENT.to_owned(), environment.to_owned()),
+        (LABEL_ENVIRONMENT.to_owned(), environment.clone()),
     ]);
-    let network = format!("{stack}_default");
+    let network = docker_name(&environment, stack, "default");
     let mut containers = Vec::new();
     for service_name in dependency_order(pv)? {
         let service = &pv.manifest.services[service_name];
@@ -530,9 +434,9 @@ pub fn render(
         if image.trim().is_empty() {
             return Err(context("image is empty".into()));
         }
-        let mut env = Vec::new();
+        let mut env_vars = Vec::new();
         for (key, value) in &service.environment {
-            env.push(format!(
+            env_vars.push(format!(
                 "{key}={}",
                 substitute(&value.0, &vars).map_err(context)?
             ));
@@ -543,10 +447,12 @@ pub fn render(
         }
         let mut mounts = Vec::new();
         for volume in &service.volumes {
-            mounts.push(
-                parse_mount(&substitute(volume, &vars).map_err(context)?, stack)
-                    .map_err(context)?,
-            );
+            let mount =
+                parse_mount(&substitute(volume, &vars).map_err(context)?).map_err(context)?;
+            if !mount.named_volume {
+                access.check(service_name, &mount.source)?;
+            }
+            mounts.push(mount);
         }
         let mut networks = vec![network.clone()];
         for extra in &service.networks {
@@ -556,7 +462,7 @@ pub fn render(
                 )));
             }
             if extra != "default" {
-                networks.push(format!("{stack}_{extra}"));
+                networks.push(docker_name(&environment, stack, extra));
             }
         }
         let mut labels = base_labels.clone();
@@ -579,9 +485,9 @@ pub fn render(
         };
         let mut plan = ContainerPlan {
             service: service_name.to_owned(),
-            name: format!("{stack}_{service_name}"),
+            name: docker_name(&environment, stack, service_name),
             image,
-            env,
+            env: env_vars,
             cmd: command_args(&service.command, &vars).map_err(context)?,
             entrypoint: command_args(&service.entrypoint, &vars).map_err(context)?,
             working_dir: service
@@ -614,12 +520,7 @@ pub fn render(
         plan.spec_hash = spec_hash(&plan);
         containers.push(plan);
     }
-    let mut volumes: Vec<String> = pv
-        .manifest
-        .volumes
-        .keys()
-        .map(|v| format!("{stack}_{v}"))
-        .collect();
+    let mut volumes: Vec<String> = pv.manifest.volumes.keys().cloned().collect();
     for mount in containers
         .iter()
         .flat_map(|c| &c.mounts)
@@ -630,12 +531,15 @@ pub fn render(
         }
     }
     Ok(StackPlan {
+        environment: environment.clone(),
+        stack: stack.to_owned(),
         network,
         extra_networks: pv
             .manifest
             .networks
             .keys()
-            .map(|n| format!("{stack}_{n}"))
+            .filter(|n| *n != "default")
+            .map(|n| docker_name(&environment, stack, n))
             .collect(),
         volumes,
         labels: base_labels,
@@ -685,6 +589,21 @@ volumes:
   data: {}
 "#;
 
+    /// An environment that allows bind mounts below /etc (the manifest mounts /etc/hosts).
+    fn local() -> Environment {
+        Environment::new(
+            "local",
+            crate::model::EnvironmentSpec {
+                docker: Some(crate::model::DockerEndpoint {
+                    host: "tcp://127.0.0.1:2375".into(),
+                    allowed_host_paths: vec!["/etc".into()],
+                    allow_engine_socket: false,
+                }),
+                kubernetes: None,
+            },
+        )
+    }
+
     fn product() -> ProductVersion {
         parse_manifest(Path::new("shop.yaml"), MANIFEST)
             .unwrap()
@@ -693,11 +612,18 @@ volumes:
 
     #[test]
     fn renders_containers_in_dependency_order_with_variables() {
-        let plan = render("shop", "local", &product(), &vars(&[("GREETING", "hello")])).unwrap();
-        assert_eq!(plan.network, "shop_default");
-        assert_eq!(plan.volumes, ["shop_data"]);
+        let plan = render(
+            "shop",
+            &local(),
+            &product(),
+            &vars(&[("GREETING", "hello")]),
+        )
+        .unwrap();
+        assert_eq!(plan.network, "local_shop_default");
+        assert_eq!(plan.volumes, ["data"]);
+        assert_eq!(plan.volume_name("data"), "local_shop_data");
         let names: Vec<&str> = plan.containers.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["shop_db", "shop_web"]);
+        assert_eq!(names, ["local_shop_db", "local_shop_web"]);
         let web = &plan.containers[1];
         assert_eq!(web.image, "registry.local/web:1");
         assert_eq!(
@@ -725,7 +651,7 @@ volumes:
                 },
             ]
         );
-        assert_eq!(web.mounts[0].source, "shop_data");
+        assert_eq!(web.mounts[0].source, "data");
         assert!(web.mounts[0].named_volume && !web.mounts[0].read_only);
         assert!(!web.mounts[1].named_volume && web.mounts[1].read_only);
         assert_eq!(web.labels[LABEL_STACK], "shop");
@@ -736,9 +662,9 @@ volumes:
     #[test]
     fn spec_hash_changes_only_with_the_spec() {
         let p = product();
-        let a = render("shop", "local", &p, &vars(&[("GREETING", "hello")])).unwrap();
-        let b = render("shop", "local", &p, &vars(&[("GREETING", "hello")])).unwrap();
-        let c = render("shop", "local", &p, &vars(&[("GREETING", "bye")])).unwrap();
+        let a = render("shop", &local(), &p, &vars(&[("GREETING", "hello")])).unwrap();
+        let b = render("shop", &local(), &p, &vars(&[("GREETING", "hello")])).unwrap();
+        let c = render("shop", &local(), &p, &vars(&[("GREETING", "bye")])).unwrap();
         assert_eq!(a.containers[1].spec_hash, b.containers[1].spec_hash);
         assert_ne!(a.containers[1].spec_hash, c.containers[1].spec_hash);
         assert_eq!(a.containers[0].spec_hash, c.containers[0].spec_hash);
@@ -747,11 +673,11 @@ volumes:
     #[test]
     fn variable_errors_name_the_variable() {
         let p = product();
-        let missing = render("shop", "local", &p, &vars(&[])).unwrap_err();
+        let missing = render("shop", &local(), &p, &vars(&[])).unwrap_err();
         assert!(missing.contains("'GREETING' is required"), "{missing}");
         let port = render(
             "shop",
-            "local",
+            &local(),
             &p,
             &vars(&[("GREETING", "x"), ("PORT", "70000")]),
         )
@@ -765,14 +691,14 @@ volumes:
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
         let ok = render(
             "s",
-            "local",
+            &local(),
             &pv,
             &vars(&[("SLUG", "shop"), ("CODE", "123")]),
         );
         assert!(ok.is_ok(), "{ok:?}");
         let slug = render(
             "s",
-            "local",
+            &local(),
             &pv,
             &vars(&[("SLUG", "Shop"), ("CODE", "123")]),
         )
@@ -783,7 +709,7 @@ volumes:
         );
         let code = render(
             "s",
-            "local",
+            &local(),
             &pv,
             &vars(&[("SLUG", "shop"), ("CODE", "12")]),
         )
@@ -799,14 +725,14 @@ volumes:
             c: {image: x, healthCheck: {type: tcp, port: 5432, timeout: 3}}\n  \
             d: {image: x, healthCheck: {type: grpc}}\n";
         let pv = parse_manifest(Path::new("h.yaml"), text).unwrap().unwrap();
-        let err = render("s", "local", &pv, &BTreeMap::new()).unwrap_err();
+        let err = render("s", &local(), &pv, &BTreeMap::new()).unwrap_err();
         assert!(
             err.contains("service 'd': healthCheck type 'grpc' is unknown"),
             "{err}"
         );
         let text = text.replace("\n  d: {image: x, healthCheck: {type: grpc}}", "");
         let pv = parse_manifest(Path::new("h.yaml"), &text).unwrap().unwrap();
-        let plan = render("s", "local", &pv, &BTreeMap::new()).unwrap();
+        let plan = render("s", &local(), &pv, &BTreeMap::new()).unwrap();
         let a = plan.containers[0].health.clone().unwrap();
         assert_eq!(a.docker_test(), ["CMD", "test", "-f", "/ready"]);
         assert_eq!(
@@ -839,28 +765,22 @@ volumes:
     }
 
     #[test]
-    fn substitution_rules() {
-        let v = vars(&[("A", "1"), ("EMPTY", "")]);
-        assert_eq!(substitute("x${A}y", &v).unwrap(), "x1y");
-        assert_eq!(substitute("${EMPTY:-d}", &v).unwrap(), "d");
-        assert_eq!(substitute("${EMPTY}", &v).unwrap(), "");
-        assert_eq!(substitute("${B:-fallback}", &v).unwrap(), "fallback");
-        assert_eq!(substitute("$$A $A", &v).unwrap(), "$A $A");
-        assert!(
-            substitute("${B}", &v)
-                .unwrap_err()
-                .contains("undefined variable 'B'")
-        );
-        assert!(substitute("${A", &v).is_err());
-    }
-
-    #[test]
     fn bad_ports_mounts_and_commands_are_refused() {
         assert!(parse_port("80:http").is_err());
         assert!(parse_port("80/sctp").is_err());
         assert_eq!(parse_port("5000").unwrap().host_port, None);
-        assert!(parse_mount("data", "s").is_err());
-        assert!(parse_mount("data:/d:rx", "s").is_err());
+        assert!(parse_mount("data").is_err());
+        assert!(parse_mount("data:/d:rx").is_err());
+        assert!(
+            parse_mount("data:/d:ro:extra").is_err(),
+            "no parts are ignored"
+        );
+        assert!(parse_mount("../x:/d").is_ok_and(|m| !m.named_volume));
+        assert!(
+            parse_mount("a/b:/d")
+                .unwrap_err()
+                .contains("volume name 'a/b'")
+        );
         assert!(split_command("echo 'open").is_err());
         assert_eq!(split_command("a  ''  b").unwrap(), ["a", "", "b"]);
     }
@@ -870,9 +790,37 @@ volumes:
         let text = "metadata: {name: c, productVersion: '1.0.0'}\nservices:\n  a: {image: x, dependsOn: [b]}\n  b: {image: y, dependsOn: [a]}\n";
         let pv = parse_manifest(Path::new("c.yaml"), text).unwrap().unwrap();
         assert!(
-            render("c", "local", &pv, &BTreeMap::new())
+            render("c", &local(), &pv, &BTreeMap::new())
                 .unwrap_err()
                 .contains("cycle")
         );
+    }
+
+    #[test]
+    fn host_mounts_need_the_environment_to_allow_them() {
+        let text = "metadata: {name: h, productVersion: '1.0.0'}\nvariables:\n  DIR: {type: Path, default: /srv/app}\nservices:\n  a: {image: x, volumes: ['${DIR}:/data']}\n";
+        let pv = parse_manifest(Path::new("h.yaml"), text).unwrap().unwrap();
+        let err = render("s", &local(), &pv, &BTreeMap::new()).unwrap_err();
+        assert!(
+            err.starts_with("service 'a' mounts host path '/srv/app'")
+                && err.contains("allowedHostPaths"),
+            "{err}"
+        );
+        let mut env = local();
+        env.spec.docker.as_mut().unwrap().allowed_host_paths = vec!["/srv".into()];
+        assert!(render("s", &env, &pv, &BTreeMap::new()).is_ok());
+        let root = render("s", &env, &pv, &vars(&[("DIR", "/")])).unwrap_err();
+        assert!(root.contains("must name something below /"), "{root}");
+    }
+
+    #[test]
+    fn names_carry_the_environment_so_environments_never_share_objects() {
+        let mut other = local();
+        other.metadata.name = Some("staging".into());
+        let a = render("shop", &local(), &product(), &vars(&[("GREETING", "x")])).unwrap();
+        let b = render("shop", &other, &product(), &vars(&[("GREETING", "x")])).unwrap();
+        assert_ne!(a.network, b.network);
+        assert_ne!(a.volume_name("data"), b.volume_name("data"));
+        assert_ne!(a.containers[0].name, b.containers[0].name);
     }
 }

@@ -182,7 +182,10 @@ async fn ensure_default_environment(store: &Arc<dyn Store>) -> Result<()> {
             ..Default::default()
         },
         spec: EnvironmentSpec {
-            docker: Some(DockerEndpoint { host }),
+            docker: Some(DockerEndpoint {
+                host,
+                ..Default::default()
+            }),
             kubernetes: None,
         },
         status: None,

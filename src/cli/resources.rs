@@ -92,15 +92,7 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
                 new_environments.insert(env.name_any(), env.clone());
                 encode(&env)?
             }
-            "CatalogSource" => {
-                let source: CatalogSource = decode(doc, *position)?;
-                if source.spec.directory.is_none() {
-                    return Err(Error::Invalid(format!(
-                        "document {position}: CatalogSource needs spec.directory.path"
-                    )));
-                }
-                encode(&source)?
-            }
+            "CatalogSource" => encode(&decode::<CatalogSource>(doc, *position)?)?,
             "Stack" => {
                 let mut stack: Stack = decode(doc, *position)?;
                 let env_name = stack.spec.environment.clone();
@@ -126,12 +118,7 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
                 }
                 encode(&stack)?
             }
-            "ApiKey" => {
-                let key: ApiKey = decode(doc, *position)?;
-                crate::auth::validate_permissions(&key.spec.permissions)
-                    .map_err(|e| Error::Invalid(format!("document {position}: {e}")))?;
-                encode(&key)?
-            }
+            "ApiKey" => encode(&decode::<ApiKey>(doc, *position)?)?,
             other => {
                 return Err(Error::Invalid(format!(
                     "document {position}: kind '{other}' cannot be applied; use Environment, CatalogSource, Stack or ApiKey"
@@ -147,8 +134,11 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
                 "document {position}: metadata.name is required"
             )));
         }
+        crate::model::validate_document(&value, true)
+            .map_err(|e| Error::Invalid(format!("document {position}: {e}")))?;
         prepared.push((kind.to_owned(), value));
     }
+    check_namespaces(store, &new_environments).await?;
     let mut writes = Vec::new();
     let mut report = Vec::new();
     for (kind, mut value) in prepared {
@@ -187,6 +177,35 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
     store.write(writes).await?;
     for line in report {
         println!("{line}");
+    }
+    Ok(())
+}
+
+/// Refuses environments that would keep their stacks in the namespace of another environment:
+/// their stacks and records would mix.
+async fn check_namespaces(
+    store: &Arc<dyn Store>,
+    applied: &BTreeMap<String, Environment>,
+) -> Result<()> {
+    let mut all: BTreeMap<String, Environment> = store
+        .list::<Environment>(None)
+        .await?
+        .into_iter()
+        .map(|e| (e.name_any(), e))
+        .collect();
+    all.extend(applied.clone());
+    for (name, env) in applied {
+        let namespace = env.stack_namespace();
+        if let Some(other) = all
+            .iter()
+            .find(|(other, e)| *other != name && e.stack_namespace() == namespace)
+            .map(|(other, _)| other)
+        {
+            return Err(Error::Invalid(format!(
+                "environments '{other}' and '{name}' would both keep their stacks in namespace \
+                 '{namespace}'; give each environment its own namespace"
+            )));
+        }
     }
     Ok(())
 }

@@ -8,6 +8,13 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod validation;
+
+pub use validation::{
+    check_label, dns_label, docker_name, is_dns_label, is_dns_subdomain, normalize_host_path,
+    validate_document,
+};
+
 /// `apiVersion` of every rsgo resource.
 pub const API_VERSION: &str = "rsgo.io/v1alpha1";
 /// Annotation a redeploy hook sets; the reconciler acts when it differs from
@@ -21,22 +28,6 @@ pub const CLEANUP_FINALIZER: &str = "rsgo.io/cleanup";
 pub const FIELD_MANAGER: &str = "rsgo";
 /// Name of the environment that exists from the first start.
 pub const DEFAULT_ENVIRONMENT: &str = "local";
-
-/// Turns a name into a DNS-1123 label: lower case, `-` for anything else, at most 63 characters.
-pub fn dns_label(name: &str) -> String {
-    let mapped: String = name
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    mapped
-        .trim_matches('-')
-        .chars()
-        .take(63)
-        .collect::<String>()
-        .trim_end_matches('-')
-        .to_owned()
-}
 
 /// Where stacks run.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -77,14 +68,32 @@ impl Environment {
 pub struct KubernetesTarget {
     /// Namespace of the workloads; in Kubernetes mode it is also where the Stacks live.
     pub namespace: String,
+    /// Node directories that services may mount as hostPath volumes: a mount is allowed when
+    /// its path, with `.` and `..` resolved, is one of these or lies below one. Empty (the
+    /// default): no hostPath volumes at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_host_paths: Vec<String>,
+    /// Lets services mount a container runtime's socket (Docker's, containerd's or CRI-O's) or
+    /// a directory holding one. Whoever controls that socket controls the node. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_engine_socket: bool,
 }
 
 /// How to reach a Docker engine.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DockerEndpoint {
-    /// Engine address: `unix:///var/run/docker.sock` or `tcp://host:2375`.
+    /// Engine address: `unix:///var/run/docker.sock`, `tcp://host:2375` or `http://host:2375`.
     pub host: String,
+    /// Host directories that services may bind-mount: a mount is allowed when its path, with
+    /// `.` and `..` resolved (and symbolic links too, when rsgo runs on the engine's host), is
+    /// one of these or lies below one. Empty (the default): no bind mounts at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_host_paths: Vec<String>,
+    /// Lets services mount the Docker engine's socket, or a directory holding it. Whoever
+    /// controls that socket controls the host. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_engine_socket: bool,
 }
 
 /// What rsgo last saw of an environment.
@@ -344,7 +353,7 @@ pub enum DeploymentPhase {
     Failed,
     /// An upgrade failed and the stack went back to the previous version.
     RolledBack,
-    /// A newer request for the same stack replaced it before it ran.
+    /// A later rollout of the same stack carried it out; `servedBy` names that rollout.
     Superseded,
 }
 
@@ -368,6 +377,14 @@ pub struct DeploymentRecordStatus {
     /// What was done to each service.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceResult>,
+    /// Product version the stack runs after this rollout (the previous one when it failed or
+    /// rolled back), whatever was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// For a superseded request: the deployment whose rollout carried it out. Its outcome is
+    /// this request's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
     /// When the reconciler started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,

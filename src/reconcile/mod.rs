@@ -16,12 +16,13 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector};
 use kube::{Resource, ResourceExt};
 
-use crate::catalog::{Catalog, ContainerPlan, StackPlan, render, sync};
+use crate::catalog::{self, Catalog, ContainerPlan, StackPlan, render, sync};
 use crate::model::{
     CLEANUP_FINALIZER, DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
     DeploymentRecordStatus, Environment, EnvironmentStatus, REDEPLOY_ANNOTATION, ServiceResult,
-    ServiceStatus, Stack, StackPhase, StackStatus,
+    ServiceStatus, Stack, StackPhase, StackStatus, check_label,
 };
+use crate::runtime::docker::{Provenance, StackResources};
 use crate::runtime::kubernetes;
 use crate::runtime::{DockerRuntime, KubeRuntime, Rollout};
 use crate::store::{Store, Write, encode};
@@ -252,7 +253,9 @@ async fn finalize(stack: &Stack, ctx: &Context) -> Result<Action> {
                 for container in runtime.observe(&stack.spec.environment, &name).await? {
                     runtime.remove(&container.id, &container.name).await?;
                 }
-                runtime.remove_network(&format!("{name}_default")).await?;
+                runtime
+                    .remove_networks(&stack.spec.environment, &name, &[])
+                    .await?;
             }
             Target::Kubernetes { runtime, namespace } => {
                 runtime.teardown(&namespace, &name).await?
@@ -310,9 +313,10 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
             .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_terminal())),
         None => None,
     };
+    // The redeploy request counts as handled only once the rollout ends: a rollout cut short by
+    // a crash is taken up again, and containers it already recreated carry the request's label.
     let mut status = StackStatus {
         observed_generation: stack.metadata.generation,
-        last_handled_redeploy_at: requested.clone(),
         last_deployment: deployment
             .as_ref()
             .map(|d| d.name_any())
@@ -327,13 +331,22 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
             if transient && deployment.is_none() {
                 return Err(error);
             }
-            finish(ctx, stack, &old_status, status, deployment, Err(&error)).await?;
+            status.last_handled_redeploy_at = requested.clone();
+            let done = Done {
+                status,
+                record: deployment,
+                version: None,
+            };
+            finish(ctx, stack, &old_status, done, Err(&error)).await?;
             return Err(error);
         }
     };
-    if let Some(record) = deployment.as_ref().filter(|r| r.status.is_none()) {
-        set_record(ctx, record, DeploymentPhase::Running, None, vec![]).await?;
-    }
+    let deployment = match deployment {
+        Some(record) if record.status.is_none() => {
+            Some(set_record(ctx, &record, RecordUpdate::phase(DeploymentPhase::Running)).await?)
+        }
+        other => other,
+    };
     if changed {
         status.phase = Some(StackPhase::Deploying);
         write_status(ctx, stack, &old_status, &status).await?;
@@ -345,15 +358,13 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
     };
     let result = match target {
         Target::Docker(runtime) => {
-            apply_plan(
-                &runtime,
-                stack,
-                &plan,
-                redeploy,
-                changed,
-                deployment.as_ref(),
-            )
-            .await
+            let provenance = Provenance {
+                deployment: deployment.as_ref().and_then(|d| d.metadata.name.as_deref()),
+                restarted_at: requested.as_deref(),
+            };
+            // A pending request pulls fresh images; drift correction only pulls missing ones.
+            let pull_fresh = changed || deployment.is_some();
+            apply_plan(&runtime, &plan, provenance, pull_fresh).await
         }
         Target::Kubernetes { runtime, namespace } => {
             match kubernetes::workloads(stack, &plan, &version, requested.as_deref()) {
@@ -378,18 +389,13 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
             }
         }
     };
-    if result.is_ok() {
-        status.deployed_version = Some(version);
-    }
-    finish(
-        ctx,
-        stack,
-        &status_before,
+    status.last_handled_redeploy_at = requested;
+    let done = Done {
         status,
-        deployment,
-        result.as_ref(),
-    )
-    .await?;
+        record: deployment,
+        version: Some(version),
+    };
+    finish(ctx, stack, &status_before, done, result.as_ref()).await?;
     result.map(|_| Action::await_change())
 }
 
@@ -420,12 +426,22 @@ fn kubernetes_outcome(plan: &StackPlan, workloads: &kubernetes::Workloads) -> Ou
 
 /// Resolves the environment, target, product version and rendered plan of a stack.
 async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Target, StackPlan, String)> {
+    // Objects stored before names were checked, or written to a cluster behind rsgo's back, are
+    // checked again here: nothing is created from a name or spec rsgo would have refused.
+    check_label("stack", &stack.name_any()).map_err(|e| {
+        Error::Invalid(format!(
+            "{e}; nothing is deployed for it: delete it and apply it again under a valid name"
+        ))
+    })?;
+    stack.validate().map_err(Error::Invalid)?;
     let env_name = &stack.spec.environment;
     let env = ctx
         .store
         .get::<Environment>("", env_name)
         .await?
         .ok_or_else(|| Error::Invalid(format!("environment '{env_name}' does not exist")))?;
+    env.validate()
+        .map_err(|e| Error::Invalid(format!("environment '{env_name}': {e}")))?;
     sync::ensure_version(
         &ctx.store,
         &ctx.catalog,
@@ -445,7 +461,7 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Target, StackPlan, Str
             ))
         })?
     };
-    let plan = render(&stack.name_any(), env_name, &pv, &stack.spec.variables)
+    let plan = render(&stack.name_any(), &env, &pv, &stack.spec.variables)
         .map_err(|e| Error::Invalid(format!("{} {}: {e}", pv.product, pv.version)))?;
     let target = ctx.target(&env).await?;
     Ok((target, plan, pv.version.to_string()))
@@ -454,16 +470,13 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Target, StackPlan, Str
 /// Pulls, then acts on the plan. Any failed pull fails the rollout before anything is stopped.
 async fn apply_plan(
     runtime: &DockerRuntime,
-    stack: &Stack,
     plan: &StackPlan,
-    redeploy: bool,
-    pull_changed: bool,
-    deployment: Option<&DeploymentRecord>,
+    provenance: Provenance<'_>,
+    pull_fresh: bool,
 ) -> Result<Outcome> {
-    let name = stack.name_any();
-    let env = &stack.spec.environment;
-    let observed = runtime.observe(env, &name).await?;
-    let steps = plan::plan(&plan.containers, &observed, redeploy);
+    let (env, name) = (&plan.environment, &plan.stack);
+    let observed = runtime.observe(env, name).await?;
+    let steps = plan::plan(&plan.containers, &observed, provenance.restarted_at);
 
     let mut pulled = HashSet::new();
     for step in &steps {
@@ -475,21 +488,13 @@ async fn apply_plan(
         if pulled.contains(image) {
             continue;
         }
-        if pull_changed || runtime.image_id(image).await?.is_none() {
+        if pull_fresh || runtime.image_id(image).await?.is_none() {
             runtime.pull(image).await?;
         }
         pulled.insert(image.clone());
     }
 
-    let labels: HashMap<String, String> = plan.labels.clone().into_iter().collect();
-    runtime.ensure_network(&plan.network, &labels).await?;
-    for network in &plan.extra_networks {
-        runtime.ensure_network(network, &labels).await?;
-    }
-    for volume in &plan.volumes {
-        runtime.ensure_volume(volume, &labels).await?;
-    }
-    let deployment_id = deployment.map(|d| d.name_any());
+    let resources = runtime.prepare(plan).await?;
     let mut results = Vec::new();
     for step in steps {
         let (service, action) = match step {
@@ -503,12 +508,12 @@ async fn apply_plan(
                 continue;
             }
             Step::Create(i) => {
-                run_to_plan(runtime, &plan.containers[i], deployment_id.as_deref()).await?;
+                run_to_plan(runtime, &plan.containers[i], &resources, provenance).await?;
                 (&plan.containers[i].service, "created")
             }
             Step::Recreate(i, have) => {
                 runtime.remove(&have.id, &have.name).await?;
-                run_to_plan(runtime, &plan.containers[i], deployment_id.as_deref()).await?;
+                run_to_plan(runtime, &plan.containers[i], &resources, provenance).await?;
                 (&plan.containers[i].service, "recreated")
             }
             Step::Start(i, have) => {
@@ -532,7 +537,12 @@ async fn apply_plan(
                             .map_or("unknown".to_owned(), |c| c.to_string())
                     )));
                 }
-                (&plan.containers[i].service, "unchanged")
+                // Recreated by this very rollout before it was interrupted.
+                let ours = provenance.deployment.is_some_and(|d| d == have.deployment);
+                (
+                    &plan.containers[i].service,
+                    if ours { "recreated" } else { "unchanged" },
+                )
             }
         };
         results.push(ServiceResult {
@@ -541,7 +551,12 @@ async fn apply_plan(
             image_id: None,
         });
     }
-    let running = runtime.observe(env, &name).await?;
+    // Networks the stack no longer uses (or used under an older naming) go once nothing is on them.
+    let keep: Vec<String> = std::iter::once(plan.network.clone())
+        .chain(plan.extra_networks.iter().cloned())
+        .collect();
+    runtime.remove_networks(env, name, &keep).await?;
+    let running = runtime.observe(env, name).await?;
     let mut services = Vec::new();
     for want in &plan.containers {
         let have = running.iter().find(|c| c.service == want.service);
@@ -564,9 +579,10 @@ async fn apply_plan(
 async fn run_to_plan(
     runtime: &DockerRuntime,
     container: &ContainerPlan,
-    deployment: Option<&str>,
+    resources: &StackResources,
+    provenance: Provenance<'_>,
 ) -> Result<()> {
-    let id = runtime.run(container, deployment).await?;
+    let id = runtime.run(container, resources, provenance).await?;
     if container.init {
         runtime.wait_success(&id, &container.name).await?;
     } else if let Some(health) = &container.health {
@@ -577,56 +593,98 @@ async fn run_to_plan(
     Ok(())
 }
 
+/// How a reconcile ended: the stack's new status, the record it reports to, and the version it
+/// deployed (none when it could not even render one).
+struct Done {
+    status: StackStatus,
+    record: Option<DeploymentRecord>,
+    version: Option<String>,
+}
+
+/// What a finished rollout did, in words: from the version that ran before to the one that runs
+/// now, whatever the request that started it asked for.
+fn describe_success(stack: &str, from: Option<&str>, to: &str) -> String {
+    let newer = |from: &str| {
+        matches!(
+            (catalog::parse_version(from), catalog::parse_version(to)),
+            (Ok(a), Ok(b)) if b > a
+        )
+    };
+    match from {
+        None => format!("Deployed '{stack}' {to}."),
+        Some(from) if from == to => format!("Redeployed '{stack}' at {to}."),
+        Some(from) if newer(from) => format!("Upgraded '{stack}' from {from} to {to}."),
+        Some(from) => format!("Moved '{stack}' from {from} to {to}."),
+    }
+}
+
 /// Writes the stack status and the deployment record for a finished (or failed) reconcile,
-/// rolling a failed upgrade back to the version that ran before.
+/// rolling a failed upgrade back to the version the stack was at before.
 async fn finish(
     ctx: &Context,
     stack: &Stack,
     old_status: &StackStatus,
-    mut status: StackStatus,
-    deployment: Option<DeploymentRecord>,
+    done: Done,
     result: Result<&Outcome, &Error>,
 ) -> Result<()> {
-    let (phase, message, results) = match result {
+    let Done {
+        mut status,
+        record,
+        version,
+    } = done;
+    let from = old_status.deployed_version.clone();
+    let update = match result {
         Ok(outcome) => {
             status.phase = Some(StackPhase::Running);
             status.services = outcome.services.clone();
             status.message = None;
+            status.deployed_version = version.clone().or(status.deployed_version);
             write_status(ctx, stack, old_status, &status).await?;
-            let Some(record) = &deployment else {
+            let Some(record) = &record else {
                 return Ok(());
             };
-            let message = match (record.spec.action, &record.spec.to_version) {
-                (DeploymentAction::Upgrade, Some(to)) => {
-                    format!("Upgraded '{}' to {to}.", record.spec.stack)
-                }
-                _ => format!("Redeployed '{}'.", record.spec.stack),
-            };
-            (DeploymentPhase::Succeeded, message, outcome.results.clone())
+            let to = version.clone().unwrap_or_default();
+            RecordUpdate {
+                message: Some(describe_success(&record.spec.stack, from.as_deref(), &to)),
+                services: outcome.results.clone(),
+                version: version.clone(),
+                ..RecordUpdate::phase(DeploymentPhase::Succeeded)
+            }
         }
         Err(error) => {
             status.phase = Some(StackPhase::Failed);
             status.message = Some(error.to_string());
             write_status(ctx, stack, old_status, &status).await?;
-            let Some(record) = &deployment else {
+            let Some(record) = &record else {
                 return Ok(());
             };
             match (record.spec.action, &record.spec.from_version) {
                 (DeploymentAction::Upgrade, Some(previous)) => {
                     roll_back(ctx, stack, record, previous).await?;
-                    let message = format!("Upgrade failed: {error}. Rolled back to {previous}.");
-                    (DeploymentPhase::RolledBack, message, vec![])
+                    let to = record.spec.to_version.as_deref().unwrap_or("?");
+                    RecordUpdate {
+                        message: Some(format!(
+                            "Upgrade to {to} failed: {error}. Rolled back to {previous}."
+                        )),
+                        version: from,
+                        ..RecordUpdate::phase(DeploymentPhase::RolledBack)
+                    }
                 }
-                _ => (DeploymentPhase::Failed, error.to_string(), vec![]),
+                _ => RecordUpdate {
+                    message: Some(error.to_string()),
+                    version: from,
+                    ..RecordUpdate::phase(DeploymentPhase::Failed)
+                },
             }
         }
     };
-    let Some(record) = &deployment else {
+    let Some(record) = &record else {
         return Ok(());
     };
-    set_record(ctx, record, phase, Some(message.clone()), results).await?;
+    let (phase, message) = (update.phase, update.message.clone().unwrap_or_default());
+    let record = set_record(ctx, record, update).await?;
     ctx.record_event(stack, phase, message).await;
-    settle_records(ctx, stack, record).await
+    settle_records(ctx, stack, &record).await
 }
 
 async fn roll_back(
@@ -702,34 +760,72 @@ pub fn ready_condition(
     }]
 }
 
-async fn set_record(
-    ctx: &Context,
-    record: &DeploymentRecord,
+/// A change to a deployment record's status.
+struct RecordUpdate {
     phase: DeploymentPhase,
     message: Option<String>,
     services: Vec<ServiceResult>,
-) -> Result<()> {
-    let mut updated = record.clone();
-    let now = Timestamp::now();
-    let old = record.status.clone().unwrap_or_default();
-    updated.status = Some(DeploymentRecordStatus {
-        phase,
-        message,
-        services,
-        started_at: old.started_at.or(Some(now)),
-        finished_at: phase.is_terminal().then_some(now),
-    });
-    ctx.store.update_status(&updated).await.map(drop)
+    version: Option<String>,
+    served_by: Option<String>,
 }
 
-/// Finished deployment records kept per stack; older ones are deleted.
+impl RecordUpdate {
+    fn phase(phase: DeploymentPhase) -> Self {
+        Self {
+            phase,
+            message: None,
+            services: Vec::new(),
+            version: None,
+            served_by: None,
+        }
+    }
+}
+
+/// The status `update` gives `record` at `now`: the start time is kept once set.
+fn record_status(
+    record: &DeploymentRecord,
+    update: RecordUpdate,
+    now: Timestamp,
+) -> DeploymentRecordStatus {
+    let old = record.status.clone().unwrap_or_default();
+    DeploymentRecordStatus {
+        phase: update.phase,
+        message: update.message,
+        services: update.services,
+        version: update.version,
+        served_by: update.served_by,
+        started_at: old.started_at.or(Some(now)),
+        finished_at: update.phase.is_terminal().then_some(now),
+    }
+}
+
+/// Writes a record's status and returns the record as stored.
+async fn set_record(
+    ctx: &Context,
+    record: &DeploymentRecord,
+    update: RecordUpdate,
+) -> Result<DeploymentRecord> {
+    let mut updated = record.clone();
+    updated.status = Some(record_status(record, update, Timestamp::now()));
+    ctx.store.update_status(&updated).await
+}
+
+/// The newest finished deployment records of a stack that are always kept.
 pub const RECORD_HISTORY: usize = 20;
+/// Finished records younger than this are kept too, so every id a hook returned keeps resolving
+/// for at least this long.
+pub const RECORD_RETENTION: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
+/// Most finished records kept per stack, however young.
+pub const RECORD_HISTORY_MAX: usize = 1000;
 
 /// Splits a stack's records after `done` ended: requests still pending that `done` already served
-/// (to mark superseded), and finished records beyond [`RECORD_HISTORY`] (to delete), oldest first.
+/// (to mark superseded), and finished records past retention (to delete), oldest first. A
+/// finished record stays while it is among the newest [`RECORD_HISTORY`] or younger than
+/// [`RECORD_RETENTION`], and never beyond [`RECORD_HISTORY_MAX`].
 pub fn settle(
     records: &[DeploymentRecord],
     done: &DeploymentRecord,
+    now: Timestamp,
 ) -> (Vec<DeploymentRecord>, Vec<DeploymentRecord>) {
     let mut mine: Vec<&DeploymentRecord> = records
         .iter()
@@ -753,40 +849,51 @@ pub fn settle(
     let mut expired: Vec<DeploymentRecord> = mine
         .iter()
         .filter(finished)
-        .skip(RECORD_HISTORY)
-        .map(|r| (*r).clone())
+        .enumerate()
+        .filter(|(rank, r)| {
+            *rank >= RECORD_HISTORY_MAX
+                || (*rank >= RECORD_HISTORY
+                    && now.duration_since(r.spec.requested_at) > RECORD_RETENTION)
+        })
+        .map(|(_, r)| (*r).clone())
         .collect();
     expired.reverse();
     (superseded, expired)
 }
 
-/// Marks requests that `done` served as superseded and trims the stack's record history.
+/// Marks requests that `done` served as superseded (pointing at `done`) and trims the stack's
+/// record history, in one write.
 async fn settle_records(ctx: &Context, stack: &Stack, done: &DeploymentRecord) -> Result<()> {
     let namespace = stack.namespace().unwrap_or_default();
     let records = ctx.store.list::<DeploymentRecord>(Some(&namespace)).await?;
-    let (superseded, expired) = settle(&records, done);
+    let now = Timestamp::now();
+    let (superseded, expired) = settle(&records, done, now);
+    let mut writes = Vec::new();
     for record in superseded {
-        let message = format!("Superseded by deployment {}.", done.name_any());
-        set_record(
-            ctx,
-            &record,
-            DeploymentPhase::Superseded,
-            Some(message),
-            vec![],
-        )
-        .await?;
+        let update = RecordUpdate {
+            message: Some(format!(
+                "Superseded by deployment {}, which carried out this request too.",
+                done.name_any()
+            )),
+            served_by: Some(done.name_any()),
+            ..RecordUpdate::phase(DeploymentPhase::Superseded)
+        };
+        let mut updated = record.clone();
+        updated.status = Some(record_status(&record, update, now));
+        writes.push(Write::UpdateStatus(encode(&updated)?));
     }
-    for record in expired {
-        match ctx
-            .store
-            .delete::<DeploymentRecord>(&namespace, &record.name_any())
-            .await
-        {
-            Ok(()) | Err(Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
+    writes.extend(expired.iter().map(|record| Write::Delete {
+        kind: "DeploymentRecord".into(),
+        namespace: namespace.clone(),
+        name: record.name_any(),
+    }));
+    if writes.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    match ctx.store.write(writes).await {
+        Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -870,7 +977,8 @@ mod tests {
         records.push(record("later", "shop", 300, None));
         let done = record("done", "shop", 200, Some(DeploymentPhase::Succeeded));
         records.push(done.clone());
-        let (superseded, expired) = settle(&records, &done);
+        let long_after = Timestamp::from_second(30 * 86_400).unwrap();
+        let (superseded, expired) = settle(&records, &done, long_after);
         assert_eq!(
             names(&superseded),
             ["waiting"],
@@ -878,5 +986,61 @@ mod tests {
         );
         // `done` plus the 19 newest old records stay; the three oldest go, oldest first.
         assert_eq!(names(&expired), ["old0", "old1", "old2"]);
+        // Within the retention period every record stays, so every returned id resolves.
+        let soon_after = Timestamp::from_second(86_400).unwrap();
+        assert!(settle(&records, &done, soon_after).1.is_empty());
+    }
+
+    #[test]
+    fn history_never_grows_past_its_cap() {
+        let records: Vec<DeploymentRecord> = (0..RECORD_HISTORY_MAX as i64 + 5)
+            .map(|i| {
+                record(
+                    &format!("r{i}"),
+                    "shop",
+                    i,
+                    Some(DeploymentPhase::Superseded),
+                )
+            })
+            .collect();
+        let done = records.last().unwrap().clone();
+        let now = Timestamp::from_second(RECORD_HISTORY_MAX as i64 * 60).unwrap();
+        let (_, expired) = settle(&records, &done, now);
+        assert_eq!(names(&expired), ["r0", "r1", "r2", "r3", "r4"]);
+    }
+
+    #[test]
+    fn messages_say_what_the_rollout_did() {
+        assert_eq!(describe_success("s", None, "1.0.0"), "Deployed 's' 1.0.0.");
+        assert_eq!(
+            describe_success("s", Some("1.0.0"), "1.0.0"),
+            "Redeployed 's' at 1.0.0."
+        );
+        assert_eq!(
+            describe_success("s", Some("1.0.0"), "1.4.0"),
+            "Upgraded 's' from 1.0.0 to 1.4.0."
+        );
+        assert_eq!(
+            describe_success("s", Some("1.4.0"), "1.1.0"),
+            "Moved 's' from 1.4.0 to 1.1.0."
+        );
+    }
+
+    #[test]
+    fn a_record_keeps_its_start_time() {
+        let mut running = record("r", "shop", 1, None);
+        let t0 = Timestamp::from_second(100).unwrap();
+        let t1 = Timestamp::from_second(160).unwrap();
+        running.status = Some(record_status(
+            &running,
+            RecordUpdate::phase(DeploymentPhase::Running),
+            t0,
+        ));
+        let done = record_status(
+            &running,
+            RecordUpdate::phase(DeploymentPhase::Succeeded),
+            t1,
+        );
+        assert_eq!((done.started_at, done.finished_at), (Some(t0), Some(t1)));
     }
 }

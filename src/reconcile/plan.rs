@@ -19,11 +19,14 @@ pub enum Step {
 }
 
 /// Plans a rollout. `desired` indexes are positions in the desired list. Removals come first,
-/// then the services in the order given (dependency order).
+/// then the services in the order given (dependency order). A container is recreated when its
+/// spec changed, or when the stack has a redeploy request (`restarted_at`) that the container was
+/// not created for; so a redeploy cut short (by a crash, say) recreates exactly the services it
+/// had not reached yet.
 pub fn plan(
     desired: &[ContainerPlan],
     observed: &[ObservedContainer],
-    recreate_all: bool,
+    restarted_at: Option<&str>,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut claimed = vec![false; observed.len()];
@@ -37,7 +40,8 @@ pub fn plan(
             None => Step::Create(index),
             Some((i, have)) => {
                 claimed[i] = true;
-                if recreate_all || have.spec_hash != want.spec_hash {
+                let stale = restarted_at.is_some_and(|at| at != have.restarted_at);
+                if stale || have.spec_hash != want.spec_hash {
                     Step::Recreate(index, have.clone())
                 } else if !have.running && !want.init {
                     Step::Start(index, have.clone())
@@ -93,6 +97,8 @@ mod tests {
             image_id: "sha256:1".into(),
             healthy: None,
             exit_code: None,
+            deployment: String::new(),
+            restarted_at: String::new(),
         }
     }
 
@@ -110,7 +116,7 @@ mod tests {
             have("same", "h", true),
             have("gone", "h", true),
         ];
-        let steps = plan(&desired, &observed, false);
+        let steps = plan(&desired, &observed, None);
         assert_eq!(
             steps,
             [
@@ -132,7 +138,7 @@ mod tests {
             plan(
                 std::slice::from_ref(&migrate),
                 std::slice::from_ref(&exited),
-                false
+                None
             ),
             [Step::Keep(0, exited.clone())]
         );
@@ -141,12 +147,12 @@ mod tests {
             plan(
                 std::slice::from_ref(&migrate),
                 std::slice::from_ref(&changed),
-                false
+                None
             ),
             [Step::Recreate(0, changed.clone())]
         );
         assert_eq!(
-            plan(&[migrate], std::slice::from_ref(&exited), true),
+            plan(&[migrate], std::slice::from_ref(&exited), Some("t1")),
             [Step::Recreate(0, exited)],
             "a redeploy runs it again"
         );
@@ -156,10 +162,32 @@ mod tests {
     fn redeploy_recreates_every_existing_service() {
         let desired = [want("a", "h"), want("b", "h")];
         let observed = [have("a", "h", true)];
-        let steps = plan(&desired, &observed, true);
+        let steps = plan(&desired, &observed, Some("t1"));
         assert_eq!(
             steps,
             [Step::Recreate(0, observed[0].clone()), Step::Create(1)]
+        );
+    }
+
+    #[test]
+    fn an_interrupted_redeploy_recreates_only_what_it_had_not_reached() {
+        let desired = [want("a", "h"), want("b", "h"), want("c", "h")];
+        let mut done = have("a", "h", true);
+        done.restarted_at = "t2".into();
+        let observed = [done.clone(), have("b", "h", true), have("c", "h", true)];
+        assert_eq!(
+            plan(&desired, &observed, Some("t2")),
+            [
+                Step::Keep(0, done),
+                Step::Recreate(1, observed[1].clone()),
+                Step::Recreate(2, observed[2].clone()),
+            ]
+        );
+        assert!(
+            plan(&desired, &observed[1..], None)
+                .iter()
+                .all(|s| !matches!(s, Step::Recreate(..))),
+            "without a request nothing is recreated"
         );
     }
 }

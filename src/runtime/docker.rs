@@ -12,14 +12,16 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 
-use crate::catalog::ContainerPlan;
 use crate::catalog::render::{
-    LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_MANAGED, LABEL_SERVICE, LABEL_SPEC_HASH, LABEL_STACK,
+    LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_MANAGED, LABEL_RESTARTED_AT, LABEL_SERVICE,
+    LABEL_SPEC_HASH, LABEL_STACK, LABEL_VOLUME,
 };
+use crate::catalog::{ContainerPlan, StackPlan};
 use crate::{Error, Result};
 
 /// Seconds a container gets to stop before it is killed.
@@ -48,6 +50,46 @@ pub struct ObservedContainer {
     pub healthy: Option<bool>,
     /// Exit code, once it has exited.
     pub exit_code: Option<i64>,
+    /// Deployment record of the rollout that created it.
+    pub deployment: String,
+    /// Redeploy request it was created for (empty when none).
+    pub restarted_at: String,
+}
+
+/// The engine objects a stack's containers use: network ids by name, volume names by their name
+/// in the manifest.
+#[derive(Debug, Clone, Default)]
+pub struct StackResources {
+    networks: HashMap<String, String>,
+    volumes: HashMap<String, String>,
+}
+
+/// Who a container is created for: its deployment record and the redeploy request it serves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Provenance<'a> {
+    /// Deployment record of the rollout.
+    pub deployment: Option<&'a str>,
+    /// The stack's redeploy request, if any.
+    pub restarted_at: Option<&'a str>,
+}
+
+/// Label filters that select what rsgo made for one stack of one environment.
+fn stack_filters(environment: &str, stack: &str) -> HashMap<&'static str, Vec<String>> {
+    HashMap::from([(
+        "label",
+        vec![
+            format!("{LABEL_MANAGED}=true"),
+            format!("{LABEL_STACK}={stack}"),
+            format!("{LABEL_ENVIRONMENT}={environment}"),
+        ],
+    )])
+}
+
+/// Whether `labels` say rsgo made the object for this stack of this environment.
+fn owned_by(labels: &HashMap<String, String>, environment: &str, stack: &str) -> bool {
+    labels.get(LABEL_MANAGED).map(String::as_str) == Some("true")
+        && labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
+        && labels.get(LABEL_ENVIRONMENT).map(String::as_str) == Some(environment)
 }
 
 /// A Docker engine rsgo deploys to.
@@ -136,14 +178,7 @@ impl DockerRuntime {
 
     /// Every container of `stack` in `environment`, running or not.
     pub async fn observe(&self, environment: &str, stack: &str) -> Result<Vec<ObservedContainer>> {
-        let filters = HashMap::from([(
-            "label",
-            vec![
-                format!("{LABEL_MANAGED}=true"),
-                format!("{LABEL_STACK}={stack}"),
-                format!("{LABEL_ENVIRONMENT}={environment}"),
-            ],
-        )]);
+        let filters = stack_filters(environment, stack);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -168,6 +203,8 @@ impl DockerRuntime {
                         .to_owned(),
                     service: label(LABEL_SERVICE),
                     spec_hash: label(LABEL_SPEC_HASH),
+                    deployment: label(LABEL_DEPLOYMENT),
+                    restarted_at: label(LABEL_RESTARTED_AT),
                     running: c.state.is_some_and(|s| s.to_string() == "running"),
                     image: c.image.unwrap_or_default(),
                     image_id: c.image_id.unwrap_or_default(),
@@ -191,43 +228,99 @@ impl DockerRuntime {
             .collect())
     }
 
-    /// Creates the network unless it exists.
-    pub async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<()> {
-        match self
+    /// Finds or creates the networks and volumes of a stack. Networks are found by rsgo's labels
+    /// (names need not be unique on older engines, so a retry never makes a second one). A
+    /// volume keeps the name it had before names carried the environment, so data stays; a
+    /// volume of the wanted name that rsgo did not make for this stack is refused, not used.
+    pub async fn prepare(&self, plan: &StackPlan) -> Result<StackResources> {
+        let (environment, stack) = (&plan.environment, &plan.stack);
+        let filters = stack_filters(environment, stack);
+        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let existing = self
             .docker
-            .inspect_network(
-                name,
-                None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
+            .list_networks(Some(options))
             .await
-        {
-            Ok(_) => return Ok(()),
-            Err(e) if is_status(&e, 404) => {}
-            Err(e) => return Err(Error::docker(format!("inspecting network {name}"), e)),
+            .map_err(|e| Error::docker(format!("listing networks of stack {stack}"), e))?;
+        let labels: HashMap<String, String> = plan.labels.clone().into_iter().collect();
+        let mut resources = StackResources::default();
+        for name in std::iter::once(&plan.network).chain(&plan.extra_networks) {
+            let found = existing
+                .iter()
+                .find(|n| n.name.as_deref() == Some(name.as_str()))
+                .and_then(|n| n.id.clone());
+            let id = match found {
+                Some(id) => id,
+                None => self.create_network(name, &labels).await?,
+            };
+            resources.networks.insert(name.clone(), id);
         }
+        let options = ListVolumesOptionsBuilder::new().filters(&filters).build();
+        let owned: Vec<String> = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(|e| Error::docker(format!("listing volumes of stack {stack}"), e))?
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        for key in &plan.volumes {
+            let name = plan.volume_name(key);
+            let legacy = format!("{stack}_{key}");
+            let engine_name = if owned.contains(&name) {
+                name
+            } else if owned.contains(&legacy) {
+                legacy
+            } else {
+                let mut labels = labels.clone();
+                labels.insert(LABEL_VOLUME.into(), key.clone());
+                self.create_volume(&name, labels, environment, stack)
+                    .await?;
+                name
+            };
+            resources.volumes.insert(key.clone(), engine_name);
+        }
+        Ok(resources)
+    }
+
+    async fn create_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<String> {
         let request = NetworkCreateRequest {
             name: name.to_owned(),
             driver: Some("bridge".into()),
             labels: Some(labels.clone()),
             ..Default::default()
         };
-        match self.docker.create_network(request).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 409) => Ok(()),
-            Err(e) => Err(Error::docker(format!("creating network {name}"), e)),
-        }
+        let created = self
+            .docker
+            .create_network(request)
+            .await
+            .map_err(|e| Error::docker(format!("creating network {name}"), e))?;
+        Ok(created.id)
     }
 
-    /// Creates the named volume unless it exists. Volumes are never removed by rsgo.
-    pub async fn ensure_volume(&self, name: &str, labels: &HashMap<String, String>) -> Result<()> {
+    async fn create_volume(
+        &self,
+        name: &str,
+        labels: HashMap<String, String>,
+        environment: &str,
+        stack: &str,
+    ) -> Result<()> {
         match self.docker.inspect_volume(name).await {
-            Ok(_) => return Ok(()),
+            Ok(volume) if owned_by(&volume.labels, environment, stack) => return Ok(()),
+            Ok(_) => {
+                return Err(Error::Rollout(format!(
+                    "volume {name} exists but rsgo did not make it for stack '{stack}' of \
+                     environment '{environment}'; rsgo never mounts another's volume, so remove or \
+                     rename it"
+                )));
+            }
             Err(e) if is_status(&e, 404) => {}
             Err(e) => return Err(Error::docker(format!("inspecting volume {name}"), e)),
         }
         let request = VolumeCreateRequest {
             name: Some(name.to_owned()),
-            labels: Some(labels.clone()),
+            labels: Some(labels),
             ..Default::default()
         };
         self.docker
@@ -237,13 +330,63 @@ impl DockerRuntime {
             .map_err(|e| Error::docker(format!("creating volume {name}"), e))
     }
 
-    /// Creates and starts a container from its plan; returns its id.
-    pub async fn run(&self, plan: &ContainerPlan, deployment: Option<&str>) -> Result<String> {
+    /// Removes the networks rsgo made for a stack, except those named in `keep`. A network that
+    /// still has containers of someone else attached is left, with a warning.
+    pub async fn remove_networks(
+        &self,
+        environment: &str,
+        stack: &str,
+        keep: &[String],
+    ) -> Result<()> {
+        let filters = stack_filters(environment, stack);
+        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let networks = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| Error::docker(format!("listing networks of stack {stack}"), e))?;
+        for network in networks {
+            let (Some(id), Some(name)) = (network.id, network.name) else {
+                continue;
+            };
+            if keep.contains(&name)
+                || !owned_by(&network.labels.unwrap_or_default(), environment, stack)
+            {
+                continue;
+            }
+            match self.docker.remove_network(&id).await {
+                Ok(()) => {}
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) if is_status(&e, 403) || is_status(&e, 409) => {
+                    tracing::warn!(network = %name, error = %e, "network still in use; left in place");
+                }
+                Err(e) => return Err(Error::docker(format!("removing network {name}"), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates and starts a container from its plan, on the networks and volumes of
+    /// `resources`; returns its id.
+    pub async fn run(
+        &self,
+        plan: &ContainerPlan,
+        resources: &StackResources,
+        provenance: Provenance<'_>,
+    ) -> Result<String> {
         let mut labels: HashMap<String, String> = plan.labels.clone().into_iter().collect();
         labels.insert(LABEL_SPEC_HASH.into(), plan.spec_hash.clone());
-        if let Some(deployment) = deployment {
+        if let Some(deployment) = provenance.deployment {
             labels.insert(LABEL_DEPLOYMENT.into(), deployment.to_owned());
         }
+        if let Some(at) = provenance.restarted_at {
+            labels.insert(LABEL_RESTARTED_AT.into(), at.to_owned());
+        }
+        let network_id = |name: &str| {
+            resources.networks.get(name).cloned().ok_or_else(|| {
+                Error::Task(format!("network {name} of {} was not prepared", plan.name))
+            })
+        };
         let mut port_bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
         for port in &plan.ports {
             port_bindings
@@ -259,7 +402,15 @@ impl DockerRuntime {
             .mounts
             .iter()
             .map(|m| bollard::models::Mount {
-                source: Some(m.source.clone()),
+                source: Some(if m.named_volume {
+                    resources
+                        .volumes
+                        .get(&m.source)
+                        .cloned()
+                        .unwrap_or_else(|| m.source.clone())
+                } else {
+                    m.source.clone()
+                }),
                 target: Some(m.target.clone()),
                 read_only: Some(m.read_only),
                 typ: Some(if m.named_volume {
@@ -279,9 +430,9 @@ impl DockerRuntime {
             }),
             maximum_retry_count: None,
         });
-        let endpoint = |network: &str| {
+        let endpoint = |network: String| {
             (
-                network.to_owned(),
+                network,
                 EndpointSettings {
                     aliases: Some(vec![plan.service.clone()]),
                     ..Default::default()
@@ -311,11 +462,11 @@ impl DockerRuntime {
                 port_bindings: Some(port_bindings),
                 mounts: Some(mounts),
                 restart_policy: restart,
-                network_mode: Some(plan.networks[0].clone()),
+                network_mode: Some(network_id(&plan.networks[0])?),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([endpoint(&plan.networks[0])])),
+                endpoints_config: Some(HashMap::from([endpoint(network_id(&plan.networks[0])?)])),
             }),
             ..Default::default()
         };
@@ -328,13 +479,13 @@ impl DockerRuntime {
             .await
             .map_err(|e| Error::docker(format!("creating container {}", plan.name), e))?;
         for network in &plan.networks[1..] {
-            let (_, endpoint_config) = endpoint(network);
+            let (id, endpoint_config) = endpoint(network_id(network)?);
             let request = NetworkConnectRequest {
                 container: created.id.clone(),
                 endpoint_config: Some(endpoint_config),
             };
             self.docker
-                .connect_network(network, request)
+                .connect_network(&id, request)
                 .await
                 .map_err(|e| {
                     Error::docker(format!("connecting {} to network {network}", plan.name), e)
@@ -388,15 +539,20 @@ impl DockerRuntime {
                 .map_err(|e| Error::docker(format!("inspecting container {name}"), e))?;
             let state = inspect.state.unwrap_or_default();
             let health = state.health.unwrap_or_default();
+            // What the last check said, or how it ended when it printed nothing.
             let last_output = || {
-                let output = health
-                    .log
-                    .iter()
-                    .flatten()
-                    .last()
-                    .and_then(|r| r.output.clone())
-                    .unwrap_or_default();
-                output.trim().to_owned()
+                let last = health.log.iter().flatten().last();
+                let output = last
+                    .and_then(|r| r.output.as_deref())
+                    .unwrap_or_default()
+                    .trim();
+                match (output, last.and_then(|r| r.exit_code)) {
+                    ("", Some(code)) => {
+                        format!("the check exited with code {code} and printed nothing")
+                    }
+                    ("", None) => "the check has not reported yet".to_owned(),
+                    (output, _) => output.chars().take(500).collect(),
+                }
             };
             match health.status {
                 Some(HealthStatusEnum::HEALTHY) => return Ok(()),
@@ -451,15 +607,6 @@ impl DockerRuntime {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
             Err(e) => Err(Error::docker(format!("removing container {name}"), e)),
-        }
-    }
-
-    /// Removes a network if it exists.
-    pub async fn remove_network(&self, name: &str) -> Result<()> {
-        match self.docker.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_status(&e, 404) => Ok(()),
-            Err(e) => Err(Error::docker(format!("removing network {name}"), e)),
         }
     }
 }

@@ -76,6 +76,12 @@ fn object_labels(stack: &Stack, service: Option<&str>, version: &str) -> BTreeMa
     labels
 }
 
+/// Name of the PersistentVolumeClaim of a named volume: `<stack>-<volume>`. Environments are
+/// namespaces here, so the stack name makes it unique.
+pub fn claim_name(stack: &str, volume: &str) -> String {
+    dns_label(&format!("{stack}-{volume}"))
+}
+
 /// Name of the Deployment of one service.
 pub fn deployment_name(stack: &str, service: &str) -> String {
     dns_label(&format!("{stack}-{service}"))
@@ -113,7 +119,7 @@ fn deployment(
             name: name.clone(),
             persistent_volume_claim: mount.named_volume.then(|| {
                 PersistentVolumeClaimVolumeSource {
-                    claim_name: dns_label(&mount.source),
+                    claim_name: claim_name(&stack.name_any(), &mount.source),
                     read_only: None,
                 }
             }),
@@ -318,7 +324,7 @@ pub fn workloads(
     for volume in &plan.volumes {
         workloads.claims.push(PersistentVolumeClaim {
             metadata: ObjectMeta {
-                name: Some(dns_label(volume)),
+                name: Some(claim_name(&stack.name_any(), volume)),
                 namespace: stack.namespace(),
                 labels: Some(object_labels(stack, None, version)),
                 ..Default::default()
@@ -553,12 +559,27 @@ volumes:
         stack
     }
 
+    /// A cluster environment that allows the manifest's hostPath below /etc/ssl.
+    fn prod() -> crate::model::Environment {
+        crate::model::Environment::new(
+            "prod",
+            crate::model::EnvironmentSpec {
+                docker: None,
+                kubernetes: Some(crate::model::KubernetesTarget {
+                    namespace: "prod".into(),
+                    allowed_host_paths: vec!["/etc/ssl".into()],
+                    allow_engine_socket: false,
+                }),
+            },
+        )
+    }
+
     fn build(restarted_at: Option<&str>) -> Workloads {
         let pv = parse_manifest(Path::new("shop.yaml"), MANIFEST)
             .unwrap()
             .unwrap();
         let stack = stack();
-        let plan = render(&stack.name_any(), "prod", &pv, &stack.spec.variables).unwrap();
+        let plan = render(&stack.name_any(), &prod(), &pv, &stack.spec.variables).unwrap();
         workloads(&stack, &plan, "6.5.0", restarted_at).unwrap()
     }
 
@@ -794,7 +815,7 @@ volumes:
             b: {image: x, healthCheck: {type: http, port: 8080, path: /ready}}\n  \
             c: {image: x, healthCheck: {type: tcp, port: 5432}}\n";
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
-        let plan = render("shop", "prod", &pv, &Default::default()).unwrap();
+        let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
         let w = workloads(&stack(), &plan, "1.0.0", None).unwrap();
         let probe = |i: usize| {
             w.deployments[i]
@@ -833,7 +854,7 @@ volumes:
     fn init_services_are_refused_on_kubernetes_with_a_reason() {
         let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  migrate: {image: m, lifecycle: init}\n";
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
-        let plan = render("shop", "prod", &pv, &Default::default()).unwrap();
+        let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
         let refused = workloads(&stack(), &plan, "1.0.0", None).unwrap_err();
         assert_eq!(
             refused,

@@ -12,7 +12,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Store, Write, identity, text};
+use super::{Store, Write, check_writes, identity, text};
 use crate::model::{ApiKey, CatalogSource, DeploymentRecord, Environment, FIELD_MANAGER, Stack};
 use crate::{Error, Result};
 
@@ -179,6 +179,7 @@ impl Store for KubeStore {
     /// batch created are deleted again, so a refused request leaves nothing behind.
     fn write(&self, writes: Vec<Write>) -> BoxFuture<'_, Result<Vec<Value>>> {
         async move {
+            check_writes(&writes)?;
             let mut stored = Vec::new();
             let mut created = Vec::new();
             for write in &writes {

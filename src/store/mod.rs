@@ -108,6 +108,19 @@ fn identity(doc: &Value) -> Result<(String, String, String)> {
     Ok((kind, text(doc, "/metadata/namespace"), name))
 }
 
+/// Refuses writes whose documents break rsgo's rules (names, specs), before any of them is
+/// applied. Both stores call it, so the rules hold in every mode and for every writer.
+fn check_writes(writes: &[Write]) -> Result<()> {
+    for write in writes {
+        match write {
+            Write::Create(doc) => crate::model::validate_document(doc, true)?,
+            Write::Update(doc) => crate::model::validate_document(doc, false)?,
+            Write::UpdateStatus(_) | Write::Delete { .. } => {}
+        }
+    }
+    Ok(())
+}
+
 fn kind_of<K: Object>() -> String {
     K::kind(&()).into_owned()
 }

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::{Store, Write, identity, text};
+use super::{Store, Write, check_writes, identity, text};
 use crate::{Error, Result};
 
 /// How often watchers look for writes made by other processes.
@@ -281,6 +281,9 @@ impl Store for SqliteStore {
     }
 
     fn write(&self, writes: Vec<Write>) -> BoxFuture<'_, Result<Vec<Value>>> {
+        if let Err(error) = check_writes(&writes) {
+            return std::future::ready(Err(error)).boxed();
+        }
         let written = self.written.clone();
         let result = self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

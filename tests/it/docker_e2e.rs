@@ -78,11 +78,11 @@ fn redeploy_recreates_from_the_fresh_image_and_keeps_volumes() {
     let extra = "    volumes: [\"data:/data\"]\n    restart: unless-stopped\n";
     let (server, image, stack, v1) = deploy_single_service("redeploy", extra);
     let key = server.key(&["Hooks.Redeploy"]);
-    let container = format!("{stack}_app");
+    let container = server.name(&stack, "app");
     assert_eq!(inspect(&container, "{{.Image}}"), v1);
     assert_eq!(container_file(&container, "/version"), "v1");
     docker(&["exec", &container, "sh", "-c", "echo kept > /data/proof"]);
-    let volume = format!("{stack}_data");
+    let volume = server.name(&stack, "data");
     assert_eq!(
         inspect(&container, "{{range .Mounts}}{{.Name}}{{end}}"),
         volume
@@ -119,7 +119,7 @@ fn redeploy_recreates_from_the_fresh_image_and_keeps_volumes() {
 fn a_failed_pull_fails_the_redeploy_and_keeps_the_old_container() {
     let (server, image, stack, _) = deploy_single_service("badpull", "");
     let key = server.key(&["Hooks.Redeploy"]);
-    let container = format!("{stack}_app");
+    let container = server.name(&stack, "app");
     let before = inspect(&container, "{{.Id}}");
 
     // Remove the image from the registry: the next pull finds nothing.
@@ -185,7 +185,7 @@ fn upgrade_with_variables_and_sync_sources_end_to_end() {
     server.apply(&stack_yaml(&stack, &server.environment, &product, "6.4.0"));
     wait_running(&server, &stack, "6.4.0");
     assert_eq!(
-        inspect(&format!("{stack}_worker"), "{{.State.Running}}"),
+        inspect(&server.name(&stack, "worker"), "{{.State.Running}}"),
         "true"
     );
 
@@ -200,19 +200,24 @@ fn upgrade_with_variables_and_sync_sources_end_to_end() {
     let record = server.wait_deployment(&key, reply["deploymentId"].as_str().unwrap());
     assert_eq!(record["phase"], "Succeeded", "{record}\n{}", server.log());
     wait_running(&server, &stack, "6.5.0");
-    let envs = inspect(&format!("{stack}_web"), "{{json .Config.Env}}");
+    let envs = inspect(&server.name(&stack, "web"), "{{json .Config.Env}}");
     assert!(
         envs.contains("GREETING=hello") && envs.contains("MODE=new"),
         "{envs}"
     );
     assert_eq!(
         inspect(
-            &format!("{stack}_web"),
+            &server.name(&stack, "web"),
             "{{index .Config.Labels \"io.rsgo.version\"}}"
         ),
         "6.5.0"
     );
-    let gone = docker(&["ps", "-aq", "--filter", &format!("name=^{stack}_worker$")]);
+    let gone = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("name=^{}$", server.name(&stack, "worker")),
+    ]);
     assert!(gone.is_empty(), "the service 6.5.0 dropped is removed");
 
     // 7.0.0 is unknown until the catalog is synced.
@@ -275,7 +280,7 @@ fn a_failed_upgrade_rolls_back_to_the_previous_version() {
     std::fs::write(server.catalog.join("app-2.0.0.yaml"), broken).unwrap();
     let key = server.key(&["Hooks.SyncSources"]);
     assert_eq!(server.hook("/api/hooks/sync-sources", &key, None).0, 200);
-    let container = format!("{stack}_app");
+    let container = server.name(&stack, "app");
     let before = inspect(&container, "{{.Id}}");
 
     let message = upgrade_rolls_back(&server, &stack, "2.0.0");
@@ -305,7 +310,7 @@ fn drift_is_corrected_and_foreign_containers_are_left_alone() {
         &format!("io.rsgo.stack={stack}"),
         &image,
     ]);
-    let container = format!("{stack}_app");
+    let container = server.name(&stack, "app");
 
     docker(&["stop", "-t", "1", &container]);
     wait_for(
@@ -339,8 +344,8 @@ fn drift_is_corrected_and_foreign_containers_are_left_alone() {
     assert!(out.contains("deleted"), "{out}");
     assert!(docker(&["ps", "-aq", "--filter", &format!("name=^{container}$")]).is_empty());
     assert_eq!(
-        inspect(&format!("{stack}_data"), "{{.Name}}"),
-        format!("{stack}_data"),
+        inspect(&server.name(&stack, "data"), "{{.Name}}"),
+        server.name(&stack, "data"),
         "volumes are kept"
     );
 }
@@ -374,13 +379,13 @@ fn init_services_run_once_before_their_dependents_and_a_failing_one_rolls_back()
     let stack = unique("st");
     server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
     wait_running(&server, &stack, "1.0.0");
-    let migrate = format!("{stack}_migrate");
+    let migrate = server.name(&stack, "migrate");
     assert_eq!(
         inspect(&migrate, "{{.State.Running}} {{.State.ExitCode}}"),
         "false 0"
     );
     assert_eq!(
-        container_file(&format!("{stack}_app"), "/data/log"),
+        container_file(&server.name(&stack, "app"), "/data/log"),
         "migrated"
     );
     let finished = inspect(&migrate, "{{.State.FinishedAt}}");
@@ -388,7 +393,7 @@ fn init_services_run_once_before_their_dependents_and_a_failing_one_rolls_back()
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(inspect(&migrate, "{{.State.FinishedAt}}"), finished);
     assert_eq!(
-        container_file(&format!("{stack}_app"), "/data/log"),
+        container_file(&server.name(&stack, "app"), "/data/log"),
         "migrated"
     );
 
@@ -459,7 +464,7 @@ fn rollouts_wait_for_health_checks_and_an_unhealthy_upgrade_rolls_back() {
     let stack = unique("st");
     server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
     wait_running(&server, &stack, "1.0.0");
-    let container = format!("{stack}_app");
+    let container = server.name(&stack, "app");
     assert_eq!(
         inspect(&container, "{{.State.Health.Status}}"),
         "healthy",
@@ -515,6 +520,6 @@ fn a_version_added_to_a_catalog_directory_is_found_without_a_sync_call() {
     let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body));
     assert_eq!(status, 200, "{reply}");
     wait_running(&server, &stack, "1.1.0");
-    let envs = inspect(&format!("{stack}_app"), "{{json .Config.Env}}");
+    let envs = inspect(&server.name(&stack, "app"), "{{json .Config.Env}}");
     assert!(envs.contains("RELEASE=1.1.0"), "{envs}");
 }

@@ -45,6 +45,7 @@ fn env(name: &str) -> Environment {
         spec: EnvironmentSpec {
             docker: Some(DockerEndpoint {
                 host: "unix:///var/run/docker.sock".into(),
+                ..Default::default()
             }),
             kubernetes: None,
         },

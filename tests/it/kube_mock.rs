@@ -557,14 +557,17 @@ async fn an_upgrade_applies_workloads_and_its_record_ends_when_the_rollout_does(
         .expect_with("PUT", &format!("{records}/d1/status"), echo)
         .await;
     assert_eq!(succeeded["status"]["phase"], "Succeeded");
-    assert_eq!(succeeded["status"]["message"], "Upgraded 'shop' to 6.5.0.");
+    assert_eq!(
+        succeeded["status"]["message"],
+        "Upgraded 'shop' from 6.4.0 to 6.5.0."
+    );
     let events = "/apis/events.k8s.io/v1/namespaces/prod/events";
     let event = server
         .expect_with("POST", events, |sent| (201, sent.clone()))
         .await;
     assert_eq!(event["reason"], "Deployed");
     assert_eq!(event["type"], "Normal");
-    assert_eq!(event["note"], "Upgraded 'shop' to 6.5.0.");
+    assert_eq!(event["note"], "Upgraded 'shop' from 6.4.0 to 6.5.0.");
     assert_eq!(event["regarding"]["kind"], "Stack");
     assert_eq!(event["regarding"]["name"], "shop");
     assert_eq!(event["reportingController"], "rsgo");
@@ -669,7 +672,7 @@ async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_recor
     let versions = ["6.4.0", "6.5.0"]
         .iter()
         .map(|v| {
-            let text = format!("metadata: {{name: shop, productVersion: '{v}'}}\nservices:\n  web: {{image: 'web:{v}'}}\n");
+            let text = format!("metadata: {{name: shop, productVersion: '{v}'}}\nvariables:\n  MODE: {{default: slow}}\nservices:\n  web: {{image: 'web:{v}'}}\n");
             rsgo::catalog::parse_manifest(std::path::Path::new("m.yaml"), &text).unwrap().unwrap()
         })
         .collect();
@@ -941,7 +944,10 @@ async fn a_redeploy_rolls_the_pods_through_the_restart_annotation_only() {
     let succeeded = server
         .expect_with("PUT", &format!("{records}/d1/status"), echo)
         .await;
-    assert_eq!(succeeded["status"]["message"], "Redeployed 'shop'.");
+    assert_eq!(
+        succeeded["status"]["message"],
+        "Redeployed 'shop' at 6.5.0."
+    );
     let event = server
         .expect_with(
             "POST",

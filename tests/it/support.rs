@@ -221,6 +221,11 @@ impl Server {
         )
     }
 
+    /// Docker name of a stack's container, volume or network in this server's environment.
+    pub fn name(&self, stack: &str, part: &str) -> String {
+        format!("{}_{stack}_{part}", self.environment)
+    }
+
     /// Process id of the server.
     pub fn pid(&self) -> u32 {
         self.child.id()
