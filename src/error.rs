@@ -109,6 +109,15 @@ impl Error {
         }
     }
 
+    /// Whether the store refused a write because its disk (or database) is full.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(
+            self,
+            Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

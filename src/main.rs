@@ -13,6 +13,8 @@ async fn main() -> ExitCode {
         .init();
     match rsgo::cli::run(rsgo::cli::Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
+        // `rsgo get ... | head`: the reader has what it wanted.
+        Err(error) if rsgo::cli::is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE

@@ -46,6 +46,13 @@ impl From<Error> for ApiError {
     /// Store and runtime failures become a 500 whose body hides the internals; the log keeps them.
     fn from(error: Error) -> Self {
         tracing::error!(kind = error.label(), %error, "request failed");
+        if error.is_storage_full() {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rsgo's data disk is full, so nothing was stored or changed; retry once an \
+                 operator has freed space.",
+            );
+        }
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -59,30 +60,63 @@ struct UpgradeRequest {
     wait: bool,
 }
 
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "Request body is larger than the {} KiB limit.",
-                    MAX_BODY_BYTES / 1024
-                ),
-            )
-        } else {
-            ApiError::bad_request(format!(
-                "Could not read the request body: {}",
-                rejection.body_text()
-            ))
-        }
-    })?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            "Request body is empty; send a JSON object with at least stackName.",
-        ));
+/// Reads a hook's JSON object body: refused at once when it announces more than
+/// [`MAX_BODY_BYTES`], cut off when it grows past them or takes longer than the body deadline.
+async fn read_json<T: DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body is larger than the {} KiB limit.",
+                MAX_BODY_BYTES / 1024
+            ),
+        )
+    };
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}.")))
+    let read = async {
+        let mut bytes = Vec::new();
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request(format!("Could not read the request body: {e}."))
+            })?;
+            if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    };
+    let deadline = state.http.body_timeout;
+    let bytes = tokio::time::timeout(deadline, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "The request body did not arrive within {} s.",
+                deadline.as_secs()
+            ),
+        )
+    })??;
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Err(ApiError::bad_request(
+            "Request body is empty; send a JSON object with at least stackName.",
+        )),
+        Some(b'{') => serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}."))),
+        Some(_) => Err(ApiError::bad_request(
+            "Invalid request body: send a JSON object, such as {\"stackName\": \"shop\"}.",
+        )),
+    }
 }
 
 /// Checks the key in `headers` and that it grants `permission`.
@@ -96,7 +130,7 @@ async fn authenticate(
         .map(|v| v.to_str().unwrap_or_default());
     // Refusals are logged with their reason, never with any part of the presented key.
     let unauthorized = |rejection: KeyRejection| {
-        tracing::warn!(reason = ?rejection, "refused a request without a valid API key");
+        state.refusals.refused(rejection.label(), "");
         ApiError::new(StatusCode::UNAUTHORIZED, rejection.message())
     };
     let wanted = auth::presented_hash(presented).map_err(unauthorized)?;
@@ -109,7 +143,10 @@ async fn authenticate(
     if let Some(permission) = permission
         && !auth::grants(&key.spec.permissions, permission)
     {
-        tracing::warn!(key = %key.spec.display_name, permission, "refused a request lacking a permission");
+        state.refusals.refused(
+            "missing permission",
+            &format!("key '{}' lacks {permission}", key.spec.display_name),
+        );
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
@@ -146,6 +183,10 @@ async fn resolve_environment(
     let requested = requested.filter(|e| !e.is_empty());
     let environment = match (requested, &key.spec.environment) {
         (Some(wanted), Some(scope)) if wanted != scope => {
+            state.refusals.refused(
+                "foreign environment",
+                &format!("key '{}' is limited to '{scope}'", key.spec.display_name),
+            );
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!(
@@ -159,6 +200,12 @@ async fn resolve_environment(
         (None, None) => state.default_environment.clone(),
     };
     let Some(found) = state.store.get::<Environment>("", &environment).await? else {
+        // Only a key that may act on every environment learns which exist.
+        if key.spec.environment.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "Environment '{environment}' not found."
+            )));
+        }
         let known: Vec<String> = state
             .store
             .list::<Environment>(None)
@@ -307,10 +354,10 @@ fn rollout_result(
 pub async fn redeploy(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let key = authenticate(&state, &headers, Some(auth::REDEPLOY)).await?;
-    let request: RedeployRequest = parse_body(body)?;
+    let request: RedeployRequest = read_json(&state, &headers, body).await?;
     if request.stack_name.is_empty() {
         return Err(ApiError::bad_request("stackName must not be empty."));
     }
@@ -371,10 +418,10 @@ fn desired_version(stack: &Stack) -> Option<String> {
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let key = authenticate(&state, &headers, Some(auth::UPGRADE)).await?;
-    let request: UpgradeRequest = parse_body(body)?;
+    let request: UpgradeRequest = read_json(&state, &headers, body).await?;
     if request.stack_name.is_empty() {
         return Err(ApiError::bad_request("stackName must not be empty."));
     }
@@ -397,7 +444,7 @@ pub async fn upgrade(
     }
     let mut previous = String::new();
     let (_, record) = request_rollout(&state.store, &env, &request.stack_name, &key.spec.display_name, |stack| {
-        let catalog = sync::read_lock(&state.catalog)?;
+        let catalog = state.catalog.read()?;
         let product = &stack.spec.product;
         let pv = catalog.find(product, &target.to_string()).ok_or_else(|| {
             ApiError::bad_request(format!(
@@ -513,9 +560,12 @@ pub async fn sync_sources(
 pub async fn deployment(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let key = authenticate(&state, &headers, None).await?;
+    let Path(id) = id.map_err(|e| {
+        ApiError::bad_request(format!("The deployment id in the path is not valid: {e}."))
+    })?;
     let record = state
         .store
         .list::<DeploymentRecord>(None)
@@ -564,5 +614,12 @@ pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiErr
         ));
     }
     state.store.list::<Environment>(None).await?;
+    state.store.writable().await.map_err(|error| {
+        tracing::warn!(%error, "the store cannot take writes");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The store cannot take writes (is the data disk full?).",
+        )
+    })?;
     Ok("ready")
 }

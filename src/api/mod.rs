@@ -2,21 +2,31 @@
 
 mod error;
 mod hooks;
+pub mod refusals;
+pub mod server;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::Request;
 use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use error::ApiError;
+pub use refusals::RefusalLog;
+pub use server::{HttpLimits, serve};
 
-use crate::catalog::Catalog;
+use crate::catalog::sync::SharedCatalog;
 use crate::store::Store;
 
 /// Largest request body a hook accepts.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Longest request target (path and query) rsgo answers.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Largest request head (request line and headers) rsgo answers.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -24,7 +34,7 @@ pub struct AppState {
     /// Desired state; the handlers' only way to change anything.
     pub store: Arc<dyn Store>,
     /// Products, for validating upgrades and for sync-sources.
-    pub catalog: Arc<RwLock<Catalog>>,
+    pub catalog: Arc<SharedCatalog>,
     /// Environment used when neither the request nor the key names one.
     pub default_environment: String,
     /// Called after sync-sources reloaded the catalog, so stacks waiting for a product act.
@@ -32,6 +42,10 @@ pub struct AppState {
     /// In-memory keys (Kubernetes store); `None` reads keys from the store on each request,
     /// which the embedded store answers locally and exactly.
     pub keys: Option<crate::auth::KeyIndex>,
+    /// Limits on clients; the hooks enforce the body deadline.
+    pub http: HttpLimits,
+    /// Refused requests, logged without flooding the log.
+    pub refusals: Arc<RefusalLog>,
 }
 
 /// The router with every route rsgo serves.
@@ -52,6 +66,38 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed: the hooks take POST, the status pages GET.")
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(check_head))
         .with_state(state)
+}
+
+/// Answers over-long request targets (414) and heads (431) with the JSON every error has.
+async fn check_head(request: Request, next: Next) -> Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!("The request target is longer than {MAX_URI_BYTES} bytes."),
+        )
+        .into_response();
+    }
+    let head: usize = target
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head > MAX_HEAD_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "The request head is larger than {} KiB.",
+                MAX_HEAD_BYTES / 1024
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }

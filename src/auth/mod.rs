@@ -135,6 +135,17 @@ pub enum KeyRejection {
 }
 
 impl KeyRejection {
+    /// A short name for logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            KeyRejection::Missing => "missing key",
+            KeyRejection::Malformed => "malformed key",
+            KeyRejection::Unknown => "unknown key",
+            KeyRejection::Revoked => "revoked key",
+            KeyRejection::Expired => "expired key",
+        }
+    }
+
     /// A sentence for the 401 response.
     pub fn message(self) -> &'static str {
         match self {

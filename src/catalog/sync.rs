@@ -1,7 +1,8 @@
 //! Loading catalog sources into the in-memory catalog and reporting on each source.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -22,12 +23,82 @@ pub struct SyncReport {
     pub errors: Vec<String>,
 }
 
-/// Reads every CatalogSource now. A source that cannot be read keeps its last good set of
-/// products and its error is reported; broken files are reported and the rest still load.
-pub async fn sync_all(
+/// The in-memory catalog the hooks and the reconciler share, and the one sync at a time that
+/// refreshes it. Requests that all miss a version while a sync runs share the next sync instead
+/// of each reading every source again.
+#[derive(Debug, Default)]
+pub struct SharedCatalog {
+    catalog: RwLock<Catalog>,
+    turn: tokio::sync::Mutex<()>,
+    /// Syncs that have taken their turn so far.
+    started: AtomicU64,
+}
+
+impl SharedCatalog {
+    /// A shared catalog holding `catalog`.
+    pub fn new(catalog: Catalog) -> Self {
+        Self {
+            catalog: RwLock::new(catalog),
+            ..Default::default()
+        }
+    }
+
+    /// Reads the catalog; a lock poisoned by a panic is reported, not propagated.
+    pub fn read(&self) -> Result<RwLockReadGuard<'_, Catalog>> {
+        self.catalog
+            .read()
+            .map_err(|_| Error::Task("catalog lock poisoned".into()))
+    }
+
+    fn write(&self) -> Result<RwLockWriteGuard<'_, Catalog>> {
+        self.catalog
+            .write()
+            .map_err(|_| Error::Task("catalog lock poisoned".into()))
+    }
+}
+
+/// Reads every CatalogSource now, after any sync already under way.
+pub async fn sync_all(store: &Arc<dyn Store>, catalog: &SharedCatalog) -> Result<SyncReport> {
+    let turn = catalog.turn.lock().await;
+    sync_in_turn(store, catalog, turn).await
+}
+
+/// Makes sure the catalog has had a chance to load `product` at `version` (the newest when
+/// `None`): when it is missing, every source is synced once, by a sync that started after the
+/// miss was seen (possibly another caller's). A replica that did not serve the last sync-sources
+/// call, or a file added without one, is then caught up before anyone is told the version does
+/// not exist. Problems of the sync itself are logged; the caller's lookup reports what is still
+/// missing.
+pub async fn ensure_version(
     store: &Arc<dyn Store>,
-    catalog: &Arc<RwLock<Catalog>>,
+    catalog: &SharedCatalog,
+    product: &str,
+    version: Option<&str>,
+) -> Result<()> {
+    if catalog.read()?.resolve(product, version).is_some() {
+        return Ok(());
+    }
+    let seen = catalog.started.load(Ordering::Acquire);
+    let turn = catalog.turn.lock().await;
+    // Holding the turn, every sync that started since the miss has finished.
+    if catalog.started.load(Ordering::Acquire) > seen {
+        return Ok(());
+    }
+    let report = sync_in_turn(store, catalog, turn).await?;
+    for error in &report.errors {
+        tracing::warn!(%error, "catalog problem");
+    }
+    Ok(())
+}
+
+/// Reads every CatalogSource. A source that cannot be read keeps its last good set of
+/// products and its error is reported; broken files are reported and the rest still load.
+async fn sync_in_turn(
+    store: &Arc<dyn Store>,
+    catalog: &SharedCatalog,
+    _turn: tokio::sync::MutexGuard<'_, ()>,
 ) -> Result<SyncReport> {
+    catalog.started.fetch_add(1, Ordering::AcqRel);
     let sources = store.list::<CatalogSource>(None).await?;
     let mut report = SyncReport::default();
     for source in &sources {
@@ -52,7 +123,7 @@ pub async fn sync_all(
                     versions_loaded: versions.len() as u32,
                     errors: errors.clone(),
                 };
-                write_lock(catalog)?.replace_source(&name, versions);
+                catalog.write()?.replace_source(&name, versions);
                 report
                     .errors
                     .extend(errors.into_iter().map(|e| format!("source '{name}': {e}")));
@@ -71,43 +142,9 @@ pub async fn sync_all(
         updated.status = Some(status);
         store.update_status(&updated).await?;
     }
-    let mut catalog = write_lock(catalog)?;
+    let mut catalog = catalog.write()?;
     let known: Vec<String> = sources.iter().map(|s| s.name_any()).collect();
     catalog.retain_sources(&known);
     report.versions_loaded = catalog.counts().1;
     Ok(report)
-}
-
-/// Makes sure the catalog has had a chance to load `product` at `version` (the newest when
-/// `None`): when it is missing, every source is synced once. A replica that did not serve the
-/// last sync-sources call, or a file added without one, is then caught up before anyone is told
-/// the version does not exist. Problems of the sync itself are logged; the caller's lookup
-/// reports what is still missing.
-pub async fn ensure_version(
-    store: &Arc<dyn Store>,
-    catalog: &Arc<RwLock<Catalog>>,
-    product: &str,
-    version: Option<&str>,
-) -> Result<()> {
-    let present = read_lock(catalog)?.resolve(product, version).is_some();
-    if !present {
-        let report = sync_all(store, catalog).await?;
-        for error in &report.errors {
-            tracing::warn!(%error, "catalog problem");
-        }
-    }
-    Ok(())
-}
-
-/// Reads the catalog; a lock poisoned by a panic is reported, not propagated.
-pub fn read_lock(catalog: &RwLock<Catalog>) -> Result<std::sync::RwLockReadGuard<'_, Catalog>> {
-    catalog
-        .read()
-        .map_err(|_| Error::Task("catalog lock poisoned".into()))
-}
-
-fn write_lock(catalog: &RwLock<Catalog>) -> Result<std::sync::RwLockWriteGuard<'_, Catalog>> {
-    catalog
-        .write()
-        .map_err(|_| Error::Task("catalog lock poisoned".into()))
 }

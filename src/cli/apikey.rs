@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use serde_json::json;
 
-use super::{Format, print_as};
+use super::{Format, out, print_as};
 use crate::auth;
 use crate::model::{ApiKey, ApiKeySpec, Environment, dns_label};
 use crate::store::Store;
@@ -76,17 +76,18 @@ pub fn parse_duration(text: &str) -> Result<SignedDuration> {
             .ok_or_else(invalid)?,
     );
     let number: i64 = number.parse().map_err(|_| invalid())?;
-    let seconds = match unit {
-        "d" => number * 86_400,
-        "h" => number * 3_600,
-        "m" => number * 60,
-        "s" => number,
+    let factor = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
         _ => return Err(invalid()),
     };
-    if seconds <= 0 {
-        return Err(invalid());
+    match number.checked_mul(factor) {
+        Some(seconds) if seconds > 0 => Ok(SignedDuration::from_secs(seconds)),
+        Some(_) => Err(invalid()),
+        None => Err(Error::Invalid(format!("'{text}' is too long a duration"))),
     }
-    Ok(SignedDuration::from_secs(seconds))
 }
 
 /// A Kubernetes-style object name from a display name: each run of other characters becomes one dash.
@@ -127,7 +128,15 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                 )));
             }
             let expires_at = match (expires_in, expires_at) {
-                (Some(after), _) => Some(Timestamp::now() + parse_duration(&after)?),
+                (Some(after), _) => Some(
+                    Timestamp::now()
+                        .checked_add(parse_duration(&after)?)
+                        .map_err(|_| {
+                            Error::Invalid(format!(
+                                "--expires-in {after} reaches past the year 9999; use a shorter time"
+                            ))
+                        })?,
+                ),
                 (None, Some(at)) => Some(at.parse::<Timestamp>().map_err(|e| {
                     Error::Invalid(format!("--expires-at '{at}' is not an RFC 3339 time: {e}"))
                 })?),
@@ -176,7 +185,7 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                     Format::Json,
                 );
             }
-            println!("{}", key.plaintext);
+            out(&key.plaintext)?;
             eprintln!(
                 "Created API key '{name}' (id {id}, prefix {}) with {}. Copy it now: it is not shown again.",
                 key.prefix,
@@ -196,10 +205,10 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                     format,
                 );
             }
-            println!(
+            out(&format!(
                 "{:<28} {:<10} {:<36} {:<12} {:<8} LAST USED",
                 "NAME", "PREFIX", "PERMISSIONS", "ENVIRONMENT", "STATE"
-            );
+            ))?;
             for key in keys {
                 let state = if key.spec.revoked {
                     "revoked"
@@ -213,7 +222,7 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                     .as_ref()
                     .and_then(|s| s.last_used_at)
                     .map(|t| t.to_string());
-                println!(
+                out(&format!(
                     "{:<28} {:<10} {:<36} {:<12} {:<8} {}",
                     key.spec.display_name,
                     key.spec.prefix,
@@ -221,7 +230,7 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                     key.spec.environment.as_deref().unwrap_or("*"),
                     state,
                     last_used.as_deref().unwrap_or("never")
-                );
+                ))?;
             }
             Ok(())
         }
@@ -285,6 +294,10 @@ mod tests {
         assert!(parse_duration("0d").is_err());
         assert!(parse_duration("d").is_err());
         assert!(parse_duration("5w").is_err());
+        assert!(
+            parse_duration("200000000000000d").is_err(),
+            "overflow is an error"
+        );
     }
 
     #[test]

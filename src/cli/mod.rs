@@ -144,7 +144,7 @@ fn write_crds(dir: Option<&std::path::Path>) -> Result<()> {
                     .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
                 eprintln!("wrote {}", path.display());
             }
-            None => print!("---\n{yaml}"),
+            None => out(&format!("---\n{}", yaml.trim_end()))?,
         }
     }
     Ok(())
@@ -207,6 +207,17 @@ fn print_as(value: &serde_json::Value, format: Format) -> Result<()> {
             source: e,
         })?,
     };
-    println!("{}", text.trim_end());
-    Ok(())
+    out(text.trim_end())
+}
+
+/// Writes a line to stdout. A reader that went away (`rsgo get ... | head`) ends the command
+/// quietly: [`is_closed_pipe`] tells the caller.
+fn out(line: &str) -> Result<()> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}").map_err(|e| Error::io("writing to stdout", e))
+}
+
+/// Whether an error only says that stdout's reader has gone away.
+pub fn is_closed_pipe(error: &Error) -> bool {
+    matches!(error, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
 }

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Format, print_as};
+use super::{Format, out, print_as};
 use crate::model::{API_VERSION, ApiKey, CatalogSource, DeploymentRecord, Environment, Stack};
 use crate::store::{Object, Store, Write, encode};
 use crate::{Error, Result};
@@ -176,7 +176,7 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
     }
     store.write(writes).await?;
     for line in report {
-        println!("{line}");
+        out(&line)?;
     }
     Ok(())
 }
@@ -325,7 +325,7 @@ pub async fn get(
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        out(cells.join("  ").trim_end())?;
     }
     Ok(())
 }
@@ -351,8 +351,9 @@ pub async fn delete(
     let deadline = tokio::time::Instant::now() + DELETE_WAIT;
     while tokio::time::Instant::now() < deadline {
         if store.get::<Stack>(environment, name).await?.is_none() {
-            println!("stack/{name} deleted (containers and network removed, volumes kept)");
-            return Ok(());
+            return out(&format!(
+                "stack/{name} deleted (containers and networks removed, volumes kept)"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

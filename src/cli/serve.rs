@@ -1,8 +1,9 @@
 //! `rsgo serve`: the hooks, the catalog and the reconciler in one process.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -12,9 +13,9 @@ use kube::api::ObjectMeta;
 use kube::runtime::{WatchStreamExt, predicates};
 use sha2::{Digest, Sha256};
 
-use crate::api::{AppState, router};
+use crate::api::{AppState, HttpLimits, RefusalLog, refusals, router};
 use crate::auth::KeyIndex;
-use crate::catalog::{Catalog, sync};
+use crate::catalog::sync::{self, SharedCatalog};
 use crate::model::{CatalogSource, CatalogSourceSpec, DEFAULT_ENVIRONMENT, DirectorySource};
 use crate::reconcile::leader::{self, LeaseLock};
 use crate::reconcile::{self, Context};
@@ -54,6 +55,70 @@ pub struct ServeArgs {
     /// Environment used when neither a request nor its key names one.
     #[arg(long, default_value = DEFAULT_ENVIRONMENT)]
     pub default_environment: String,
+    /// Seconds a client gets to send a complete request head; a kept-alive connection idle this
+    /// long is closed too.
+    #[arg(long, env = "RSGO_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub header_timeout_seconds: u64,
+    /// Seconds a client gets to send a whole request body.
+    #[arg(long, env = "RSGO_BODY_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub body_timeout_seconds: u64,
+    /// Connections served at once; more wait until one closes.
+    #[arg(long, env = "RSGO_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+}
+
+impl ServeArgs {
+    fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            header_timeout: Duration::from_secs(self.header_timeout_seconds.max(1)),
+            body_timeout: Duration::from_secs(self.body_timeout_seconds.max(1)),
+            max_connections: self.max_connections.max(1),
+        }
+    }
+}
+
+/// Name of the lock file that lets one `rsgo serve` reconcile a data directory.
+const RECONCILE_LOCK: &str = "reconcile.lock";
+
+/// Runs the reconciler of a SQLite store once this process holds the data directory's lock.
+/// Another `rsgo serve` on the same directory keeps it; this one then serves the hooks only and
+/// takes over when the other stops (the operating system releases the lock of a dead process,
+/// `kill -9` included).
+async fn reconcile_when_locked(
+    data_dir: &std::path::Path,
+    run: impl Future<Output = ()>,
+) -> Result<()> {
+    let path = data_dir.join(RECONCILE_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::warn!(
+                lock = %path.display(),
+                "another rsgo serve reconciles this data directory; this one serves the hooks \
+                 only and takes over when that one stops"
+            );
+            let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+                .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
+            tracing::info!("the other rsgo serve stopped; this one reconciles now");
+            run.await;
+            drop(file);
+            return Ok(());
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(Error::io(format!("locking {}", path.display()), e));
+        }
+    }
+    run.await;
+    drop(file);
+    Ok(())
 }
 
 /// Registers a `--catalog` directory as a CatalogSource named after the directory.
@@ -104,7 +169,7 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     for dir in &args.catalogs {
         register_catalog(&store, dir).await?;
     }
-    let catalog = Arc::new(RwLock::new(Catalog::default()));
+    let catalog = Arc::new(SharedCatalog::default());
     let catalog_synced = Arc::new(tokio::sync::Notify::new());
 
     // Sync whenever a CatalogSource's spec changes (including the first listing).
@@ -144,7 +209,13 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     let keys = client.is_some().then(|| KeyIndex::follow(store.clone()));
     match client {
         None => {
-            tokio::spawn(reconcile::run(ctx, resync, catalog_synced.clone()));
+            let run = reconcile::run(ctx, resync, catalog_synced.clone());
+            let data_dir = data_dir.to_owned();
+            tokio::spawn(async move {
+                if let Err(error) = reconcile_when_locked(&data_dir, run).await {
+                    tracing::error!(%error, "cannot reconcile");
+                }
+            });
         }
         Some(client) => {
             // Every replica serves hooks; only the Lease holder reconciles.
@@ -162,19 +233,32 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
         }
     }
 
+    let refusals = Arc::new(RefusalLog::default());
+    tokio::spawn({
+        let refusals = refusals.clone();
+        async move {
+            let mut every = tokio::time::interval(refusals::SUMMARY_PERIOD);
+            loop {
+                every.tick().await;
+                refusals.flush();
+            }
+        }
+    });
+    let limits = args.http_limits();
     let state = AppState {
         keys,
         store,
         catalog,
         default_environment: args.default_environment,
         catalog_synced,
+        http: limits,
+        refusals,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Error::io(format!("listening on {}", args.listen), e))?;
     tracing::info!(listen = %args.listen, "rsgo serving");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
+    crate::api::serve(listener, router(state), limits, shutdown_signal())
         .await
         .map_err(|e| Error::io("serving", e))
 }

@@ -5,7 +5,7 @@ pub mod leader;
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,7 +16,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, WatchStreamExt, reflector};
 use kube::{Resource, ResourceExt};
 
-use crate::catalog::{self, Catalog, ContainerPlan, StackPlan, render, sync};
+use crate::catalog::sync::{self, SharedCatalog};
+use crate::catalog::{self, ContainerPlan, StackPlan, render};
 use crate::model::{
     CLEANUP_FINALIZER, DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
     DeploymentRecordStatus, Environment, EnvironmentStatus, REDEPLOY_ANNOTATION, ServiceResult,
@@ -37,7 +38,7 @@ pub struct Context {
     /// Desired state and status.
     pub store: Arc<dyn Store>,
     /// Products to deploy.
-    pub catalog: Arc<RwLock<Catalog>>,
+    pub catalog: Arc<SharedCatalog>,
     runtimes: tokio::sync::Mutex<HashMap<String, DockerRuntime>>,
     kube: Option<kube::Client>,
     recorder: Option<Recorder>,
@@ -45,7 +46,7 @@ pub struct Context {
 
 impl Context {
     /// A context over a store and a catalog.
-    pub fn new(store: Arc<dyn Store>, catalog: Arc<RwLock<Catalog>>) -> Self {
+    pub fn new(store: Arc<dyn Store>, catalog: Arc<SharedCatalog>) -> Self {
         Self {
             store,
             catalog,
@@ -450,7 +451,7 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Target, StackPlan, Str
     )
     .await?;
     let pv = {
-        let catalog = sync::read_lock(&ctx.catalog)?;
+        let catalog = ctx.catalog.read()?;
         let found = catalog.resolve(&stack.spec.product, stack.spec.version.as_deref());
         found.ok_or_else(|| {
             Error::Invalid(format!(

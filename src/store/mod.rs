@@ -85,6 +85,8 @@ pub trait Store: Send + Sync + 'static {
     fn watch_raw(self: Arc<Self>, kind: String) -> BoxStream<'static, watcher::Event<Value>>;
     /// Wakes when this process wrote something; other processes' writes are found by polling.
     fn subscribe(&self) -> watch::Receiver<u64>;
+    /// Whether the store can take writes now; readiness fails while it cannot.
+    fn writable(&self) -> BoxFuture<'_, Result<()>>;
 }
 
 /// The string at `pointer` in a document, or an empty string.

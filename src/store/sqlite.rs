@@ -5,6 +5,7 @@
 //! revision it saw never misses a commit. Deletions leave a tombstone row for the feed.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ pub const DATABASE_FILE: &str = "rsgo.db";
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     written: Arc<watch::Sender<u64>>,
+    /// Set when a write failed for lack of space; cleared by the next write that succeeds.
+    full: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -63,6 +66,7 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             written: Arc::new(written),
+            full: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -285,6 +289,7 @@ impl Store for SqliteStore {
             return std::future::ready(Err(error)).boxed();
         }
         let written = self.written.clone();
+        let full = self.full.clone();
         let result = self.run(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut stored = Vec::with_capacity(writes.len());
@@ -297,7 +302,12 @@ impl Store for SqliteStore {
             Ok((stored, revision as u64))
         });
         async move {
-            let (stored, revision) = result.await?;
+            let (stored, revision) = result.await.inspect_err(|e| {
+                if e.is_storage_full() {
+                    full.store(true, Ordering::Release);
+                }
+            })?;
+            full.store(false, Ordering::Release);
             written.send_replace(revision);
             Ok(stored)
         }
@@ -349,6 +359,32 @@ impl Store for SqliteStore {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.written.subscribe()
+    }
+
+    /// After a write failed for lack of space, a probe write tells whether there is room again:
+    /// a row of 64 KiB written and deleted in one committed transaction, which leaves nothing.
+    fn writable(&self) -> BoxFuture<'_, Result<()>> {
+        if !self.full.load(Ordering::Acquire) {
+            return std::future::ready(Ok(())).boxed();
+        }
+        let full = self.full.clone();
+        let probe = self.run(|conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO objects (kind, namespace, name, revision, deleted, body) \
+                 VALUES ('', '', 'probe', 0, 1, zeroblob(65536))",
+                [],
+            )?;
+            tx.execute("DELETE FROM objects WHERE kind = '' AND name = 'probe'", [])?;
+            tx.commit()?;
+            Ok(())
+        });
+        async move {
+            probe.await?;
+            full.store(false, Ordering::Release);
+            Ok(())
+        }
+        .boxed()
     }
 }
 

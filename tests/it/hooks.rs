@@ -1,7 +1,7 @@
 //! The hook contract in-process: the real router over a real SQLite store, no rollout.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::ObjectMeta;
 use rsgo::api::{AppState, router};
 use rsgo::auth;
-use rsgo::catalog::Catalog;
+use rsgo::catalog::sync::SharedCatalog;
 use rsgo::model::{
     ApiKey, ApiKeySpec, CatalogSource, CatalogSourceSpec, DEPLOYMENT_ANNOTATION, DeploymentRecord,
     DirectorySource, DockerEndpoint, Environment, EnvironmentSpec, REDEPLOY_ANNOTATION, Stack,
@@ -109,7 +109,7 @@ pub async fn fixture(backend: Backend) -> Fixture {
         status: None,
     };
     store.create(&source).await.unwrap();
-    let catalog = Arc::new(RwLock::new(Catalog::default()));
+    let catalog = Arc::new(SharedCatalog::default());
     let report = rsgo::catalog::sync::sync_all(&store, &catalog)
         .await
         .unwrap();
@@ -125,6 +125,8 @@ pub async fn fixture(backend: Backend) -> Fixture {
             catalog,
             default_environment: "local".into(),
             catalog_synced: Default::default(),
+            http: Default::default(),
+            refusals: Default::default(),
             keys: None,
         },
         _dir: dir,

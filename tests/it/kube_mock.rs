@@ -2,7 +2,7 @@
 //! tower-test mock: each expected call is matched by method and path, its body inspected, and
 //! answered as the API server would. A missing call times out; an extra call fails the test.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -11,6 +11,7 @@ use kube::client::Body;
 use kube::{Api, Client};
 use rsgo::api::AppState;
 use rsgo::catalog::Catalog;
+use rsgo::catalog::sync::SharedCatalog;
 use rsgo::reconcile::leader::LeaseLock;
 use rsgo::store::{KubeStore, Store};
 use serde_json::{Value, json};
@@ -208,9 +209,11 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
     let state = AppState {
         keys: Some(keys),
         store: Arc::new(KubeStore::new(client)) as Arc<dyn Store>,
-        catalog: Arc::new(RwLock::new(Catalog::default())),
+        catalog: Arc::new(SharedCatalog::default()),
         default_environment: "prod".into(),
         catalog_synced: Default::default(),
+        http: Default::default(),
+        refusals: Default::default(),
     };
     let call = {
         let key = key.clone();
@@ -319,7 +322,7 @@ fn kube_context(client: Client, with_product: bool) -> Arc<rsgo::reconcile::Cont
     }
     let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone()));
     Arc::new(
-        rsgo::reconcile::Context::new(store, Arc::new(RwLock::new(catalog)))
+        rsgo::reconcile::Context::new(store, Arc::new(SharedCatalog::new(catalog)))
             .with_kubernetes(client, "rsgo-0"),
     )
 }
@@ -689,9 +692,11 @@ async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_recor
     let state = AppState {
         keys: Some(keys),
         store: Arc::new(KubeStore::new(client)) as Arc<dyn Store>,
-        catalog: Arc::new(RwLock::new(catalog)),
+        catalog: Arc::new(SharedCatalog::new(catalog)),
         default_environment: "prod".into(),
         catalog_synced: Default::default(),
+        http: Default::default(),
+        refusals: Default::default(),
     };
     let call = tokio::spawn(async move {
         let body =
@@ -773,7 +778,7 @@ async fn a_stack_kubernetes_cannot_run_fails_with_a_message() {
     );
     let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone()));
     let ctx = Arc::new(
-        rsgo::reconcile::Context::new(store, Arc::new(RwLock::new(catalog)))
+        rsgo::reconcile::Context::new(store, Arc::new(SharedCatalog::new(catalog)))
             .with_kubernetes(client, "rsgo-0"),
     );
     let plain = json!({"annotations": {}});
