@@ -10,6 +10,8 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_env("RSGO_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never in log files or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match rsgo::cli::run(rsgo::cli::Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -148,3 +148,59 @@ async fn sync_in_turn(
     report.versions_loaded = catalog.counts().1;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CatalogSourceSpec, DirectorySource};
+    use crate::store::SqliteStore;
+
+    #[tokio::test]
+    async fn concurrent_misses_share_syncs() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let manifests = dir.path().join("catalog");
+        std::fs::create_dir(&manifests).unwrap();
+        std::fs::write(
+            manifests.join("app.yaml"),
+            "metadata: {name: app, productVersion: '1.0.0'}\nservices:\n  web: {image: x}\n",
+        )
+        .unwrap();
+        let source = CatalogSource::new(
+            "src",
+            CatalogSourceSpec {
+                directory: Some(DirectorySource {
+                    path: manifests.to_string_lossy().into_owned(),
+                }),
+            },
+        );
+        store.create(&source).await.unwrap();
+        let catalog = Arc::new(SharedCatalog::default());
+        // Ten requests miss a version while a sync is busy (the test holds its turn).
+        let busy = catalog.turn.lock().await;
+        let misses: Vec<_> = (0..10)
+            .map(|_| {
+                let (store, catalog) = (store.clone(), catalog.clone());
+                tokio::spawn(async move {
+                    ensure_version(&store, &catalog, "missing", Some("9.9.9")).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        drop(busy);
+        for miss in misses {
+            miss.await.unwrap().unwrap();
+        }
+        let syncs = catalog.started.load(Ordering::Acquire);
+        assert_eq!(syncs, 1, "the ten misses share one sync");
+        assert!(catalog.read().unwrap().find("app", "1.0.0").is_some());
+        ensure_version(&store, &catalog, "app", Some("1.0.0"))
+            .await
+            .unwrap();
+        assert_eq!(
+            catalog.started.load(Ordering::Acquire),
+            syncs,
+            "a present version syncs nothing"
+        );
+    }
+}

@@ -519,7 +519,13 @@ async fn apply_plan(
             }
             Step::Start(i, have) => {
                 runtime.start(&have.id, &have.name).await?;
-                (&plan.containers[i].service, "started")
+                wait_ready(runtime, &plan.containers[i], &have.id).await?;
+                // Created by this very rollout before it was interrupted.
+                let ours = provenance.deployment.is_some_and(|d| d == have.deployment);
+                (
+                    &plan.containers[i].service,
+                    if ours { "recreated" } else { "started" },
+                )
             }
             Step::Keep(i, have) => {
                 // A service that runs but fails its health check is not running as specified.
@@ -584,12 +590,18 @@ async fn run_to_plan(
     provenance: Provenance<'_>,
 ) -> Result<()> {
     let id = runtime.run(container, resources, provenance).await?;
+    wait_ready(runtime, container, &id).await
+}
+
+/// Waits until a started container counts as up: a one-shot one exited 0, one with a health
+/// check passed it. Dependents start only then.
+async fn wait_ready(runtime: &DockerRuntime, container: &ContainerPlan, id: &str) -> Result<()> {
     if container.init {
-        runtime.wait_success(&id, &container.name).await?;
+        runtime.wait_success(id, &container.name).await?;
     } else if let Some(health) = &container.health {
-        // Dependents start only once this service is healthy; the margin covers engine delays.
+        // The margin covers engine delays.
         let patience = Duration::from_secs(health.patience_secs() + 30);
-        runtime.wait_healthy(&id, &container.name, patience).await?;
+        runtime.wait_healthy(id, &container.name, patience).await?;
     }
     Ok(())
 }

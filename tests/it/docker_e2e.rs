@@ -473,7 +473,9 @@ fn rollouts_wait_for_health_checks_and_an_unhealthy_upgrade_rolls_back() {
 
     let message = upgrade_rolls_back(&server, &stack, "2.0.0");
     assert!(
-        message.contains(&format!("container {container} is unhealthy")),
+        message.contains(&format!(
+            "container {container} is unhealthy: the check exited with code 1 and printed nothing"
+        )),
         "{message}"
     );
     wait_running(&server, &stack, "1.0.0");

@@ -22,6 +22,8 @@ use tower::ServiceExt;
 
 pub struct Fixture {
     pub state: AppState,
+    /// The directory of the catalog source the fixture loaded.
+    pub catalog_dir: std::path::PathBuf,
     _dir: TempDir,
 }
 
@@ -129,11 +131,17 @@ pub async fn fixture(backend: Backend) -> Fixture {
             refusals: Default::default(),
             keys: None,
         },
+        catalog_dir: manifests,
         _dir: dir,
     }
 }
 
 impl Fixture {
+    /// Adds a manifest to the catalog directory; the next lookup of its version syncs it.
+    pub fn add_manifest(&self, file: &str, text: &str) {
+        std::fs::write(self.catalog_dir.join(file), text).unwrap();
+    }
+
     pub async fn key_with(
         &self,
         permissions: &[&str],
@@ -540,6 +548,241 @@ async fn unknown_routes_and_methods_get_json_errors() {
     assert_eq!(body["success"], false);
 }
 
+/// A narrow key can only set what a manifest declares, only as its type allows, and never
+/// reach the host through a mount.
+async fn upgrades_set_only_declared_and_valid_variables(backend: Backend) {
+    let f = fixture(backend).await;
+    let key = f.key(&["Hooks.Upgrade"]).await;
+    let upgrade = |variables: Value| json!({"stackName": "shop", "targetVersion": "6.5.0", "variables": variables});
+    let undeclared = f
+        .json(
+            "/api/hooks/upgrade",
+            &key,
+            upgrade(json!({"GREETING": "hi", "IMAGE": "evil/image", "DATA_DIR": "/"})),
+        )
+        .await;
+    assert_error(
+        &undeclared,
+        StatusCode::BAD_REQUEST,
+        "variable(s) DATA_DIR, IMAGE are not declared by shop 6.5.0",
+    );
+    f.add_manifest(
+        "shop-6.6.0.yaml",
+        "metadata: {name: Shop, productId: shop, productVersion: '6.6.0'}\nvariables:\n  \
+         DATA_DIR: {type: Path, default: /srv/shop}\n  ADMIN: {type: Email, default: ops@example.com}\n\
+         services:\n  web: {image: 'registry.invalid/web:1', volumes: ['${DATA_DIR}:/data']}\n",
+    );
+    let to_666 = |variables: Value| json!({"stackName": "shop", "targetVersion": "6.6.0", "variables": variables});
+    let root = f
+        .json("/api/hooks/upgrade", &key, to_666(json!({"DATA_DIR": "/"})))
+        .await;
+    assert_error(
+        &root,
+        StatusCode::BAD_REQUEST,
+        "variable 'DATA_DIR' must name something below /",
+    );
+    let climb = f
+        .json(
+            "/api/hooks/upgrade",
+            &key,
+            to_666(json!({"DATA_DIR": "/srv/shop/../../etc"})),
+        )
+        .await;
+    assert_error(&climb, StatusCode::BAD_REQUEST, "must not climb with '..'");
+    let email = f
+        .json(
+            "/api/hooks/upgrade",
+            &key,
+            to_666(json!({"ADMIN": "nobody"})),
+        )
+        .await;
+    assert_error(&email, StatusCode::BAD_REQUEST, "must be an e-mail address");
+    let mount = f.json("/api/hooks/upgrade", &key, to_666(json!({}))).await;
+    assert_error(
+        &mount,
+        StatusCode::BAD_REQUEST,
+        "service 'web' mounts host path '/srv/shop', outside the host paths environment 'local' allows (none); add it to spec.docker.allowedHostPaths",
+    );
+    let stack = f
+        .state
+        .store
+        .require::<Stack>("local", "shop")
+        .await
+        .unwrap();
+    assert_eq!(
+        stack.spec.version.as_deref(),
+        Some("6.4.0"),
+        "nothing refused was stored"
+    );
+    assert!(
+        f.state
+            .store
+            .list::<DeploymentRecord>(None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// "Newer" means newer than what the stack is asked to run, even while an earlier upgrade is
+/// still rolling out.
+async fn upgrades_never_go_below_the_desired_version(backend: Backend) {
+    let f = fixture(backend).await;
+    let key = f.key(&["Hooks.Upgrade"]).await;
+    let mut stack = f
+        .state
+        .store
+        .require::<Stack>("local", "shop")
+        .await
+        .unwrap();
+    stack.status = Some(rsgo::model::StackStatus {
+        deployed_version: Some("6.4.0".into()),
+        ..Default::default()
+    });
+    f.state.store.update_status(&stack).await.unwrap();
+    let first = f
+        .json(
+            "/api/hooks/upgrade",
+            &key,
+            json!({"stackName": "shop", "targetVersion": "6.5.0", "variables": {"GREETING": "hi"}}),
+        )
+        .await;
+    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+    f.add_manifest("shop-6.4.5.yaml", &manifest("6.4.5", false));
+    let back = f
+        .json(
+            "/api/hooks/upgrade",
+            &key,
+            json!({"stackName": "shop", "targetVersion": "6.4.5"}),
+        )
+        .await;
+    assert_error(
+        &back,
+        StatusCode::BAD_REQUEST,
+        "is at 6.5.0; targetVersion 6.4.5 is not newer",
+    );
+    let doubled = f
+        .json(
+            "/api/hooks/upgrade",
+            &key,
+            json!({"stackName": "shop", "targetVersion": "vv6.6.0"}),
+        )
+        .await;
+    assert_error(&doubled, StatusCode::BAD_REQUEST, "is not a SemVer version");
+}
+
+/// Names that become container, network or workload names, and specs rsgo acts on, are checked
+/// wherever they are written.
+async fn names_and_specs_are_checked_at_the_store_boundary(backend: Backend) {
+    let f = fixture(backend).await;
+    let store = &f.state.store;
+    let mut evil = store.require::<Stack>("local", "shop").await.unwrap();
+    evil.metadata = ObjectMeta {
+        name: Some("../../etc/evil".into()),
+        namespace: Some("local".into()),
+        ..Default::default()
+    };
+    let refused = store.create(&evil).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("Stack '../../etc/evil' is not a valid name"),
+        "{refused}"
+    );
+    for bad in ["Shop", "shop_1", "-shop", &"s".repeat(64)] {
+        evil.metadata.name = Some(bad.to_owned());
+        assert!(store.create(&evil).await.is_err(), "{bad}");
+    }
+    let mut ftp = env("staging");
+    ftp.spec.docker.as_mut().unwrap().host = "ftp://example.com:21".into();
+    let refused = store.create(&ftp).await.unwrap_err().to_string();
+    assert!(refused.contains("not an engine address"), "{refused}");
+    let mut key = ApiKey::new(
+        "weak",
+        ApiKeySpec {
+            display_name: "weak".into(),
+            key_hash: "not-a-hash".into(),
+            prefix: "rsgo_abcd".into(),
+            permissions: vec!["Hooks.Redeploy".into()],
+            ..Default::default()
+        },
+    );
+    let refused = store.create(&key).await.unwrap_err().to_string();
+    assert!(refused.contains("SHA-256"), "{refused}");
+    key.spec.key_hash = auth::hash("rsgo_x");
+    key.spec.permissions = vec!["Hooks.Everything".into()];
+    assert!(store.create(&key).await.is_err(), "unknown permissions");
+    assert_eq!(
+        store.list::<Stack>(None).await.unwrap().len(),
+        1,
+        "nothing was stored"
+    );
+}
+
+/// Bodies must be JSON objects; an id in a path that does not decode, an over-long target and an
+/// over-large head all get JSON errors; an unknown environment is only listed to keys that may
+/// act on every environment.
+async fn malformed_requests_get_json_errors_that_leak_nothing(backend: Backend) {
+    let f = fixture(backend).await;
+    let key = f.key(&["*"]).await;
+    let array = f
+        .call(
+            "/api/hooks/redeploy",
+            Some(&key),
+            Some(br#"["shop"]"#.to_vec()),
+        )
+        .await;
+    assert_error(&array, StatusCode::BAD_REQUEST, "send a JSON object");
+    let scoped = f
+        .key_with(&["Hooks.*"], |s| s.environment = Some("gone".into()))
+        .await;
+    let unknown = f
+        .json("/api/hooks/redeploy", &scoped, json!({"stackName": "shop"}))
+        .await;
+    assert_error(
+        &unknown,
+        StatusCode::BAD_REQUEST,
+        "Environment 'gone' not found.",
+    );
+    let message = unknown.1["message"].as_str().unwrap();
+    assert!(
+        !message.contains("local") && !message.contains("other"),
+        "{message}"
+    );
+    for (uri, status, needle) in [
+        (
+            "/api/deployments/%FF%FE".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "not valid",
+        ),
+        (
+            format!("/api/deployments/{}", "x".repeat(9000)),
+            StatusCode::URI_TOO_LONG,
+            "longer than",
+        ),
+    ] {
+        let request = Request::get(uri.as_str())
+            .header("X-Api-Key", &key)
+            .body(Body::empty())
+            .unwrap();
+        let response = router(f.state.clone()).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), status, "{uri}");
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&bytes).expect("a JSON body");
+        assert!(body["message"].as_str().unwrap().contains(needle), "{body}");
+    }
+    let request = Request::post("/api/hooks/sync-sources")
+        .header("X-Api-Key", &key)
+        .header("X-Padding", "p".repeat(40 * 1024))
+        .body(Body::empty())
+        .unwrap();
+    let response = router(f.state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+}
+
 /// Runs each hook test on both stores.
 macro_rules! on_both_stores {
     ($($test:ident),* $(,)?) => {$(
@@ -563,5 +806,9 @@ on_both_stores!(
     unauthenticated_requests_get_401_with_the_reason,
     missing_permissions_and_foreign_environments_get_403,
     bad_requests_get_400_and_oversized_bodies_413,
-    fifty_concurrent_hooks_lose_no_write
+    fifty_concurrent_hooks_lose_no_write,
+    upgrades_set_only_declared_and_valid_variables,
+    upgrades_never_go_below_the_desired_version,
+    names_and_specs_are_checked_at_the_store_boundary,
+    malformed_requests_get_json_errors_that_leak_nothing
 );

@@ -4,6 +4,7 @@
 mod cluster;
 mod docker_e2e;
 mod fake_api;
+mod guarantees;
 mod hooks;
 mod kube_mock;
 mod kubernetes;

@@ -353,3 +353,76 @@ async fn old_tombstones_are_purged_and_live_objects_kept() {
     assert_eq!(rows("SELECT count(*) FROM objects WHERE deleted = 1"), 1);
     assert!(store.get::<Stack>("local", "kept").await.unwrap().is_some());
 }
+
+#[test]
+fn the_cli_refuses_what_the_store_would_and_never_panics() {
+    let dir = TempDir::new().unwrap();
+    let file = dir.path().join("bad.yaml");
+    for (yaml, needle) in [
+        (
+            "apiVersion: rsgo.io/v1alpha1\nkind: ApiKey\nmetadata: {name: weak}\nspec: {displayName: weak, keyHash: abc, prefix: rsgo_abcd, permissions: [Hooks.Redeploy]}\n",
+            "document 1: ApiKey 'weak': spec.keyHash must be the SHA-256",
+        ),
+        (
+            "apiVersion: rsgo.io/v1alpha1\nkind: Environment\nmetadata: {name: far}\nspec: {docker: {host: 'ftp://example.com:21'}}\n",
+            "is not an engine address rsgo can use",
+        ),
+        (
+            "apiVersion: rsgo.io/v1alpha1\nkind: Environment\nmetadata: {name: lax}\nspec: {docker: {host: 'tcp://127.0.0.1:2375', allowedHostPaths: [srv]}}\n",
+            "host path 'srv' must be absolute",
+        ),
+    ] {
+        std::fs::write(&file, yaml).unwrap();
+        let out = crate::support::rsgo(dir.path(), &["apply", "-f", file.to_str().unwrap()]);
+        assert!(!out.status.success(), "{yaml}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{stderr}");
+    }
+    let far = crate::support::rsgo(
+        dir.path(),
+        &[
+            "apikey",
+            "create",
+            "--name",
+            "forever",
+            "--permission",
+            "*",
+            "--expires-in",
+            "106751991167300d",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&far.stderr);
+    assert!(
+        !far.status.success() && stderr.contains("past the year 9999"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // `rsgo get ... | head`: a reader that goes away ends the command quietly.
+    for i in 0..3 {
+        rsgo_ok(
+            dir.path(),
+            &[
+                "apikey",
+                "create",
+                "--name",
+                &format!("k{i}"),
+                "--permission",
+                "*",
+            ],
+        );
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rsgo"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["apikey", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -111,8 +111,10 @@ pub struct Server {
     child: Child,
     /// Base URL, `http://127.0.0.1:PORT`.
     pub url: String,
-    /// Data directory.
+    /// Holds the server's log and its data directory.
     pub data: TempDir,
+    data_dir: PathBuf,
+    args: Vec<String>,
     /// Catalog directory the server was started with.
     pub catalog: PathBuf,
     /// Environment the test's stacks run in (unique, on the local engine).
@@ -120,10 +122,45 @@ pub struct Server {
     _catalog_dir: TempDir,
 }
 
+/// Work done on a data directory before a server uses it.
+pub type Prepare = Box<dyn FnOnce(&Path)>;
+
+/// How a test wants its server.
+#[derive(Default)]
+pub struct Options {
+    /// Extra `rsgo serve` arguments.
+    pub args: Vec<String>,
+    /// Keep the database in this subdirectory of the data directory, made by `prepare`.
+    pub data_subdir: Option<String>,
+    /// Runs on the data directory before anything is written to it.
+    pub prepare: Option<Prepare>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Server {
     /// Starts a server whose catalog directory holds `manifests` (file name, YAML).
     pub fn start(manifests: &[(&str, String)]) -> Server {
+        Self::start_with(manifests, Options::default())
+    }
+
+    /// Like [`Server::start`], as `options` say.
+    pub fn start_with(manifests: &[(&str, String)], options: Options) -> Server {
         let data = TempDir::new().unwrap();
+        let data_dir = match &options.data_subdir {
+            Some(sub) => data.path().join(sub),
+            None => data.path().to_owned(),
+        };
+        std::fs::create_dir_all(&data_dir).unwrap();
+        if let Some(prepare) = options.prepare {
+            prepare(&data_dir);
+        }
         let catalog_dir = TempDir::new().unwrap();
         for (name, text) in manifests {
             std::fs::write(catalog_dir.path().join(name), text).unwrap();
@@ -134,50 +171,85 @@ impl Server {
         );
         let file = data.path().join("env.yaml");
         std::fs::write(&file, env_yaml).unwrap();
-        rsgo_ok(data.path(), &["apply", "-f", file.to_str().unwrap()]);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_rsgo"))
-            .arg("--data-dir")
-            .arg(data.path())
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--resync-seconds",
-                "2",
-                "--catalog",
-            ])
-            .arg(catalog_dir.path())
-            .env("RSGO_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(data.path().join("serve.log")).unwrap(),
-            ))
-            .spawn()
-            .expect("starting rsgo serve");
+        rsgo_ok(&data_dir, &["apply", "-f", file.to_str().unwrap()]);
+        let mut args: Vec<String> = ["--resync-seconds", "2", "--catalog"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.push(catalog_dir.path().to_string_lossy().into_owned());
+        args.extend(options.args);
+        let (child, url) = spawn_serve(&data_dir, &args, &data.path().join("serve.log"));
         let server = Server {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url,
             data,
+            data_dir,
+            args,
             catalog: catalog_dir.path().to_owned(),
             environment,
             _catalog_dir: catalog_dir,
         };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
         wait_for("rsgo serve to answer", Duration::from_secs(30), || {
-            curl("GET", &format!("{}/readyz", server.url), None, None)
+            curl("GET", &format!("{}/readyz", self.url), None, None)
                 .ok()
                 .filter(|(s, _)| *s == 200)
         });
-        server
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data; the new log is appended
+    /// to the old one.
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, url) = spawn_serve(&self.data_dir, &self.args, &self.log_path());
+        self.child = child;
+        self.url = url;
+        self.wait_ready();
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A second `rsgo serve` on this server's data directory, logging to `log`.
+    pub fn second(&self, log: &str) -> Second {
+        let path = self.data.path().join(log);
+        let (child, url) = spawn_serve(&self.data_dir, &self.args, &path);
+        let second = Second {
+            child,
+            url,
+            log: path,
+        };
+        wait_for(
+            "the second rsgo serve to answer",
+            Duration::from_secs(30),
+            || {
+                curl("GET", &format!("{}/readyz", second.url), None, None)
+                    .ok()
+                    .filter(|(s, _)| *s == 200)
+            },
+        );
+        second
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data.path().join("serve.log")
+    }
+
+    /// The data directory the server runs on.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Runs the CLI against this server's data directory.
     pub fn cli(&self, args: &[&str]) -> String {
-        rsgo_ok(self.data.path(), args)
+        rsgo_ok(&self.data_dir, args)
     }
 
     /// Creates a key with `permissions` and returns it.
@@ -223,7 +295,12 @@ impl Server {
 
     /// Docker name of a stack's container, volume or network in this server's environment.
     pub fn name(&self, stack: &str, part: &str) -> String {
-        format!("{}_{stack}_{part}", self.environment)
+        Self::name_in(&self.environment, stack, part)
+    }
+
+    /// Docker name of a stack's container, volume or network in `environment`.
+    pub fn name_in(environment: &str, stack: &str, part: &str) -> String {
+        format!("{environment}_{stack}_{part}")
     }
 
     /// Process id of the server.
@@ -233,7 +310,50 @@ impl Server {
 
     /// The server's log so far, for assertion messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data.path().join("serve.log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+/// Starts `rsgo serve` on a free port with `args`, appending its log to `log`.
+fn spawn_serve(data_dir: &Path, args: &[String], log: &Path) -> (Child, String) {
+    let port = free_port();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_rsgo"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("RSGO_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("starting rsgo serve");
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// A second `rsgo serve` on a [`Server`]'s data directory; killed when dropped.
+pub struct Second {
+    child: Child,
+    /// Base URL.
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Second {
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Second {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
