@@ -37,27 +37,37 @@ const WAIT_LIMIT: Duration = Duration::from_secs(15 * 60);
 /// How often a hook retries its read-modify-write when another writer got there first.
 const WRITE_ATTEMPTS: usize = 200;
 
+/// The body of `POST /api/hooks/redeploy`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RedeployRequest {
-    stack_name: String,
+pub struct RedeployRequest {
+    /// Stack to redeploy.
+    pub stack_name: String,
+    /// Environment of the stack; the key's scope or the default when absent.
     #[serde(default)]
-    environment_id: Option<String>,
+    pub environment_id: Option<String>,
+    /// Answer when the rollout ends instead of when it is recorded.
     #[serde(default)]
-    wait: bool,
+    pub wait: bool,
 }
 
+/// The body of `POST /api/hooks/upgrade`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct UpgradeRequest {
-    stack_name: String,
-    target_version: String,
+pub struct UpgradeRequest {
+    /// Stack to upgrade.
+    pub stack_name: String,
+    /// Catalog version to move to.
+    pub target_version: String,
+    /// Environment of the stack; the key's scope or the default when absent.
     #[serde(default)]
-    environment_id: Option<String>,
+    pub environment_id: Option<String>,
+    /// Values for variables the target version declares.
     #[serde(default)]
-    variables: BTreeMap<String, String>,
+    pub variables: BTreeMap<String, String>,
+    /// Answer when the rollout ends instead of when it is recorded.
     #[serde(default)]
-    wait: bool,
+    pub wait: bool,
 }
 
 /// Reads a hook's JSON object body: refused at once when it announces more than
@@ -107,11 +117,16 @@ async fn read_json<T: DeserializeOwned>(
             ),
         )
     })??;
+    parse_body(&bytes)
+}
+
+/// Parses a hook's body, which must be one JSON object with only the fields of `T`.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         None => Err(ApiError::bad_request(
             "Request body is empty; send a JSON object with at least stackName.",
         )),
-        Some(b'{') => serde_json::from_slice(&bytes)
+        Some(b'{') => serde_json::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}."))),
         Some(_) => Err(ApiError::bad_request(
             "Invalid request body: send a JSON object, such as {\"stackName\": \"shop\"}.",

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use error::ApiError;
+pub use hooks::{RedeployRequest, UpgradeRequest, parse_body};
 pub use refusals::RefusalLog;
 pub use server::{HttpLimits, serve};
 

@@ -582,4 +582,19 @@ mod tests {
         let err = load_directory(many.path()).unwrap_err().to_string();
         assert!(err.contains("more than the 10000"), "{err}");
     }
+
+    #[test]
+    fn alias_bombs_are_refused_not_expanded() {
+        let mut text = String::from(
+            "metadata: {name: x, productVersion: '1.0.0'}\nservices: {web: {image: x}}\nvolumes:\n  a: &a [x,x,x,x,x,x,x,x,x]\n",
+        );
+        let names: Vec<char> = "abcdefghi".chars().collect();
+        for pair in names.windows(2) {
+            let (prev, next) = (pair[0], pair[1]);
+            let refs = vec![format!("*{prev}"); 9].join(",");
+            text.push_str(&format!("  {next}: &{next} [{refs}]\n"));
+        }
+        let err = parse_manifest(Path::new("bomb.yaml"), &text).unwrap_err();
+        assert!(err.contains("repetition limit exceeded"), "{err}");
+    }
 }

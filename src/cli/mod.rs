@@ -4,6 +4,8 @@ mod apikey;
 mod resources;
 mod serve;
 
+pub use resources::{Document, check_document, parse_documents};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -54,13 +54,25 @@ fn decode<K: Object>(doc: &Value, position: usize) -> Result<K> {
         .map_err(|e| Error::Invalid(format!("document {position}: {e}")))
 }
 
-/// Applies every document or none: all are parsed and checked before one atomic write.
-pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
-    let text = read_input(file)?;
+/// One document of an apply file, decoded and checked on its own.
+#[derive(Debug, Clone)]
+pub enum Document {
+    /// An Environment.
+    Environment(Environment),
+    /// A CatalogSource.
+    CatalogSource(CatalogSource),
+    /// A Stack (its namespace is filled in from its environment later).
+    Stack(Stack),
+    /// An ApiKey.
+    ApiKey(ApiKey),
+}
+
+/// The documents of an apply file with their positions (from 1); empty documents are skipped.
+pub fn parse_documents(text: &str, source: &str) -> Result<Vec<(usize, Value)>> {
     let mut docs = Vec::new();
-    for (index, document) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(document).map_err(|e| Error::Yaml {
-            context: format!("{}: document {}", file.display(), index + 1),
+            context: format!("{source}: document {}", index + 1),
             source: e,
         })?;
         if !value.is_null() {
@@ -68,33 +80,74 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
         }
     }
     if docs.is_empty() {
+        return Err(Error::Invalid(format!("{source} holds no objects")));
+    }
+    Ok(docs)
+}
+
+/// Checks one document on its own: `apiVersion`, a kind apply takes, its fields, its name and
+/// the rules of its kind. Errors name the document.
+pub fn check_document(position: usize, doc: &Value) -> Result<Document> {
+    let api_version = doc
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if api_version != API_VERSION {
         return Err(Error::Invalid(format!(
-            "{} holds no objects",
-            file.display()
+            "document {position}: apiVersion must be {API_VERSION}, got '{api_version}'"
         )));
     }
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let document = match kind {
+        "Environment" => Document::Environment(decode(doc, position)?),
+        "CatalogSource" => Document::CatalogSource(decode(doc, position)?),
+        "Stack" => Document::Stack(decode(doc, position)?),
+        "ApiKey" => Document::ApiKey(decode(doc, position)?),
+        other => {
+            return Err(Error::Invalid(format!(
+                "document {position}: kind '{other}' cannot be applied; use Environment, CatalogSource, Stack or ApiKey"
+            )));
+        }
+    };
+    let value = document.encode()?;
+    if value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(Error::Invalid(format!(
+            "document {position}: metadata.name is required"
+        )));
+    }
+    crate::model::validate_document(&value, true)
+        .map_err(|e| Error::Invalid(format!("document {position}: {e}")))?;
+    Ok(document)
+}
+
+impl Document {
+    fn encode(&self) -> Result<Value> {
+        match self {
+            Document::Environment(o) => encode(o),
+            Document::CatalogSource(o) => encode(o),
+            Document::Stack(o) => encode(o),
+            Document::ApiKey(o) => encode(o),
+        }
+    }
+}
+
+/// Applies every document or none: all are parsed and checked before one atomic write.
+pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
+    let text = read_input(file)?;
+    let docs = parse_documents(&text, &file.display().to_string())?;
     let mut new_environments: BTreeMap<String, Environment> = BTreeMap::new();
     let mut prepared: Vec<(String, Value)> = Vec::new();
     for (position, doc) in &docs {
-        let api_version = doc
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if api_version != API_VERSION {
-            return Err(Error::Invalid(format!(
-                "document {position}: apiVersion must be {API_VERSION}, got '{api_version}'"
-            )));
-        }
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
-        let value = match kind {
-            "Environment" => {
-                let env: Environment = decode(doc, *position)?;
+        let document = match check_document(*position, doc)? {
+            Document::Environment(env) => {
                 new_environments.insert(env.name_any(), env.clone());
-                encode(&env)?
+                Document::Environment(env)
             }
-            "CatalogSource" => encode(&decode::<CatalogSource>(doc, *position)?)?,
-            "Stack" => {
-                let mut stack: Stack = decode(doc, *position)?;
+            Document::Stack(mut stack) => {
                 let env_name = stack.spec.environment.clone();
                 let env = match new_environments.get(&env_name) {
                     Some(env) => env.clone(),
@@ -116,27 +169,13 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
                     }
                     _ => stack.metadata.namespace = Some(namespace),
                 }
-                encode(&stack)?
+                Document::Stack(stack)
             }
-            "ApiKey" => encode(&decode::<ApiKey>(doc, *position)?)?,
-            other => {
-                return Err(Error::Invalid(format!(
-                    "document {position}: kind '{other}' cannot be applied; use Environment, CatalogSource, Stack or ApiKey"
-                )));
-            }
+            other => other,
         };
-        if value
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            return Err(Error::Invalid(format!(
-                "document {position}: metadata.name is required"
-            )));
-        }
-        crate::model::validate_document(&value, true)
-            .map_err(|e| Error::Invalid(format!("document {position}: {e}")))?;
-        prepared.push((kind.to_owned(), value));
+        let value = document.encode()?;
+        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+        prepared.push((kind, value));
     }
     check_namespaces(store, &new_environments).await?;
     let mut writes = Vec::new();

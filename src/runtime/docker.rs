@@ -235,12 +235,7 @@ impl DockerRuntime {
     pub async fn prepare(&self, plan: &StackPlan) -> Result<StackResources> {
         let (environment, stack) = (&plan.environment, &plan.stack);
         let filters = stack_filters(environment, stack);
-        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
-        let existing = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(|e| Error::docker(format!("listing networks of stack {stack}"), e))?;
+        let existing = self.stack_networks(environment, stack).await?;
         let labels: HashMap<String, String> = plan.labels.clone().into_iter().collect();
         let mut resources = StackResources::default();
         for name in std::iter::once(&plan.network).chain(&plan.extra_networks) {
@@ -282,6 +277,20 @@ impl DockerRuntime {
             resources.volumes.insert(key.clone(), engine_name);
         }
         Ok(resources)
+    }
+
+    /// The networks carrying rsgo's labels for this stack of this environment.
+    async fn stack_networks(
+        &self,
+        environment: &str,
+        stack: &str,
+    ) -> Result<Vec<bollard::models::Network>> {
+        let filters = stack_filters(environment, stack);
+        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        self.docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| Error::docker(format!("listing networks of stack {stack}"), e))
     }
 
     async fn create_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<String> {
@@ -338,14 +347,7 @@ impl DockerRuntime {
         stack: &str,
         keep: &[String],
     ) -> Result<()> {
-        let filters = stack_filters(environment, stack);
-        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
-        let networks = self
-            .docker
-            .list_networks(Some(options))
-            .await
-            .map_err(|e| Error::docker(format!("listing networks of stack {stack}"), e))?;
-        for network in networks {
+        for network in self.stack_networks(environment, stack).await? {
             let (Some(id), Some(name)) = (network.id, network.name) else {
                 continue;
             };

@@ -22,17 +22,7 @@ fn wait_running(server: &Server, stack: &str, version: &str) {
         &format!("stack {stack} running {version}"),
         Duration::from_secs(120),
         || {
-            let out = server.cli(&[
-                "get",
-                "stacks",
-                stack,
-                "--environment",
-                &server.environment,
-                "-o",
-                "json",
-            ]);
-            let value: serde_json::Value = serde_json::from_str(&out).unwrap();
-            let status = &value["status"];
+            let status = server.stack_status(stack);
             if status["phase"] == "Failed" {
                 panic!("stack failed: {status}\n{}", server.log());
             }

@@ -23,25 +23,12 @@ fn stack_yaml(name: &str, env: &str, product: &str) -> String {
     )
 }
 
-fn stack_status(server: &Server, stack: &str) -> Value {
-    let out = server.cli(&[
-        "get",
-        "stacks",
-        stack,
-        "--environment",
-        &server.environment,
-        "-o",
-        "json",
-    ]);
-    serde_json::from_str::<Value>(&out).unwrap()["status"].clone()
-}
-
 fn wait_phase(server: &Server, stack: &str, phase: &str) -> Value {
     wait_for(
         &format!("stack {stack} to be {phase}"),
         Duration::from_secs(90),
         || {
-            let status = stack_status(server, stack);
+            let status = server.stack_status(stack);
             (status["phase"] == phase).then_some(status)
         },
     )

@@ -303,6 +303,20 @@ impl Server {
         format!("{environment}_{stack}_{part}")
     }
 
+    /// The status of a stack in this server's environment, as `rsgo get` shows it.
+    pub fn stack_status(&self, stack: &str) -> Value {
+        let out = self.cli(&[
+            "get",
+            "stacks",
+            stack,
+            "--environment",
+            &self.environment,
+            "-o",
+            "json",
+        ]);
+        serde_json::from_str::<Value>(&out).unwrap()["status"].clone()
+    }
+
     /// Process id of the server.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -1,0 +1,44 @@
+//! Manifests: any file in a catalog source is refused with a message or loads and renders,
+//! never a panic, and a refusal never quotes a quoted value of the file.
+#![no_main]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use rsgo::catalog::{parse_manifest, render};
+use rsgo::model::{DockerEndpoint, Environment, EnvironmentSpec, normalize_host_path};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse_manifest(Path::new("fuzz.yaml"), text) {
+        Ok(Some(pv)) => {
+            let env = Environment::new(
+                "fuzz",
+                EnvironmentSpec {
+                    docker: Some(DockerEndpoint {
+                        host: "tcp://127.0.0.1:1".into(),
+                        allowed_host_paths: vec!["/srv".into()],
+                        allow_engine_socket: false,
+                    }),
+                    kubernetes: None,
+                },
+            );
+            if let Ok(plan) = render("stack", &env, &pv, &BTreeMap::new()) {
+                for container in &plan.containers {
+                    for mount in container.mounts.iter().filter(|m| !m.named_volume) {
+                        assert!(
+                            normalize_host_path(&mount.source).is_ok_and(|p| p.starts_with("/srv")),
+                            "a host path outside the allowed ones was rendered: {}",
+                            mount.source
+                        );
+                    }
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(message) => assert!(message.len() < 2048, "an unbounded message"),
+    }
+});
