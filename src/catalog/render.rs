@@ -84,6 +84,10 @@ pub struct ContainerPlan {
     pub init: bool,
     /// Health check the engine runs; a rollout waits for it to pass.
     pub health: Option<HealthPlan>,
+    /// Services that must be up (or, for one-shot ones, done) first. Not part of the spec hash:
+    /// the order of a rollout is not how a container runs.
+    #[serde(skip)]
+    pub depends_on: Vec<String>,
     /// Networks to join (the stack network first).
     pub networks: Vec<String>,
     /// Container labels, rsgo's included (but not the spec hash).
@@ -513,6 +517,7 @@ pub fn render(
                 .map(|c| health_plan(c, &vars))
                 .transpose()
                 .map_err(context)?,
+            depends_on: service.depends_on.clone(),
             networks,
             labels,
             spec_hash: String::new(),

@@ -16,7 +16,10 @@ use sha2::{Digest, Sha256};
 use crate::api::{AppState, HttpLimits, RefusalLog, refusals, router};
 use crate::auth::KeyIndex;
 use crate::catalog::sync::{self, SharedCatalog};
-use crate::model::{CatalogSource, CatalogSourceSpec, DEFAULT_ENVIRONMENT, DirectorySource};
+use crate::model::{
+    CONTROLLER_MANAGER, CatalogSource, CatalogSourceSpec, DEFAULT_ENVIRONMENT, DirectorySource,
+    HOOKS_MANAGER,
+};
 use crate::reconcile::leader::{self, LeaseLock};
 use crate::reconcile::{self, Context};
 use crate::store::{KubeStore, Store};
@@ -149,12 +152,15 @@ async fn register_catalog(store: &Arc<dyn Store>, dir: &std::path::Path) -> Resu
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
-    let (store, client): (Arc<dyn Store>, Option<kube::Client>) = match args.store {
+    // The controller's store and the hooks' store are one in SQLite; on Kubernetes they differ in
+    // the field manager their writes carry.
+    type Stores = (Arc<dyn Store>, Arc<dyn Store>, Option<kube::Client>);
+    let (store, hooks_store, client): Stores = match args.store {
         StoreKind::Sqlite => {
             let (store, sqlite) = super::open_sqlite_store(data_dir).await?;
             let purged = sqlite.purge_tombstones(TOMBSTONE_REVISIONS).await?;
             tracing::debug!(purged, "old deletion tombstones purged");
-            (store, None)
+            (store.clone(), store, None)
         }
         StoreKind::Kubernetes => {
             let client = kube::Client::try_default().await.map_err(|e| {
@@ -163,7 +169,11 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
                     e,
                 )
             })?;
-            (Arc::new(KubeStore::new(client.clone())), Some(client))
+            (
+                Arc::new(KubeStore::new(client.clone(), CONTROLLER_MANAGER)),
+                Arc::new(KubeStore::new(client.clone(), HOOKS_MANAGER)),
+                Some(client),
+            )
         }
     };
     for dir in &args.catalogs {
@@ -247,7 +257,7 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     let limits = args.http_limits();
     let state = AppState {
         keys,
-        store,
+        store: hooks_store,
         catalog,
         default_environment: args.default_environment,
         catalog_synced,

@@ -24,8 +24,14 @@ pub const REDEPLOY_ANNOTATION: &str = "rsgo.io/redeploy-requested-at";
 pub const DEPLOYMENT_ANNOTATION: &str = "rsgo.io/deployment-id";
 /// Finalizer that keeps a Stack until its workloads are removed.
 pub const CLEANUP_FINALIZER: &str = "rsgo.io/cleanup";
-/// Field manager of every write rsgo makes to a Kubernetes API server.
-pub const FIELD_MANAGER: &str = "rsgo";
+/// Field manager of the reconciler's writes to a Kubernetes API server: stack and record status,
+/// finalizers, rollbacks, workloads and the Lease.
+pub const CONTROLLER_MANAGER: &str = "rsgo-controller";
+/// Field manager of the webhooks' writes: redeploy and upgrade requests, deployment records, key
+/// usage, catalog source status after sync-sources.
+pub const HOOKS_MANAGER: &str = "rsgo-hooks";
+/// Field manager of the command line's writes (apply, delete, apikey).
+pub const CLI_MANAGER: &str = "rsgo-cli";
 /// Name of the environment that exists from the first start.
 pub const DEFAULT_ENVIRONMENT: &str = "local";
 

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
-use crate::model::FIELD_MANAGER;
+use crate::model::CONTROLLER_MANAGER;
 use crate::{Error, Result};
 
 /// How long a Lease stays valid without renewal.
@@ -53,7 +53,7 @@ impl LeaseLock {
     /// we hold it now. Writes carry the resourceVersion read, so of two contenders one wins.
     pub async fn try_acquire_or_renew(&self, now: Timestamp) -> Result<bool> {
         let post = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
+            field_manager: Some(CONTROLLER_MANAGER.into()),
             ..Default::default()
         };
         let kube_error = |e| Error::kube(format!("lease {}", self.name), e);

@@ -377,7 +377,9 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
                     .apply(&namespace, &stack.name_any(), &workloads)
                     .await
                 {
-                    Ok(Rollout::Complete) => Ok(kubernetes_outcome(&plan, &workloads)),
+                    Ok(Rollout::Complete) => {
+                        Ok(kubernetes_outcome(stack, &plan, requested.as_deref()))
+                    }
                     Ok(Rollout::Progressing(progress)) => {
                         status.phase = Some(StackPhase::Deploying);
                         status.message = Some(format!("Rolling out: {progress}"));
@@ -400,15 +402,20 @@ async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
     result.map(|_| Action::await_change())
 }
 
-/// What a completed Kubernetes rollout reports: one entry per service.
-fn kubernetes_outcome(plan: &StackPlan, workloads: &kubernetes::Workloads) -> Outcome {
+/// What a completed Kubernetes rollout reports: one entry per service, naming its Deployment or
+/// (for a one-shot service) its Job.
+fn kubernetes_outcome(stack: &Stack, plan: &StackPlan, restarted_at: Option<&str>) -> Outcome {
+    let name = stack.name_any();
     let services = plan
         .containers
         .iter()
-        .zip(&workloads.deployments)
-        .map(|(c, d)| ServiceStatus {
+        .map(|c| ServiceStatus {
             name: c.service.clone(),
-            container: d.name_any(),
+            container: if c.init {
+                kubernetes::job_name(&name, c, restarted_at)
+            } else {
+                kubernetes::deployment_name(&name, &c.service)
+            },
             image: c.image.clone(),
             image_id: None,
         })

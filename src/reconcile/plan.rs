@@ -80,6 +80,7 @@ mod tests {
             restart: None,
             init: false,
             health: None,
+            depends_on: vec![],
             networks: vec!["s_default".into()],
             labels: BTreeMap::new(),
             spec_hash: hash.into(),

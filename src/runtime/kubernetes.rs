@@ -2,9 +2,10 @@
 //! that has ports, and a PersistentVolumeClaim per named volume. Pure builders: the objects are
 //! applied server-side with one field manager by whoever holds a client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, HostPathVolumeSource, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
@@ -15,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
 
 use crate::catalog::{ContainerPlan, HealthPlan, Probe, StackPlan};
 use crate::model::{Stack, dns_label};
@@ -39,6 +41,11 @@ pub struct Workloads {
     pub services: Vec<Service>,
     /// One per named volume. They carry no owner reference, so deleting the stack keeps them.
     pub claims: Vec<PersistentVolumeClaim>,
+    /// One per one-shot (`init`) service, in dependency order.
+    pub jobs: Vec<Job>,
+    /// For each Deployment, in the same order, the Jobs that must have succeeded before it is
+    /// applied: those of the one-shot services it depends on, directly or not.
+    pub waits_for: Vec<Vec<String>>,
 }
 
 fn owner(stack: &Stack) -> Option<OwnerReference> {
@@ -104,13 +111,14 @@ fn security_context(user: Option<&str>) -> Result<Option<PodSecurityContext>, St
     }))
 }
 
-fn deployment(
+/// The pod template of one service: its container, volumes and user. `restarted_at` is the
+/// redeploy request the pods must reflect.
+fn pod_template(
     stack: &Stack,
     container: &ContainerPlan,
     version: &str,
     restarted_at: Option<&str>,
-) -> Result<Deployment, String> {
-    let namespace = stack.namespace();
+) -> Result<PodTemplateSpec, String> {
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     for (index, mount) in container.mounts.iter().enumerate() {
@@ -157,17 +165,52 @@ fn deployment(
             ..Default::default()
         })
         .collect();
-    let mut pod_annotations =
+    let mut annotations =
         BTreeMap::from([(SPEC_HASH_ANNOTATION.to_owned(), container.spec_hash.clone())]);
     if let Some(at) = restarted_at {
-        pod_annotations.insert(RESTARTED_AT_ANNOTATION.into(), at.to_owned());
+        annotations.insert(RESTARTED_AT_ANNOTATION.into(), at.to_owned());
     }
-    let mut pod_labels = object_labels(stack, Some(&container.service), version);
-    pod_labels.extend(selector_labels(stack, &container.service));
+    let mut labels = object_labels(stack, Some(&container.service), version);
+    labels.extend(selector_labels(stack, &container.service));
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: dns_label(&container.service),
+                image: Some(container.image.clone()),
+                image_pull_policy: Some("Always".into()),
+                command: container.entrypoint.clone(),
+                args: container.cmd.clone(),
+                working_dir: container.working_dir.clone(),
+                env: (!env.is_empty()).then_some(env),
+                ports: (!ports.is_empty()).then_some(ports),
+                volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                readiness_probe: container.health.as_ref().map(probe),
+                ..Default::default()
+            }],
+            volumes: (!volumes.is_empty()).then_some(volumes),
+            security_context: security_context(container.user.as_deref())?,
+            // A one-shot service runs once: a failure fails the rollout instead of retrying.
+            restart_policy: container.init.then(|| "Never".to_owned()),
+            ..Default::default()
+        }),
+    })
+}
+
+fn deployment(
+    stack: &Stack,
+    container: &ContainerPlan,
+    version: &str,
+    restarted_at: Option<&str>,
+) -> Result<Deployment, String> {
     Ok(Deployment {
         metadata: ObjectMeta {
             name: Some(deployment_name(&stack.name_any(), &container.service)),
-            namespace: namespace.clone(),
+            namespace: stack.namespace(),
             labels: Some(object_labels(stack, Some(&container.service), version)),
             owner_references: owner(stack).map(|o| vec![o]),
             ..Default::default()
@@ -190,33 +233,48 @@ fn deployment(
                 ),
                 rolling_update: None,
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    annotations: Some(pod_annotations),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: dns_label(&container.service),
-                        image: Some(container.image.clone()),
-                        image_pull_policy: Some("Always".into()),
-                        command: container.entrypoint.clone(),
-                        args: container.cmd.clone(),
-                        working_dir: container.working_dir.clone(),
-                        env: (!env.is_empty()).then_some(env),
-                        ports: (!ports.is_empty()).then_some(ports),
-                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
-                        readiness_probe: container.health.as_ref().map(probe),
-                        ..Default::default()
-                    }],
-                    volumes: (!volumes.is_empty()).then_some(volumes),
-                    security_context: security_context(container.user.as_deref())?,
-                    ..Default::default()
-                }),
-            },
+            template: pod_template(stack, container, version, restarted_at)?,
             ..Default::default()
         },
+        status: None,
+    })
+}
+
+/// Name of the Job that runs a one-shot service: `<stack>-<service>-<hash>`, where the hash
+/// covers its spec and the redeploy request, so a changed spec or a redeploy runs a new Job
+/// (a Job's pod template cannot change) and an unchanged one is not run again.
+pub fn job_name(stack: &str, container: &ContainerPlan, restarted_at: Option<&str>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(container.spec_hash.as_bytes());
+    hasher.update(restarted_at.unwrap_or_default().as_bytes());
+    let hash: String = hasher.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let base = dns_label(&format!("{stack}-{}", container.service));
+    let base: String = base.chars().take(63 - hash.len() - 1).collect();
+    format!("{}-{hash}", base.trim_end_matches('-'))
+}
+
+fn job(
+    stack: &Stack,
+    container: &ContainerPlan,
+    version: &str,
+    restarted_at: Option<&str>,
+) -> Result<Job, String> {
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&stack.name_any(), container, restarted_at)),
+            namespace: stack.namespace(),
+            labels: Some(object_labels(stack, Some(&container.service), version)),
+            owner_references: owner(stack).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            template: pod_template(stack, container, version, restarted_at)?,
+            ..Default::default()
+        }),
         status: None,
     })
 }
@@ -298,6 +356,30 @@ fn service(stack: &Stack, container: &ContainerPlan, version: &str) -> Option<Se
     })
 }
 
+/// The one-shot services `service` depends on, directly or through others.
+fn init_dependencies<'a>(plan: &'a StackPlan, service: &str) -> BTreeSet<&'a str> {
+    let mut found = BTreeSet::new();
+    let mut pending = vec![service];
+    let mut seen = BTreeSet::new();
+    while let Some(name) = pending.pop() {
+        if !seen.insert(name) {
+            continue;
+        }
+        let Some(container) = plan.containers.iter().find(|c| c.service == name) else {
+            continue;
+        };
+        for dependency in &container.depends_on {
+            if let Some(dep) = plan.containers.iter().find(|c| c.service == *dependency) {
+                if dep.init {
+                    found.insert(dep.service.as_str());
+                }
+                pending.push(dep.service.as_str());
+            }
+        }
+    }
+    found
+}
+
 /// Builds every object of a stack from its rendered plan. `restarted_at` is the redeploy request
 /// the pods must reflect, if any.
 pub fn workloads(
@@ -307,16 +389,32 @@ pub fn workloads(
     restarted_at: Option<&str>,
 ) -> Result<Workloads, String> {
     let mut workloads = Workloads::default();
+    let mut names = BTreeMap::new();
     for container in &plan.containers {
-        if container.init {
+        // Kubernetes names are DNS labels: two services must not map onto one.
+        let label = dns_label(&container.service);
+        if let Some(other) = names.insert(label.clone(), container.service.clone()) {
             return Err(format!(
-                "service '{}' has lifecycle init, which rsgo does not run on Kubernetes yet",
+                "services '{other}' and '{}' both become '{label}' on Kubernetes; rename one",
                 container.service
             ));
+        }
+        if container.init {
+            workloads
+                .jobs
+                .push(job(stack, container, version, restarted_at)?);
+            continue;
         }
         workloads
             .deployments
             .push(deployment(stack, container, version, restarted_at)?);
+        workloads.waits_for.push(
+            init_dependencies(plan, &container.service)
+                .into_iter()
+                .filter_map(|service| plan.containers.iter().find(|c| c.service == service))
+                .map(|init| job_name(&stack.name_any(), init, restarted_at))
+                .collect(),
+        );
         workloads
             .services
             .extend(service(stack, container, version));
@@ -412,7 +510,7 @@ impl KubeRuntime {
             + std::fmt::Debug,
     {
         let api: kube::Api<K> = kube::Api::namespaced(self.client.clone(), namespace);
-        let params = kube::api::PatchParams::apply(crate::model::FIELD_MANAGER).force();
+        let params = kube::api::PatchParams::apply(crate::model::CONTROLLER_MANAGER).force();
         let mut applied = Vec::new();
         for object in objects {
             let name = object.name_any();
@@ -451,6 +549,8 @@ impl KubeRuntime {
         Ok(applied)
     }
 
+    /// Deletes the objects of kind `K` rsgo made for `stack` that are not in `keep`; their
+    /// dependents (a Job's pods) go with them.
     async fn prune<K>(&self, namespace: &str, stack: &str, keep: &[String]) -> crate::Result<()>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -471,16 +571,20 @@ impl KubeRuntime {
         for object in existing.items {
             let name = object.name_any();
             if !keep.contains(&name) {
-                api.delete(&name, &Default::default()).await.map_err(|e| {
-                    crate::Error::kube(format!("deleting {kind} {namespace}/{name}"), e)
-                })?;
+                api.delete(&name, &kube::api::DeleteParams::background())
+                    .await
+                    .map_err(|e| {
+                        crate::Error::kube(format!("deleting {kind} {namespace}/{name}"), e)
+                    })?;
             }
         }
         Ok(())
     }
 
-    /// Applies claims, Services and Deployments server-side, removes the Deployments and Services
-    /// the stack no longer has (claims stay), and returns the rollout state of the Deployments.
+    /// Applies claims, Services and the Jobs of one-shot services server-side, then the
+    /// Deployments whose Jobs have succeeded; removes the Deployments, Services and Jobs the
+    /// stack no longer has (claims stay). Returns how far the rollout got: a failed Job fails it,
+    /// a running one holds back the Deployments that depend on it.
     pub async fn apply(
         &self,
         namespace: &str,
@@ -489,33 +593,99 @@ impl KubeRuntime {
     ) -> crate::Result<Rollout> {
         self.apply_all(namespace, &workloads.claims).await?;
         self.apply_all(namespace, &workloads.services).await?;
-        let deployments = self.apply_all(namespace, &workloads.deployments).await?;
-        let names =
-            |objects: Vec<Option<String>>| objects.into_iter().flatten().collect::<Vec<_>>();
-        let services = names(
-            workloads
-                .services
-                .iter()
-                .map(|s| s.metadata.name.clone())
-                .collect(),
-        );
-        self.prune::<Service>(namespace, stack, &services).await?;
-        let kept = names(
-            workloads
-                .deployments
-                .iter()
-                .map(|d| d.metadata.name.clone())
-                .collect(),
-        );
-        self.prune::<Deployment>(namespace, stack, &kept).await?;
+        let jobs = self.apply_all(namespace, &workloads.jobs).await?;
+        let mut done = BTreeSet::new();
+        let mut running = Vec::new();
+        for job in &jobs {
+            match job_state(job) {
+                JobState::Succeeded => {
+                    done.insert(job.name_any());
+                }
+                JobState::Running => running.push(job.name_any()),
+                JobState::Failed(reason) => return Ok(Rollout::Failed(reason)),
+            }
+        }
+        let ready: Vec<Deployment> = workloads
+            .deployments
+            .iter()
+            .zip(&workloads.waits_for)
+            .filter(|(_, waits)| waits.iter().all(|job| done.contains(job)))
+            .map(|(deployment, _)| deployment.clone())
+            .collect();
+        let deployments = self.apply_all(namespace, &ready).await?;
+        self.prune::<Service>(namespace, stack, &names(&workloads.services))
+            .await?;
+        self.prune::<Deployment>(namespace, stack, &names(&workloads.deployments))
+            .await?;
+        self.prune::<Job>(namespace, stack, &names(&workloads.jobs))
+            .await?;
+        if ready.len() < workloads.deployments.len() {
+            return Ok(Rollout::Progressing(format!(
+                "waiting for one-shot service job(s) {}",
+                running.join(", ")
+            )));
+        }
         Ok(rollout_state(&deployments))
     }
 
-    /// Removes a stack's Deployments and Services; its claims (data) stay.
+    /// Removes a stack's Deployments, Services and Jobs; its claims (data) stay.
     pub async fn teardown(&self, namespace: &str, stack: &str) -> crate::Result<()> {
         self.prune::<Service>(namespace, stack, &[]).await?;
-        self.prune::<Deployment>(namespace, stack, &[]).await
+        self.prune::<Deployment>(namespace, stack, &[]).await?;
+        self.prune::<Job>(namespace, stack, &[]).await
     }
+}
+
+/// The names of built objects.
+fn names<K: Resource>(objects: &[K]) -> Vec<String> {
+    objects
+        .iter()
+        .filter_map(|o| o.meta().name.clone())
+        .collect()
+}
+
+/// Where a one-shot service's Job is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// Its pod is still to run or running.
+    Running,
+    /// Its pod exited 0.
+    Succeeded,
+    /// Its pod failed; the text says which Job and why.
+    Failed(String),
+}
+
+/// Reads a Job's state as the Job controller reports it.
+pub fn job_state(job: &Job) -> JobState {
+    let status = job.status.clone().unwrap_or_default();
+    let condition = |kind: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == kind && c.status == "True")
+            .cloned()
+    };
+    if condition("Complete").is_some() || status.succeeded.unwrap_or(0) > 0 {
+        return JobState::Succeeded;
+    }
+    if let Some(failed) = condition("Failed") {
+        return JobState::Failed(format!(
+            "one-shot service job {} failed: {}",
+            job.name_any(),
+            failed
+                .message
+                .or(failed.reason)
+                .unwrap_or_else(|| "its pod did not exit 0".into())
+        ));
+    }
+    if status.failed.unwrap_or(0) > 0 {
+        return JobState::Failed(format!(
+            "one-shot service job {} failed: its pod did not exit 0",
+            job.name_any()
+        ));
+    }
+    JobState::Running
 }
 
 #[cfg(test)]
@@ -851,15 +1021,83 @@ volumes:
     }
 
     #[test]
-    fn init_services_are_refused_on_kubernetes_with_a_reason() {
-        let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  migrate: {image: m, lifecycle: init}\n";
+    fn one_shot_services_become_jobs_that_their_dependents_wait_for() {
+        let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  \
+            migrate: {image: m, lifecycle: init, command: [migrate, up]}\n  \
+            web: {image: w, dependsOn: [cache]}\n  cache: {image: c, dependsOn: [migrate]}\n  \
+            other: {image: o}\n";
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
         let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
-        let refused = workloads(&stack(), &plan, "1.0.0", None).unwrap_err();
+        let w = workloads(&stack(), &plan, "1.0.0", None).unwrap();
+        assert_eq!(w.jobs.len(), 1);
+        let job = &w.jobs[0];
+        let name = job.metadata.name.clone().unwrap();
+        assert!(name.starts_with("shop-prod-migrate-"), "{name}");
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(spec.backoff_limit, Some(0), "a failure is final");
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
         assert_eq!(
-            refused,
-            "service 'migrate' has lifecycle init, which rsgo does not run on Kubernetes yet"
+            pod.containers[0].args.as_deref(),
+            Some(&["migrate".to_owned(), "up".to_owned()][..])
         );
+        let deployments: Vec<String> = w
+            .deployments
+            .iter()
+            .map(|d| d.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(
+            deployments,
+            ["shop-prod-cache", "shop-prod-other", "shop-prod-web"]
+        );
+        // cache waits for migrate directly, web through cache, other not at all.
+        assert_eq!(
+            w.waits_for,
+            [vec![name.clone()], vec![], vec![name.clone()]]
+        );
+        let again = workloads(&stack(), &plan, "1.0.0", None).unwrap();
+        assert_eq!(
+            again.jobs[0].metadata.name, job.metadata.name,
+            "an unchanged spec is not run again"
+        );
+        let redeployed = workloads(&stack(), &plan, "1.0.0", Some("t1")).unwrap();
+        assert_ne!(
+            redeployed.jobs[0].metadata.name, job.metadata.name,
+            "a redeploy runs it again"
+        );
+    }
+
+    #[test]
+    fn job_states_follow_the_job_controller() {
+        let with = |status: serde_json::Value| -> Job {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "j"}, "status": status}))
+                .unwrap()
+        };
+        assert_eq!(
+            job_state(&with(serde_json::json!({"active": 1}))),
+            JobState::Running
+        );
+        assert_eq!(
+            job_state(&with(serde_json::json!({"succeeded": 1}))),
+            JobState::Succeeded
+        );
+        let failed = with(serde_json::json!({"failed": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}));
+        assert_eq!(
+            job_state(&failed),
+            JobState::Failed(
+                "one-shot service job j failed: Job has reached the specified backoff limit".into()
+            )
+        );
+    }
+
+    #[test]
+    fn services_that_share_a_kubernetes_name_are_refused() {
+        let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  web_1: {image: a}\n  web-1: {image: b}\n";
+        let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
+        let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
+        let err = workloads(&stack(), &plan, "1.0.0", None).unwrap_err();
+        assert!(err.contains("both become 'web-1'"), "{err}");
     }
 
     #[test]

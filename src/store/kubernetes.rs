@@ -7,19 +7,23 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use kube::Client;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{Store, Write, check_writes, identity, text};
-use crate::model::{ApiKey, CatalogSource, DeploymentRecord, Environment, FIELD_MANAGER, Stack};
+use crate::model::{ApiKey, CatalogSource, DeploymentRecord, Environment, Stack};
 use crate::{Error, Result};
 
-/// [`Store`] over a Kubernetes API server.
+/// [`Store`] over a Kubernetes API server. Every write names the store's field manager, so
+/// `managedFields` tell which of rsgo's writers (controller, hooks, CLI) set what.
 #[derive(Clone)]
 pub struct KubeStore {
     client: Client,
+    manager: &'static str,
     written: Arc<watch::Sender<u64>>,
 }
 
@@ -72,11 +76,12 @@ fn to_object(value: &Value) -> Result<DynamicObject> {
 }
 
 impl KubeStore {
-    /// A store over `client`.
-    pub fn new(client: Client) -> Self {
+    /// A store over `client` whose writes are made as field manager `manager`.
+    pub fn new(client: Client, manager: &'static str) -> Self {
         let (written, _) = watch::channel(0);
         Self {
             client,
+            manager,
             written: Arc::new(written),
         }
     }
@@ -91,7 +96,7 @@ impl KubeStore {
 
     async fn apply_one(&self, write: &Write) -> Result<Option<Value>> {
         let post = PostParams {
-            field_manager: Some(FIELD_MANAGER.into()),
+            field_manager: Some(self.manager.into()),
             ..Default::default()
         };
         match write {
@@ -106,6 +111,13 @@ impl KubeStore {
             }
             Write::Update(doc) => {
                 let (kind, ns, name) = identity(doc)?;
+                // A custom resource is only ever replaced conditionally: the API server refuses
+                // an update without the resourceVersion that was read.
+                if text(doc, "/metadata/resourceVersion").is_empty() {
+                    return Err(Error::Task(format!(
+                        "updating {kind} '{name}' without the resourceVersion it was read at"
+                    )));
+                }
                 let api = self.api(&kind, Some(&ns))?;
                 let replaced = api
                     .replace(&name, &post, &to_object(doc)?)
@@ -116,15 +128,24 @@ impl KubeStore {
             Write::UpdateStatus(doc) => {
                 let (kind, ns, name) = identity(doc)?;
                 let api = self.api(&kind, Some(&ns))?;
-                // Status has one writer per object (the controller, or a hook for key usage):
-                // written without a resourceVersion, so it never conflicts with spec edits.
-                let mut object = to_object(doc)?;
-                object.metadata.resource_version = None;
-                let replaced = api
-                    .replace_status(&name, &post, &object)
+                // Status is applied server-side on the status subresource, as controllers write
+                // it: the fields are this writer's, so it takes them over from any other.
+                let mut metadata = serde_json::json!({ "name": name });
+                if !ns.is_empty() {
+                    metadata["namespace"] = ns.clone().into();
+                }
+                let applied = serde_json::json!({
+                    "apiVersion": text(doc, "/apiVersion"),
+                    "kind": kind,
+                    "metadata": metadata,
+                    "status": doc.get("status").cloned().unwrap_or(Value::Null),
+                });
+                let params = PatchParams::apply(self.manager).force();
+                let patched = api
+                    .patch_status(&name, &params, &Patch::Apply(applied))
                     .await
                     .map_err(|e| api_error(e, &kind, &name, false))?;
-                Ok(Some(to_value(replaced)?))
+                Ok(Some(to_value(patched)?))
             }
             Write::Delete {
                 kind,

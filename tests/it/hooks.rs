@@ -68,7 +68,10 @@ pub async fn fixture(backend: Backend) -> Fixture {
     let dir = TempDir::new().unwrap();
     let store: Arc<dyn Store> = match backend {
         Backend::Sqlite => Arc::new(SqliteStore::open(dir.path()).unwrap()),
-        Backend::Kubernetes => Arc::new(KubeStore::new(crate::fake_api::client())),
+        Backend::Kubernetes => Arc::new(KubeStore::new(
+            crate::fake_api::client(),
+            rsgo::model::HOOKS_MANAGER,
+        )),
     };
     for name in ["local", "other"] {
         store.create(&env(name)).await.unwrap();

@@ -12,6 +12,7 @@ use kube::{Api, Client};
 use rsgo::api::AppState;
 use rsgo::catalog::Catalog;
 use rsgo::catalog::sync::SharedCatalog;
+use rsgo::model::CONTROLLER_MANAGER;
 use rsgo::reconcile::leader::LeaseLock;
 use rsgo::store::{KubeStore, Store};
 use serde_json::{Value, json};
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 use crate::hooks::send;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+type Respond = tower_test::mock::SendResponse<Response<Body>>;
 
 /// The API server side of the mock.
 pub struct ApiServer(Handle);
@@ -40,13 +42,13 @@ impl ApiServer {
         self.expect_with(method, path, |_| (code, body)).await
     }
 
-    /// Like [`ApiServer::expect`], with the answer computed from the request body.
-    async fn expect_with(
+    /// Takes the next request, which must be `method path`; returns its head and JSON body and
+    /// the means to answer it.
+    async fn receive(
         &mut self,
         method: &str,
         path: &str,
-        answer: impl FnOnce(&Value) -> (u16, Value),
-    ) -> Value {
+    ) -> (http::request::Parts, Value, Respond) {
         let (request, respond) =
             tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
                 .await
@@ -54,17 +56,78 @@ impl ApiServer {
                 .expect("the client is gone");
         assert_eq!(request.method().as_str(), method, "for {}", request.uri());
         assert_eq!(request.uri().path(), path);
-        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
         let sent = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).unwrap()
         };
+        (parts, sent, respond)
+    }
+
+    /// Like [`ApiServer::expect`], with the answer computed from the request body. Writes of
+    /// rsgo's kinds must name a field manager, and replacements must carry the resourceVersion
+    /// they read: a real API server refuses an unconditional update of a custom resource.
+    async fn expect_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        answer: impl FnOnce(&Value) -> (u16, Value),
+    ) -> Value {
+        let (parts, sent, respond) = self.receive(method, path).await;
+        if path.starts_with(API) && matches!(method, "POST" | "PUT" | "PATCH") {
+            let query = parts.uri.query().unwrap_or_default();
+            assert!(
+                query.contains("fieldManager=rsgo-"),
+                "{method} {path}?{query} names no field manager"
+            );
+            if method == "PUT" {
+                let version = sent["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                assert!(
+                    !version.is_empty(),
+                    "{method} {path} is an unconditional update"
+                );
+            }
+        }
         let (code, body) = answer(&sent);
         respond.send_response(
             Response::builder()
                 .status(code)
                 .body(Body::from(body.to_string().into_bytes()))
+                .unwrap(),
+        );
+        sent
+    }
+
+    /// Expects a status write as controllers make it: a forced server-side apply on the status
+    /// subresource by `manager`, holding only the object's identity and status. Answers with
+    /// `current` carrying that status; returns what was applied.
+    async fn expect_status(&mut self, path: &str, manager: &str, current: &Value) -> Value {
+        let (parts, sent, respond) = self.receive("PATCH", path).await;
+        let query = parts.uri.query().unwrap_or_default();
+        assert!(
+            query.contains(&format!("fieldManager={manager}")) && query.contains("force=true"),
+            "{path}?{query}"
+        );
+        let content_type = parts.headers[http::header::CONTENT_TYPE].to_str().unwrap();
+        assert_eq!(content_type, "application/apply-patch+yaml");
+        assert!(
+            sent.get("spec").is_none(),
+            "a status apply holds no spec: {sent}"
+        );
+        assert!(
+            sent["metadata"].get("resourceVersion").is_none(),
+            "an apply needs no resourceVersion: {sent}"
+        );
+        let mut stored = current.clone();
+        stored["status"] = sent["status"].clone();
+        respond.send_response(
+            Response::builder()
+                .status(200)
+                .body(Body::from(stored.to_string().into_bytes()))
                 .unwrap(),
         );
         sent
@@ -208,7 +271,7 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
     keys.apply(kube::runtime::watcher::Event::InitDone);
     let state = AppState {
         keys: Some(keys),
-        store: Arc::new(KubeStore::new(client)) as Arc<dyn Store>,
+        store: Arc::new(KubeStore::new(client, rsgo::model::HOOKS_MANAGER)) as Arc<dyn Store>,
         catalog: Arc::new(SharedCatalog::default()),
         default_environment: "prod".into(),
         catalog_synced: Default::default(),
@@ -320,7 +383,10 @@ fn kube_context(client: Client, with_product: bool) -> Arc<rsgo::reconcile::Cont
             .unwrap();
         catalog.replace_source("test", vec![pv]);
     }
-    let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone()));
+    let store: Arc<dyn Store> = Arc::new(KubeStore::new(
+        client.clone(),
+        rsgo::model::CONTROLLER_MANAGER,
+    ));
     Arc::new(
         rsgo::reconcile::Context::new(store, Arc::new(SharedCatalog::new(catalog)))
             .with_kubernetes(client, "rsgo-0"),
@@ -465,7 +531,16 @@ async fn expect_apply(
             deployments,
         )
         .await;
+    expect_no_jobs(server).await;
     applied
+}
+
+/// Answers the listing of the stack's Jobs: it has none.
+async fn expect_no_jobs(server: &mut ApiServer) {
+    let jobs = json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": []});
+    server
+        .expect("GET", "/apis/batch/v1/namespaces/prod/jobs", 200, jobs)
+        .await;
 }
 
 #[tokio::test]
@@ -488,11 +563,19 @@ async fn an_upgrade_applies_workloads_and_its_record_ends_when_the_rollout_does(
         .await;
     expect_environment(&mut server).await;
     let running = server
-        .expect_with("PUT", &format!("{records}/d1/status"), echo)
+        .expect_status(
+            &format!("{records}/d1/status"),
+            CONTROLLER_MANAGER,
+            &record(None),
+        )
         .await;
     assert_eq!(running["status"]["phase"], "Running");
     let deploying = server
-        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .expect_status(
+            &format!("{stacks}/status"),
+            CONTROLLER_MANAGER,
+            &kube_stack(json!({})),
+        )
         .await;
     assert_eq!(deploying["status"]["phase"], "Deploying");
     assert_eq!(deploying["status"]["observedGeneration"], 2);
@@ -506,7 +589,11 @@ async fn an_upgrade_applies_workloads_and_its_record_ends_when_the_rollout_does(
         "6.5.0"
     );
     let rolling = server
-        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .expect_status(
+            &format!("{stacks}/status"),
+            CONTROLLER_MANAGER,
+            &kube_stack(json!({})),
+        )
         .await;
     assert_eq!(rolling["status"]["phase"], "Deploying");
     assert!(
@@ -522,7 +609,8 @@ async fn an_upgrade_applies_workloads_and_its_record_ends_when_the_rollout_does(
     );
 
     // The next look finds the rollout complete and finishes the same record.
-    let mut stored = rolling.clone();
+    let mut stored = kube_stack(json!({}));
+    stored["status"] = rolling["status"].clone();
     stored["metadata"]["resourceVersion"] = json!("201");
     let run = tokio::spawn(rsgo::reconcile::reconcile(Arc::new(trigger), ctx));
     server.expect("GET", &stacks, 200, stored).await;
@@ -543,7 +631,11 @@ async fn an_upgrade_applies_workloads_and_its_record_ends_when_the_rollout_does(
     })
     .await;
     let done = server
-        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .expect_status(
+            &format!("{stacks}/status"),
+            CONTROLLER_MANAGER,
+            &kube_stack(json!({})),
+        )
         .await;
     assert_eq!(done["status"]["phase"], "Running");
     assert_eq!(done["status"]["deployedVersion"], "6.5.0");
@@ -557,7 +649,11 @@ async fn an_upgrade_applies_workloads_and_its_record_ends_when_the_rollout_does(
     assert_eq!(ready["observedGeneration"], 2);
     assert!(done["status"].get("message").is_none());
     let succeeded = server
-        .expect_with("PUT", &format!("{records}/d1/status"), echo)
+        .expect_status(
+            &format!("{records}/d1/status"),
+            CONTROLLER_MANAGER,
+            &record(None),
+        )
         .await;
     assert_eq!(succeeded["status"]["phase"], "Succeeded");
     assert_eq!(
@@ -603,7 +699,11 @@ async fn an_invalid_stack_gets_a_status_message_instead_of_a_crash_loop() {
         .expect("GET", &format!("{API}/catalogsources"), 200, none)
         .await;
     let failed = server
-        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .expect_status(
+            &format!("{stacks}/status"),
+            CONTROLLER_MANAGER,
+            &kube_stack(json!({})),
+        )
         .await;
     assert_eq!(failed["status"]["phase"], "Failed");
     let message = failed["status"]["message"].as_str().unwrap();
@@ -658,6 +758,7 @@ async fn a_deleted_stack_loses_its_workloads_but_keeps_its_claims() {
             status(200, "Success"),
         )
         .await;
+    expect_no_jobs(&mut server).await;
     let released = server.expect_with("PUT", &stacks, echo).await;
     assert_eq!(
         released["metadata"]["finalizers"],
@@ -691,7 +792,7 @@ async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_recor
     keys.apply(kube::runtime::watcher::Event::InitDone);
     let state = AppState {
         keys: Some(keys),
-        store: Arc::new(KubeStore::new(client)) as Arc<dyn Store>,
+        store: Arc::new(KubeStore::new(client, rsgo::model::HOOKS_MANAGER)) as Arc<dyn Store>,
         catalog: Arc::new(SharedCatalog::new(catalog)),
         default_environment: "prod".into(),
         catalog_synced: Default::default(),
@@ -776,7 +877,10 @@ async fn a_stack_kubernetes_cannot_run_fails_with_a_message() {
                 .unwrap(),
         ],
     );
-    let store: Arc<dyn Store> = Arc::new(KubeStore::new(client.clone()));
+    let store: Arc<dyn Store> = Arc::new(KubeStore::new(
+        client.clone(),
+        rsgo::model::CONTROLLER_MANAGER,
+    ));
     let ctx = Arc::new(
         rsgo::reconcile::Context::new(store, Arc::new(SharedCatalog::new(catalog)))
             .with_kubernetes(client, "rsgo-0"),
@@ -785,11 +889,19 @@ async fn a_stack_kubernetes_cannot_run_fails_with_a_message() {
     let (run, stacks) = begin(ctx, &mut server, kube_stack(plain)).await;
     expect_environment(&mut server).await;
     let deploying = server
-        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .expect_status(
+            &format!("{stacks}/status"),
+            CONTROLLER_MANAGER,
+            &kube_stack(json!({})),
+        )
         .await;
     assert_eq!(deploying["status"]["phase"], "Deploying");
     let failed = server
-        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .expect_status(
+            &format!("{stacks}/status"),
+            CONTROLLER_MANAGER,
+            &kube_stack(json!({})),
+        )
         .await;
     assert_eq!(failed["status"]["phase"], "Failed");
     let message = failed["status"]["message"].as_str().unwrap();
@@ -860,7 +972,11 @@ async fn a_service_name_taken_by_another_stack_is_reported_not_stolen() {
     let (run, stacks) = begin(ctx, &mut server, kube_stack(plain)).await;
     expect_environment(&mut server).await;
     server
-        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .expect_status(
+            &format!("{stacks}/status"),
+            CONTROLLER_MANAGER,
+            &kube_stack(json!({})),
+        )
         .await;
     let claim = "/api/v1/namespaces/prod/persistentvolumeclaims/shop-data";
     server
@@ -875,7 +991,11 @@ async fn a_service_name_taken_by_another_stack_is_reported_not_stolen() {
         .expect("GET", "/api/v1/namespaces/prod/services/web", 200, theirs)
         .await;
     let failed = server
-        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .expect_status(
+            &format!("{stacks}/status"),
+            CONTROLLER_MANAGER,
+            &kube_stack(json!({})),
+        )
         .await;
     assert_eq!(failed["status"]["phase"], "Failed");
     let message = failed["status"]["message"].as_str().unwrap();
@@ -915,10 +1035,18 @@ async fn a_redeploy_rolls_the_pods_through_the_restart_annotation_only() {
         .await;
     expect_environment(&mut server).await;
     server
-        .expect_with("PUT", &format!("{records}/d1/status"), echo)
+        .expect_status(
+            &format!("{records}/d1/status"),
+            CONTROLLER_MANAGER,
+            &record(None),
+        )
         .await;
     let deploying = server
-        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .expect_status(
+            &format!("{stacks}/status"),
+            CONTROLLER_MANAGER,
+            &kube_stack(json!({})),
+        )
         .await;
     assert_eq!(deploying["status"]["phase"], "Deploying");
     let applied = expect_apply(&mut server, |sent| {
@@ -942,12 +1070,20 @@ async fn a_redeploy_rolls_the_pods_through_the_restart_annotation_only() {
         "new pods pull the image again"
     );
     let done = server
-        .expect_with("PUT", &format!("{stacks}/status"), echo)
+        .expect_status(
+            &format!("{stacks}/status"),
+            CONTROLLER_MANAGER,
+            &kube_stack(json!({})),
+        )
         .await;
     assert_eq!(done["status"]["lastHandledRedeployAt"], requested);
     assert_eq!(done["status"]["phase"], "Running");
     let succeeded = server
-        .expect_with("PUT", &format!("{records}/d1/status"), echo)
+        .expect_status(
+            &format!("{records}/d1/status"),
+            CONTROLLER_MANAGER,
+            &record(None),
+        )
         .await;
     assert_eq!(
         succeeded["status"]["message"],

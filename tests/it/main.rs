@@ -4,6 +4,8 @@
 mod cluster;
 mod docker_e2e;
 mod fake_api;
+mod fake_rollout;
+mod fake_rules;
 mod guarantees;
 mod hooks;
 mod kube_mock;
