@@ -454,6 +454,7 @@ pub async fn upgrade(
             &state.catalog,
             &stack.spec.product,
             Some(&target.to_string()),
+            sync::MissPolicy::EveryMiss,
         )
         .await?;
     }
@@ -581,24 +582,27 @@ pub async fn deployment(
     let Path(id) = id.map_err(|e| {
         ApiError::bad_request(format!("The deployment id in the path is not valid: {e}."))
     })?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("Deployment '{id}' not found."),
+        )
+    };
+    // Ids are object names; anything else cannot exist, and must not reach a lookup.
+    if !crate::model::is_dns_subdomain(&id) {
+        return Err(not_found());
+    }
     let record = state
         .store
-        .list::<DeploymentRecord>(None)
+        .find::<DeploymentRecord>(&id)
         .await?
-        .into_iter()
-        .find(|r| r.name_any() == id)
         .filter(|r| {
             key.spec
                 .environment
                 .as_ref()
                 .is_none_or(|scope| *scope == r.spec.environment)
         })
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("Deployment '{id}' not found."),
-            )
-        })?;
+        .ok_or_else(not_found)?;
     let status = record.status.clone().unwrap_or_default();
     Ok(Json(json!({
         "success": true,

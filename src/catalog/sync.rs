@@ -32,6 +32,19 @@ pub struct SharedCatalog {
     turn: tokio::sync::Mutex<()>,
     /// Syncs that have taken their turn so far.
     started: AtomicU64,
+    /// When the last sync ended.
+    finished: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How eagerly a missing version makes the catalog sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissPolicy {
+    /// Sync after every miss (sharing syncs with concurrent misses): a hook's caller is told a
+    /// version is missing only after the sources were read since it asked.
+    EveryMiss,
+    /// Sync at most once in this period, however many stacks miss a version: the reconciler
+    /// retries stacks every resync, and one missing product must not read every source for each.
+    OncePer(std::time::Duration),
 }
 
 impl SharedCatalog {
@@ -74,9 +87,16 @@ pub async fn ensure_version(
     catalog: &SharedCatalog,
     product: &str,
     version: Option<&str>,
+    policy: MissPolicy,
 ) -> Result<()> {
     if catalog.read()?.resolve(product, version).is_some() {
         return Ok(());
+    }
+    if let MissPolicy::OncePer(period) = policy {
+        let last = *catalog.finished.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < period) {
+            return Ok(());
+        }
     }
     let seen = catalog.started.load(Ordering::Acquire);
     let turn = catalog.turn.lock().await;
@@ -142,10 +162,13 @@ async fn sync_in_turn(
         updated.status = Some(status);
         store.update_status(&updated).await?;
     }
-    let mut catalog = catalog.write()?;
     let known: Vec<String> = sources.iter().map(|s| s.name_any()).collect();
-    catalog.retain_sources(&known);
-    report.versions_loaded = catalog.counts().1;
+    {
+        let mut loaded = catalog.write()?;
+        loaded.retain_sources(&known);
+        report.versions_loaded = loaded.counts().1;
+    }
+    *catalog.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
     Ok(report)
 }
 
@@ -182,7 +205,14 @@ mod tests {
             .map(|_| {
                 let (store, catalog) = (store.clone(), catalog.clone());
                 tokio::spawn(async move {
-                    ensure_version(&store, &catalog, "missing", Some("9.9.9")).await
+                    ensure_version(
+                        &store,
+                        &catalog,
+                        "missing",
+                        Some("9.9.9"),
+                        MissPolicy::EveryMiss,
+                    )
+                    .await
                 })
             })
             .collect();
@@ -194,13 +224,31 @@ mod tests {
         let syncs = catalog.started.load(Ordering::Acquire);
         assert_eq!(syncs, 1, "the ten misses share one sync");
         assert!(catalog.read().unwrap().find("app", "1.0.0").is_some());
-        ensure_version(&store, &catalog, "app", Some("1.0.0"))
-            .await
-            .unwrap();
+        ensure_version(
+            &store,
+            &catalog,
+            "app",
+            Some("1.0.0"),
+            MissPolicy::EveryMiss,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             catalog.started.load(Ordering::Acquire),
             syncs,
             "a present version syncs nothing"
         );
+        // The reconciler's misses share one sync per period.
+        let hour = MissPolicy::OncePer(std::time::Duration::from_secs(3600));
+        for _ in 0..5 {
+            ensure_version(&store, &catalog, "missing", None, hour)
+                .await
+                .unwrap();
+        }
+        assert_eq!(catalog.started.load(Ordering::Acquire), syncs);
+        ensure_version(&store, &catalog, "missing", None, MissPolicy::EveryMiss)
+            .await
+            .unwrap();
+        assert_eq!(catalog.started.load(Ordering::Acquire), syncs + 1);
     }
 }

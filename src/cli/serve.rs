@@ -208,14 +208,14 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
         }
     });
 
-    let mut ctx = Context::new(store.clone(), catalog.clone());
+    let resync = Duration::from_secs(args.resync_seconds.max(1));
+    let mut ctx = Context::new(store.clone(), catalog.clone()).with_resync(resync);
     let identity =
         std::env::var("POD_NAME").unwrap_or_else(|_| format!("rsgo-{}", std::process::id()));
     if let Some(client) = &client {
         ctx = ctx.with_kubernetes(client.clone(), &identity);
     }
     let ctx = Arc::new(ctx);
-    let resync = Duration::from_secs(args.resync_seconds.max(1));
     let keys = client.is_some().then(|| KeyIndex::follow(store.clone()));
     match client {
         None => {

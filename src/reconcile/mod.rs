@@ -30,6 +30,9 @@ use crate::store::{Store, Write, encode};
 use crate::{Error, Result};
 use plan::Step;
 
+/// Resync period when none is set.
+const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+
 /// How long to wait before retrying a reconcile that failed on a transient error.
 const RETRY_AFTER: Duration = Duration::from_secs(15);
 
@@ -39,6 +42,9 @@ pub struct Context {
     pub store: Arc<dyn Store>,
     /// Products to deploy.
     pub catalog: Arc<SharedCatalog>,
+    /// How often every stack is reconciled; a missing version syncs the catalog at most this
+    /// often.
+    resync: Duration,
     runtimes: tokio::sync::Mutex<HashMap<String, DockerRuntime>>,
     kube: Option<kube::Client>,
     recorder: Option<Recorder>,
@@ -50,10 +56,17 @@ impl Context {
         Self {
             store,
             catalog,
+            resync: DEFAULT_RESYNC,
             runtimes: Default::default(),
             kube: None,
             recorder: None,
         }
+    }
+
+    /// Sets the resync period (default 30 s).
+    pub fn with_resync(mut self, period: Duration) -> Self {
+        self.resync = period;
+        self
     }
 
     /// Lets the reconciler deploy to Kubernetes environments through `client`.
@@ -455,6 +468,7 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Target, StackPlan, Str
         &ctx.catalog,
         &stack.spec.product,
         stack.spec.version.as_deref(),
+        sync::MissPolicy::OncePer(ctx.resync),
     )
     .await?;
     let pv = {
@@ -672,25 +686,41 @@ async fn finish(
             }
         }
         Err(error) => {
-            status.phase = Some(StackPhase::Failed);
-            status.message = Some(error.to_string());
+            // The version a failed upgrade goes back to.
+            let previous = record.as_ref().and_then(|r| match r.spec.action {
+                DeploymentAction::Upgrade => r.spec.from_version.clone(),
+                DeploymentAction::Redeploy => None,
+            });
+            let target = record
+                .as_ref()
+                .and_then(|r| r.spec.to_version.clone())
+                .unwrap_or_default();
+            // A failed upgrade is not a failed stack yet: it is on its way back.
+            (status.phase, status.message) = match &previous {
+                Some(previous) => (
+                    Some(StackPhase::Deploying),
+                    Some(format!(
+                        "Upgrade to {target} failed: {error}; rolling back to {previous}."
+                    )),
+                ),
+                None => (Some(StackPhase::Failed), Some(error.to_string())),
+            };
             write_status(ctx, stack, old_status, &status).await?;
             let Some(record) = &record else {
                 return Ok(());
             };
-            match (record.spec.action, &record.spec.from_version) {
-                (DeploymentAction::Upgrade, Some(previous)) => {
-                    roll_back(ctx, stack, record, previous).await?;
-                    let to = record.spec.to_version.as_deref().unwrap_or("?");
+            match previous {
+                Some(previous) => {
+                    roll_back(ctx, stack, record, &previous).await?;
                     RecordUpdate {
                         message: Some(format!(
-                            "Upgrade to {to} failed: {error}. Rolled back to {previous}."
+                            "Upgrade to {target} failed: {error}. Rolled back to {previous}."
                         )),
                         version: from,
                         ..RecordUpdate::phase(DeploymentPhase::RolledBack)
                     }
                 }
-                _ => RecordUpdate {
+                None => RecordUpdate {
                     message: Some(error.to_string()),
                     version: from,
                     ..RecordUpdate::phase(DeploymentPhase::Failed)

@@ -196,6 +196,21 @@ impl Store for KubeStore {
         .boxed()
     }
 
+    /// A listing across namespaces that the API server filters by name: one request, whose
+    /// answer holds at most the object sought.
+    fn find_raw(&self, kind: String, name: String) -> BoxFuture<'_, Result<Option<Value>>> {
+        async move {
+            let api = self.api(&kind, None)?;
+            let params = ListParams::default().fields(&format!("metadata.name={name}"));
+            let list = api
+                .list(&params)
+                .await
+                .map_err(|e| api_error(e, &kind, &name, false))?;
+            list.items.into_iter().next().map(to_value).transpose()
+        }
+        .boxed()
+    }
+
     /// Kubernetes has no transactions: writes go in order, and when one fails the objects this
     /// batch created are deleted again, so a refused request leaves nothing behind.
     fn write(&self, writes: Vec<Write>) -> BoxFuture<'_, Result<Vec<Value>>> {

@@ -77,6 +77,9 @@ pub trait Store: Send + Sync + 'static {
         kind: String,
         namespace: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<Value>>>;
+    /// The object of a kind with this name, in whichever namespace it is (names such as
+    /// deployment ids are unique across namespaces). One lookup, never a listing.
+    fn find_raw(&self, kind: String, name: String) -> BoxFuture<'_, Result<Option<Value>>>;
     /// Applies every write or none, and returns the stored documents (deletions, and updates
     /// that complete a deletion, return nothing).
     fn write(&self, writes: Vec<Write>) -> BoxFuture<'_, Result<Vec<Value>>>;
@@ -160,6 +163,14 @@ impl dyn Store {
                 kind: kind_of::<K>(),
                 name: name.into(),
             })
+    }
+
+    /// Finds the object of type `K` named `name` in any namespace.
+    pub async fn find<K: Object>(&self, name: &str) -> Result<Option<K>> {
+        self.find_raw(kind_of::<K>(), name.into())
+            .await?
+            .map(decode)
+            .transpose()
     }
 
     /// Lists objects of type `K`, in one namespace or in all.

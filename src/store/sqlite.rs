@@ -59,6 +59,7 @@ impl SqliteStore {
                 PRIMARY KEY (kind, namespace, name)
             );
             CREATE INDEX IF NOT EXISTS objects_by_revision ON objects (kind, revision);
+            CREATE INDEX IF NOT EXISTS objects_by_name ON objects (kind, name);
             CREATE TABLE IF NOT EXISTS revision (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
             INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);",
         )?;
@@ -281,6 +282,18 @@ impl Store for SqliteStore {
             )?;
             let rows = stmt.query_map(params![kind, namespace], |r| r.get::<_, String>(0))?;
             rows.map(|body| parse(&body?)).collect()
+        })
+    }
+
+    fn find_raw(&self, kind: String, name: String) -> BoxFuture<'_, Result<Option<Value>>> {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT body FROM objects WHERE kind = ?1 AND name = ?2 AND deleted = 0 LIMIT 1",
+            )?;
+            stmt.query_row(params![kind, name], |r| r.get::<_, String>(0))
+                .optional()?
+                .map(|body| parse(&body))
+                .transpose()
         })
     }
 

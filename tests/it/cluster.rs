@@ -170,6 +170,37 @@ async fn a_redeploy_hook_rolls_a_deployment_in_a_real_cluster() {
     );
     assert!(rolled_out(&restarted));
 
+    // The stack's status describes its current generation, the record says how the rollout
+    // ended, and managedFields tell the hook's writes from the controller's.
+    let stack = dyn_api("Stack").get("sleeper").await.unwrap();
+    assert_eq!(stack.data["status"]["phase"], "Running", "{:?}", stack.data);
+    assert_eq!(
+        stack.data["status"]["observedGeneration"].as_i64(),
+        stack.metadata.generation
+    );
+    let id = reply["deploymentId"].as_str().unwrap();
+    let records = Api::<kube::api::DynamicObject>::namespaced_with(
+        client.clone(),
+        &namespace,
+        &kube::api::ApiResource::erase::<rsgo::model::DeploymentRecord>(&()),
+    );
+    let record = records.get(id).await.unwrap();
+    assert_eq!(
+        record.data["status"]["phase"], "Succeeded",
+        "{:?}",
+        record.data
+    );
+    let managers: Vec<String> = stack
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    for writer in [rsgo::model::HOOKS_MANAGER, rsgo::model::CONTROLLER_MANAGER] {
+        assert!(managers.iter().any(|m| m == writer), "{managers:?}");
+    }
+
     let _ = server.kill();
     let _ = server.wait();
     let _ = namespaces

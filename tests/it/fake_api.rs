@@ -308,7 +308,9 @@ impl State {
         content_type: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        self.requests.push(format!("{method} {path}"));
+        let query_text: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.requests
+            .push(format!("{method} {path}?{}", query_text.join("&")));
         let t = parse_path(path);
         let ns = t.namespace.clone().unwrap_or_default();
         let key = |name: &str| {
@@ -901,7 +903,7 @@ impl FakeApi {
         state.history.clear();
     }
 
-    /// Every request so far, as `METHOD path`.
+    /// Every request so far, as `METHOD path?query` (query parameters sorted).
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
     }

@@ -93,7 +93,8 @@ impl Cluster {
         self.fake
             .requests()
             .iter()
-            .filter_map(|r| r.strip_prefix(&format!("PATCH {JOBS}/")).map(str::to_owned))
+            .filter_map(|r| r.strip_prefix(&format!("PATCH {JOBS}/")))
+            .map(|rest| rest.split('?').next().unwrap_or_default().to_owned())
             .collect()
     }
 
@@ -284,6 +285,22 @@ async fn a_failing_one_shot_service_rolls_an_upgrade_back() {
         "{message}"
     );
     assert_eq!(c.stack()["spec"]["version"], "1.0.0", "the spec went back");
+    // The status URL reads the record by name: one filtered request, not a listing of all.
+    let request = axum::http::Request::get(format!("/api/deployments/{id}"))
+        .header("X-Api-Key", &key.plaintext)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(rsgo::api::router(c.hooks.clone()), request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let lookup =
+        format!("GET /apis/rsgo.io/v1alpha1/deploymentrecords?fieldSelector=metadata.name={id}");
+    assert!(
+        c.fake.requests().iter().any(|r| r.starts_with(&lookup)),
+        "{:?}",
+        c.fake.requests()
+    );
     assert_eq!(
         c.fake.get(&format!("{DEPLOYMENTS}/shop-web")).unwrap()["spec"]["template"]["spec"]["containers"]
             [0]["image"],

@@ -786,6 +786,56 @@ async fn malformed_requests_get_json_errors_that_leak_nothing(backend: Backend) 
     );
 }
 
+/// A returned id is looked up by name, not by listing every record; keys see only the records
+/// of environments they may act on.
+async fn deployment_records_are_found_by_id(backend: Backend) {
+    let f = fixture(backend).await;
+    let key = f.key(&["Hooks.Redeploy"]).await;
+    let (status, body) = f
+        .json("/api/hooks/redeploy", &key, json!({"stackName": "shop"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["deploymentId"].as_str().unwrap();
+    let get = |key: String, id: String| {
+        let state = f.state.clone();
+        async move {
+            let request = Request::get(format!("/api/deployments/{id}"))
+                .header("X-Api-Key", key)
+                .body(Body::empty())
+                .unwrap();
+            let response = router(state).oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    let (status, record) = get(key.clone(), id.to_owned()).await;
+    assert_eq!(status, StatusCode::OK, "{record}");
+    assert_eq!(
+        (record["stackName"].as_str(), record["action"].as_str()),
+        (Some("shop"), Some("Redeploy"))
+    );
+    let elsewhere = f
+        .key_with(&["Hooks.Redeploy"], |s| {
+            s.environment = Some("other".into())
+        })
+        .await;
+    assert_eq!(get(elsewhere, id.to_owned()).await.0, StatusCode::NOT_FOUND);
+    for missing in [
+        "0123456789abcdef01234567",
+        "a,metadata.namespace=local",
+        "UPPER",
+    ] {
+        assert_eq!(
+            get(key.clone(), missing.to_owned()).await.0,
+            StatusCode::NOT_FOUND,
+            "{missing}"
+        );
+    }
+}
+
 /// Runs each hook test on both stores.
 macro_rules! on_both_stores {
     ($($test:ident),* $(,)?) => {$(
@@ -813,5 +863,6 @@ on_both_stores!(
     upgrades_set_only_declared_and_valid_variables,
     upgrades_never_go_below_the_desired_version,
     names_and_specs_are_checked_at_the_store_boundary,
-    malformed_requests_get_json_errors_that_leak_nothing
+    malformed_requests_get_json_errors_that_leak_nothing,
+    deployment_records_are_found_by_id
 );

@@ -964,6 +964,56 @@ async fn a_leader_that_loses_its_lease_stops_reconciling() {
     election.abort();
 }
 
+/// A leader that cannot reach the API server stops acting once it has gone the renew deadline
+/// without a renewal, before the Lease it last wrote can expire and pass to another replica.
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_cannot_renew_stops_before_its_lease_can_pass_on() {
+    use rsgo::reconcile::leader::{LEASE_DURATION, RENEW_DEADLINE};
+    let (client, mut server) = mock();
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let (stopped_tx, mut stopped) = tokio::sync::oneshot::channel();
+    let mut signals = Some((started_tx, stopped_tx));
+    let election = tokio::spawn(rsgo::reconcile::leader::lead(
+        lock(client, "pod-a"),
+        move || {
+            let (started_tx, stopped_tx) = signals.take().expect("work starts once in this test");
+            async move {
+                let _guard = Stopped(Some(stopped_tx));
+                let _ = started_tx.send(());
+                std::future::pending::<()>().await
+            }
+        },
+    ));
+    let path = format!("{LEASES}/rsgo-controller");
+    server
+        .expect("GET", &path, 404, status(404, "NotFound"))
+        .await;
+    server
+        .expect_with("POST", LEASES, |sent| (201, sent.clone()))
+        .await;
+    started.await.expect("the leader starts reconciling");
+    let renewed = tokio::time::Instant::now();
+    let mut failed_renewals = 0;
+    let stopped_after = loop {
+        server
+            .expect("GET", &path, 500, status(500, "InternalError"))
+            .await;
+        failed_renewals += 1;
+        if tokio::time::timeout(Duration::from_millis(10), &mut stopped)
+            .await
+            .is_ok()
+        {
+            break renewed.elapsed();
+        }
+        assert!(failed_renewals < 20, "the leader never stopped");
+    };
+    assert!(
+        stopped_after >= RENEW_DEADLINE && stopped_after < LEASE_DURATION,
+        "stopped {stopped_after:?} after its last renewal, after {failed_renewals} failed ones"
+    );
+    election.abort();
+}
+
 #[tokio::test]
 async fn a_service_name_taken_by_another_stack_is_reported_not_stolen() {
     let (client, mut server) = mock();
