@@ -73,9 +73,13 @@ pub enum Error {
         /// The underlying error.
         source: kube::Error,
     },
-    /// A cluster rollout gave up.
+    /// A rollout gave up: a container or Job failed, a health check did not pass, a
+    /// Deployment exceeded its progress deadline.
     #[error("{0}")]
     Rollout(String),
+    /// An environment's engine does not answer; rsgo tries again later.
+    #[error("{0}")]
+    Unreachable(String),
     /// An image could not be pulled.
     #[error("pulling image '{image}' failed: {message}")]
     Pull {
@@ -104,6 +108,7 @@ impl Error {
             Error::Docker { .. } => "docker",
             Error::Kube { .. } => "kubernetes",
             Error::Rollout(_) => "rollout",
+            Error::Unreachable(_) => "unreachable",
             Error::Pull { .. } => "pull",
             Error::Task(_) => "task",
         }

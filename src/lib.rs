@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
+pub mod duration;
 pub mod error;
 pub mod model;
 pub mod reconcile;

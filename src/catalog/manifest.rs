@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
+pub use super::plan::{Lifecycle, RestartPolicy};
+
 /// A whole manifest file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -187,9 +189,9 @@ pub struct Service {
     /// Services that start first.
     #[serde(default)]
     pub depends_on: Vec<String>,
-    /// Docker restart policy.
+    /// Restart policy: `no`, `always`, `unless-stopped` or `on-failure`.
     #[serde(default)]
-    pub restart: Option<String>,
+    pub restart: Option<RestartPolicy>,
     /// Command, as a string or a list.
     #[serde(default)]
     pub command: Option<Command>,
@@ -207,7 +209,7 @@ pub struct Service {
     pub labels: BTreeMap<String, Scalar>,
     /// `service`, or `init` for a one-shot container.
     #[serde(default)]
-    pub lifecycle: Option<String>,
+    pub lifecycle: Option<Lifecycle>,
     /// How to tell that the service works.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
@@ -219,7 +221,7 @@ pub struct Service {
 pub struct HealthCheck {
     /// `docker` (default), `http` or `tcp`.
     #[serde(default, rename = "type")]
-    pub kind: Option<String>,
+    pub kind: Option<HealthCheckKind>,
     /// Command for `docker` checks.
     #[serde(default)]
     pub test: Option<Command>,
@@ -241,6 +243,19 @@ pub struct HealthCheck {
     /// Grace period after start during which failures do not count.
     #[serde(default)]
     pub start_period: Option<Scalar>,
+}
+
+/// How a health check probes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// A command in the container (`test`).
+    #[default]
+    Docker,
+    /// An HTTP GET on `port` and `path`.
+    Http,
+    /// A TCP connect to `port`.
+    Tcp,
 }
 
 /// A command line as a manifest writes it.

@@ -1,6 +1,8 @@
 //! Products and their versions, loaded from catalog sources and held in memory.
 
+mod health;
 pub mod manifest;
+pub mod plan;
 pub mod policy;
 pub mod render;
 pub mod sync;
@@ -13,7 +15,8 @@ use std::sync::Arc;
 use semver::Version;
 
 pub use manifest::Manifest;
-pub use render::{ContainerPlan, HealthPlan, Mount, PortBinding, Probe, StackPlan, render};
+pub use plan::{ContainerPlan, StackPlan};
+pub use render::render;
 
 use crate::{Error, Result};
 

@@ -405,11 +405,30 @@ pub struct DeploymentRecordStatus {
 pub struct ServiceResult {
     /// Service name.
     pub service: String,
-    /// `created`, `recreated`, `started`, `unchanged` or `removed`.
-    pub action: String,
+    /// What was done to it.
+    pub action: ServiceAction,
     /// Image id the service runs after the rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
+}
+
+/// What a rollout did to one service.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceAction {
+    /// It had no container: one was created.
+    Created,
+    /// Its container was replaced (new spec, new image or a redeploy).
+    Recreated,
+    /// Its stopped container was started.
+    Started,
+    /// It already ran as planned.
+    #[default]
+    Unchanged,
+    /// The plan no longer has it: its container was removed.
+    Removed,
+    /// Its objects were applied to the cluster, which rolls them out.
+    Applied,
 }
 
 /// The CustomResourceDefinitions of every rsgo kind, in a stable order.

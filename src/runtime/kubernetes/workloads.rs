@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
-use crate::catalog::{ContainerPlan, HealthPlan, Probe, StackPlan};
+use crate::catalog::plan::{ContainerPlan, HealthPlan, MountSource, Probe, StackPlan};
 use crate::model::{Stack, dns_label};
 
 /// Pod-template annotation that a redeploy changes, which rolls the pods like `kubectl rollout restart`.
@@ -123,18 +123,26 @@ fn pod_template(
     let mut mounts = Vec::new();
     for (index, mount) in container.mounts.iter().enumerate() {
         let name = format!("v{index}");
+        let (claim, host) = match &mount.source {
+            MountSource::Volume(volume) => (
+                Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim_name(&stack.name_any(), volume),
+                    read_only: None,
+                }),
+                None,
+            ),
+            MountSource::Host(path) => (
+                None,
+                Some(HostPathVolumeSource {
+                    path: path.clone(),
+                    type_: None,
+                }),
+            ),
+        };
         volumes.push(Volume {
             name: name.clone(),
-            persistent_volume_claim: mount.named_volume.then(|| {
-                PersistentVolumeClaimVolumeSource {
-                    claim_name: claim_name(&stack.name_any(), &mount.source),
-                    read_only: None,
-                }
-            }),
-            host_path: (!mount.named_volume).then(|| HostPathVolumeSource {
-                path: mount.source.clone(),
-                type_: None,
-            }),
+            persistent_volume_claim: claim,
+            host_path: host,
             ..Default::default()
         });
         mounts.push(VolumeMount {
@@ -147,13 +155,10 @@ fn pod_template(
     let env: Vec<EnvVar> = container
         .env
         .iter()
-        .map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            EnvVar {
-                name: name.to_owned(),
-                value: Some(value.to_owned()),
-                value_from: None,
-            }
+        .map(|(name, value)| EnvVar {
+            name: name.clone(),
+            value: Some(value.clone()),
+            value_from: None,
         })
         .collect();
     let ports: Vec<ContainerPort> = container
@@ -161,7 +166,7 @@ fn pod_template(
         .iter()
         .map(|p| ContainerPort {
             container_port: i32::from(p.container_port),
-            protocol: Some(p.protocol.to_uppercase()),
+            protocol: Some(p.protocol.as_str().to_uppercase()),
             ..Default::default()
         })
         .collect();
@@ -184,7 +189,7 @@ fn pod_template(
                 image: Some(container.image.clone()),
                 image_pull_policy: Some("Always".into()),
                 command: container.entrypoint.clone(),
-                args: container.cmd.clone(),
+                args: container.command.clone(),
                 working_dir: container.working_dir.clone(),
                 env: (!env.is_empty()).then_some(env),
                 ports: (!ports.is_empty()).then_some(ports),
@@ -195,7 +200,7 @@ fn pod_template(
             volumes: (!volumes.is_empty()).then_some(volumes),
             security_context: security_context(container.user.as_deref())?,
             // A one-shot service runs once: a failure fails the rollout instead of retrying.
-            restart_policy: container.init.then(|| "Never".to_owned()),
+            restart_policy: container.is_init().then(|| "Never".to_owned()),
             ..Default::default()
         }),
     })
@@ -224,7 +229,11 @@ fn deployment(
             // Named volumes are ReadWriteOnce: the old pod must let go before the new one mounts.
             strategy: Some(DeploymentStrategy {
                 type_: Some(
-                    if container.mounts.iter().any(|m| m.named_volume) {
+                    if container
+                        .mounts
+                        .iter()
+                        .any(|m| matches!(m.source, MountSource::Volume(_)))
+                    {
                         "Recreate"
                     } else {
                         "RollingUpdate"
@@ -247,10 +256,7 @@ pub fn job_name(stack: &str, container: &ContainerPlan, restarted_at: Option<&st
     let mut hasher = Sha256::new();
     hasher.update(container.spec_hash.as_bytes());
     hasher.update(restarted_at.unwrap_or_default().as_bytes());
-    let hash: String = hasher.finalize()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = hex::encode(&hasher.finalize()[..4]);
     let base = dns_label(&format!("{stack}-{}", container.service));
     let base: String = base.chars().take(63 - hash.len() - 1).collect();
     format!("{}-{hash}", base.trim_end_matches('-'))
@@ -282,26 +288,22 @@ fn job(
 /// A health check as a readiness probe: a Deployment is rolled out once its pods pass it.
 fn probe(health: &HealthPlan) -> k8s_openapi::api::core::v1::Probe {
     use k8s_openapi::api::core::v1::{ExecAction, HTTPGetAction, TCPSocketAction};
+    let seconds = |d: std::time::Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
     let mut probe = k8s_openapi::api::core::v1::Probe {
-        period_seconds: Some(health.interval_secs as i32),
-        timeout_seconds: Some(health.timeout_secs as i32),
+        period_seconds: Some(seconds(health.interval)),
+        timeout_seconds: Some(seconds(health.timeout)),
         failure_threshold: Some(health.retries.max(1) as i32),
-        initial_delay_seconds: Some(health.start_period_secs as i32),
+        initial_delay_seconds: Some(seconds(health.start_period)),
         ..Default::default()
     };
+    let exec = |command: Vec<String>| {
+        Some(ExecAction {
+            command: Some(command),
+        })
+    };
     match &health.probe {
-        Probe::Command(test) => {
-            let command = match test.split_first() {
-                Some((kind, rest)) if kind == "CMD-SHELL" => {
-                    vec!["sh".into(), "-c".into(), rest.join(" ")]
-                }
-                Some((kind, rest)) if kind == "CMD" => rest.to_vec(),
-                _ => test.clone(),
-            };
-            probe.exec = Some(ExecAction {
-                command: Some(command),
-            });
-        }
+        Probe::Exec(args) => probe.exec = exec(args.clone()),
+        Probe::Shell(line) => probe.exec = exec(vec!["sh".into(), "-c".into(), line.clone()]),
         Probe::Http { port, path } => {
             probe.http_get = Some(HTTPGetAction {
                 path: Some(path.clone()),
@@ -329,12 +331,12 @@ fn service(stack: &Stack, container: &ContainerPlan, version: &str) -> Option<Se
         .map(|p| ServicePort {
             name: Some(format!(
                 "{}-{}",
-                p.protocol,
+                p.protocol.as_str(),
                 p.host_port.unwrap_or(p.container_port)
             )),
             port: i32::from(p.host_port.unwrap_or(p.container_port)),
             target_port: Some(IntOrString::Int(i32::from(p.container_port))),
-            protocol: Some(p.protocol.to_uppercase()),
+            protocol: Some(p.protocol.as_str().to_uppercase()),
             ..Default::default()
         })
         .collect();
@@ -370,7 +372,7 @@ fn init_dependencies<'a>(plan: &'a StackPlan, service: &str) -> BTreeSet<&'a str
         };
         for dependency in &container.depends_on {
             if let Some(dep) = plan.containers.iter().find(|c| c.service == *dependency) {
-                if dep.init {
+                if dep.is_init() {
                     found.insert(dep.service.as_str());
                 }
                 pending.push(dep.service.as_str());
@@ -385,9 +387,9 @@ fn init_dependencies<'a>(plan: &'a StackPlan, service: &str) -> BTreeSet<&'a str
 pub fn workloads(
     stack: &Stack,
     plan: &StackPlan,
-    version: &str,
     restarted_at: Option<&str>,
 ) -> Result<Workloads, String> {
+    let version = plan.version.as_str();
     let mut workloads = Workloads::default();
     let mut names = BTreeMap::new();
     for container in &plan.containers {
@@ -399,7 +401,7 @@ pub fn workloads(
                 container.service
             ));
         }
-        if container.init {
+        if container.is_init() {
             workloads
                 .jobs
                 .push(job(stack, container, version, restarted_at)?);
@@ -442,250 +444,6 @@ pub fn workloads(
         });
     }
     Ok(workloads)
-}
-
-/// How far the Deployments of a stack have rolled out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rollout {
-    /// Every Deployment runs its newest spec on all replicas.
-    Complete,
-    /// Still rolling; the text says what is missing.
-    Progressing(String),
-    /// A Deployment gave up (progress deadline exceeded); the text says which and why.
-    Failed(String),
-}
-
-/// Reads the rollout state from Deployments as the API server reports them (like `kubectl rollout status`).
-pub fn rollout_state(deployments: &[Deployment]) -> Rollout {
-    let mut waiting = Vec::new();
-    for deployment in deployments {
-        let name = deployment.metadata.name.clone().unwrap_or_default();
-        let status = deployment.status.clone().unwrap_or_default();
-        if let Some(failed) = status.conditions.iter().flatten().find(|c| {
-            c.type_.as_deref() == Some("Progressing")
-                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        }) {
-            return Rollout::Failed(format!(
-                "deployment {name} did not roll out: {}",
-                failed.message.clone().unwrap_or_default()
-            ));
-        }
-        let wanted = deployment.spec.replicas.unwrap_or(1);
-        let observed =
-            status.observed_generation.unwrap_or(0) >= deployment.metadata.generation.unwrap_or(0);
-        let updated = status.updated_replicas.unwrap_or(0);
-        let available = status.available_replicas.unwrap_or(0);
-        let total = status.replicas.unwrap_or(0);
-        if !observed || updated < wanted || available < wanted || total > updated {
-            waiting.push(format!(
-                "{name}: {updated}/{wanted} updated, {available} available"
-            ));
-        }
-    }
-    if waiting.is_empty() {
-        Rollout::Complete
-    } else {
-        Rollout::Progressing(waiting.join("; "))
-    }
-}
-
-/// Applies a stack's workloads to a cluster and reads their rollout.
-#[derive(Clone)]
-pub struct KubeRuntime {
-    client: kube::Client,
-}
-
-impl KubeRuntime {
-    /// A runtime over `client`.
-    pub fn new(client: kube::Client) -> Self {
-        Self { client }
-    }
-
-    async fn apply_all<K>(&self, namespace: &str, objects: &[K]) -> crate::Result<Vec<K>>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::Serialize
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let api: kube::Api<K> = kube::Api::namespaced(self.client.clone(), namespace);
-        let params = kube::api::PatchParams::apply(crate::model::CONTROLLER_MANAGER).force();
-        let mut applied = Vec::new();
-        for object in objects {
-            let name = object.name_any();
-            let kind = K::kind(&());
-            // Never take over an object rsgo did not make for this very stack.
-            let existing = api
-                .get_opt(&name)
-                .await
-                .map_err(|e| crate::Error::kube(format!("reading {kind} {namespace}/{name}"), e))?;
-            if let Some(existing) = existing {
-                let wanted = object.labels().get(STACK_LABEL);
-                let labels = existing.labels();
-                let ours = labels
-                    .get("app.kubernetes.io/managed-by")
-                    .map(String::as_str)
-                    == Some("rsgo");
-                if !ours || labels.get(STACK_LABEL) != wanted {
-                    let owner = match labels.get(STACK_LABEL) {
-                        Some(other) if ours => format!("stack '{other}'"),
-                        _ => "something other than rsgo".to_owned(),
-                    };
-                    return Err(crate::Error::Invalid(format!(
-                        "{kind} '{name}' in namespace '{namespace}' belongs to {owner}; rename the service \
-                         or run the stack in another environment"
-                    )));
-                }
-            }
-            let result = api
-                .patch(&name, &params, &kube::api::Patch::Apply(object))
-                .await
-                .map_err(|e| {
-                    crate::Error::kube(format!("applying {kind} {namespace}/{name}"), e)
-                })?;
-            applied.push(result);
-        }
-        Ok(applied)
-    }
-
-    /// Deletes the objects of kind `K` rsgo made for `stack` that are not in `keep`; their
-    /// dependents (a Job's pods) go with them.
-    async fn prune<K>(&self, namespace: &str, stack: &str, keep: &[String]) -> crate::Result<()>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let api: kube::Api<K> = kube::Api::namespaced(self.client.clone(), namespace);
-        let selector = format!(
-            "{STACK_LABEL}={},app.kubernetes.io/managed-by=rsgo",
-            dns_label(stack)
-        );
-        let kind = K::kind(&());
-        let existing = api
-            .list(&kube::api::ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| crate::Error::kube(format!("listing {kind}s of stack {stack}"), e))?;
-        for object in existing.items {
-            let name = object.name_any();
-            if !keep.contains(&name) {
-                api.delete(&name, &kube::api::DeleteParams::background())
-                    .await
-                    .map_err(|e| {
-                        crate::Error::kube(format!("deleting {kind} {namespace}/{name}"), e)
-                    })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies claims, Services and the Jobs of one-shot services server-side, then the
-    /// Deployments whose Jobs have succeeded; removes the Deployments, Services and Jobs the
-    /// stack no longer has (claims stay). Returns how far the rollout got: a failed Job fails it,
-    /// a running one holds back the Deployments that depend on it.
-    pub async fn apply(
-        &self,
-        namespace: &str,
-        stack: &str,
-        workloads: &Workloads,
-    ) -> crate::Result<Rollout> {
-        self.apply_all(namespace, &workloads.claims).await?;
-        self.apply_all(namespace, &workloads.services).await?;
-        let jobs = self.apply_all(namespace, &workloads.jobs).await?;
-        let mut done = BTreeSet::new();
-        let mut running = Vec::new();
-        for job in &jobs {
-            match job_state(job) {
-                JobState::Succeeded => {
-                    done.insert(job.name_any());
-                }
-                JobState::Running => running.push(job.name_any()),
-                JobState::Failed(reason) => return Ok(Rollout::Failed(reason)),
-            }
-        }
-        let ready: Vec<Deployment> = workloads
-            .deployments
-            .iter()
-            .zip(&workloads.waits_for)
-            .filter(|(_, waits)| waits.iter().all(|job| done.contains(job)))
-            .map(|(deployment, _)| deployment.clone())
-            .collect();
-        let deployments = self.apply_all(namespace, &ready).await?;
-        self.prune::<Service>(namespace, stack, &names(&workloads.services))
-            .await?;
-        self.prune::<Deployment>(namespace, stack, &names(&workloads.deployments))
-            .await?;
-        self.prune::<Job>(namespace, stack, &names(&workloads.jobs))
-            .await?;
-        if ready.len() < workloads.deployments.len() {
-            return Ok(Rollout::Progressing(format!(
-                "waiting for one-shot service job(s) {}",
-                running.join(", ")
-            )));
-        }
-        Ok(rollout_state(&deployments))
-    }
-
-    /// Removes a stack's Deployments, Services and Jobs; its claims (data) stay.
-    pub async fn teardown(&self, namespace: &str, stack: &str) -> crate::Result<()> {
-        self.prune::<Service>(namespace, stack, &[]).await?;
-        self.prune::<Deployment>(namespace, stack, &[]).await?;
-        self.prune::<Job>(namespace, stack, &[]).await
-    }
-}
-
-/// The names of built objects.
-fn names<K: Resource>(objects: &[K]) -> Vec<String> {
-    objects
-        .iter()
-        .filter_map(|o| o.meta().name.clone())
-        .collect()
-}
-
-/// Where a one-shot service's Job is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobState {
-    /// Its pod is still to run or running.
-    Running,
-    /// Its pod exited 0.
-    Succeeded,
-    /// Its pod failed; the text says which Job and why.
-    Failed(String),
-}
-
-/// Reads a Job's state as the Job controller reports it.
-pub fn job_state(job: &Job) -> JobState {
-    let status = job.status.clone().unwrap_or_default();
-    let condition = |kind: &str| {
-        status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == kind && c.status == "True")
-            .cloned()
-    };
-    if condition("Complete").is_some() || status.succeeded.unwrap_or(0) > 0 {
-        return JobState::Succeeded;
-    }
-    if let Some(failed) = condition("Failed") {
-        return JobState::Failed(format!(
-            "one-shot service job {} failed: {}",
-            job.name_any(),
-            failed
-                .message
-                .or(failed.reason)
-                .unwrap_or_else(|| "its pod did not exit 0".into())
-        ));
-    }
-    if status.failed.unwrap_or(0) > 0 {
-        return JobState::Failed(format!(
-            "one-shot service job {} failed: its pod did not exit 0",
-            job.name_any()
-        ));
-    }
-    JobState::Running
 }
 
 #[cfg(test)]
@@ -750,7 +508,7 @@ volumes:
             .unwrap();
         let stack = stack();
         let plan = render(&stack.name_any(), &prod(), &pv, &stack.spec.variables).unwrap();
-        workloads(&stack, &plan, "6.5.0", restarted_at).unwrap()
+        workloads(&stack, &plan, restarted_at).unwrap()
     }
 
     #[test]
@@ -931,53 +689,6 @@ volumes:
         assert!(!annotations(&before).contains_key(RESTARTED_AT_ANNOTATION));
     }
 
-    fn with_status(generation: i64, status: serde_json::Value) -> Deployment {
-        let mut deployment = build(None).deployments.remove(0);
-        deployment.metadata.generation = Some(generation);
-        deployment.status = Some(serde_json::from_value(status).unwrap());
-        deployment
-    }
-
-    #[test]
-    fn rollout_state_reads_like_kubectl_rollout_status() {
-        let done = with_status(
-            2,
-            serde_json::json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}),
-        );
-        assert_eq!(
-            rollout_state(std::slice::from_ref(&done)),
-            Rollout::Complete
-        );
-        let unseen = with_status(
-            3,
-            serde_json::json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}),
-        );
-        assert!(
-            matches!(rollout_state(&[done.clone(), unseen]), Rollout::Progressing(m) if m.contains("shop-prod-web"))
-        );
-        let old_pod_left = with_status(
-            2,
-            serde_json::json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1}),
-        );
-        assert!(matches!(
-            rollout_state(&[old_pod_left]),
-            Rollout::Progressing(_)
-        ));
-        let stuck = with_status(
-            2,
-            serde_json::json!({"observedGeneration": 2, "conditions": [
-                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet has timed out progressing."}
-            ]}),
-        );
-        assert_eq!(
-            rollout_state(&[stuck]),
-            Rollout::Failed(
-                "deployment shop-prod-web did not roll out: ReplicaSet has timed out progressing."
-                    .into()
-            )
-        );
-    }
-
     #[test]
     fn health_checks_become_readiness_probes() {
         let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  \
@@ -986,7 +697,7 @@ volumes:
             c: {image: x, healthCheck: {type: tcp, port: 5432}}\n";
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
         let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
-        let w = workloads(&stack(), &plan, "1.0.0", None).unwrap();
+        let w = workloads(&stack(), &plan, None).unwrap();
         let probe = |i: usize| {
             w.deployments[i]
                 .spec
@@ -1028,7 +739,7 @@ volumes:
             other: {image: o}\n";
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
         let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
-        let w = workloads(&stack(), &plan, "1.0.0", None).unwrap();
+        let w = workloads(&stack(), &plan, None).unwrap();
         assert_eq!(w.jobs.len(), 1);
         let job = &w.jobs[0];
         let name = job.metadata.name.clone().unwrap();
@@ -1055,39 +766,15 @@ volumes:
             w.waits_for,
             [vec![name.clone()], vec![], vec![name.clone()]]
         );
-        let again = workloads(&stack(), &plan, "1.0.0", None).unwrap();
+        let again = workloads(&stack(), &plan, None).unwrap();
         assert_eq!(
             again.jobs[0].metadata.name, job.metadata.name,
             "an unchanged spec is not run again"
         );
-        let redeployed = workloads(&stack(), &plan, "1.0.0", Some("t1")).unwrap();
+        let redeployed = workloads(&stack(), &plan, Some("t1")).unwrap();
         assert_ne!(
             redeployed.jobs[0].metadata.name, job.metadata.name,
             "a redeploy runs it again"
-        );
-    }
-
-    #[test]
-    fn job_states_follow_the_job_controller() {
-        let with = |status: serde_json::Value| -> Job {
-            serde_json::from_value(serde_json::json!({"metadata": {"name": "j"}, "status": status}))
-                .unwrap()
-        };
-        assert_eq!(
-            job_state(&with(serde_json::json!({"active": 1}))),
-            JobState::Running
-        );
-        assert_eq!(
-            job_state(&with(serde_json::json!({"succeeded": 1}))),
-            JobState::Succeeded
-        );
-        let failed = with(serde_json::json!({"failed": 1, "conditions": [
-            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}));
-        assert_eq!(
-            job_state(&failed),
-            JobState::Failed(
-                "one-shot service job j failed: Job has reached the specified backoff limit".into()
-            )
         );
     }
 
@@ -1096,7 +783,7 @@ volumes:
         let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  web_1: {image: a}\n  web-1: {image: b}\n";
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
         let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
-        let err = workloads(&stack(), &plan, "1.0.0", None).unwrap_err();
+        let err = workloads(&stack(), &plan, None).unwrap_err();
         assert!(err.contains("both become 'web-1'"), "{err}");
     }
 

@@ -1,14 +1,17 @@
 //! The Docker runtime: containers, networks and volumes labelled `io.rsgo.*`, through bollard.
-//! Docker's types stop here; the reconciler sees [`ObservedContainer`] and [`ContainerPlan`].
+//! Docker's types stop at this module: [`container`] converts plans to them, [`rollout`] drives
+//! a stack to its plan, and the reconciler sees only the [`Runtime`](super::Runtime) trait.
+
+pub mod container;
+mod rollout;
+pub mod steps;
 
 use std::collections::HashMap;
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, MountType,
-    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
-    PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    HealthStatusEnum, NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
@@ -17,12 +20,13 @@ use bollard::query_parameters::{
 };
 use futures::StreamExt;
 
-use crate::catalog::render::{
+use crate::catalog::{ContainerPlan, StackPlan};
+use crate::{Error, Result};
+use container::{
     LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_MANAGED, LABEL_RESTARTED_AT, LABEL_SERVICE,
     LABEL_SPEC_HASH, LABEL_STACK, LABEL_VOLUME,
 };
-use crate::catalog::{ContainerPlan, StackPlan};
-use crate::{Error, Result};
+pub use container::{Provenance, StackResources};
 
 /// Seconds a container gets to stop before it is killed.
 const STOP_TIMEOUT_SECS: i32 = 10;
@@ -54,23 +58,6 @@ pub struct ObservedContainer {
     pub deployment: String,
     /// Redeploy request it was created for (empty when none).
     pub restarted_at: String,
-}
-
-/// The engine objects a stack's containers use: network ids by name, volume names by their name
-/// in the manifest.
-#[derive(Debug, Clone, Default)]
-pub struct StackResources {
-    networks: HashMap<String, String>,
-    volumes: HashMap<String, String>,
-}
-
-/// Who a container is created for: its deployment record and the redeploy request it serves.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Provenance<'a> {
-    /// Deployment record of the rollout.
-    pub deployment: Option<&'a str>,
-    /// The stack's redeploy request, if any.
-    pub restarted_at: Option<&'a str>,
 }
 
 /// Label filters that select what rsgo made for one stack of one environment.
@@ -236,18 +223,18 @@ impl DockerRuntime {
         let (environment, stack) = (&plan.environment, &plan.stack);
         let filters = stack_filters(environment, stack);
         let existing = self.stack_networks(environment, stack).await?;
-        let labels: HashMap<String, String> = plan.labels.clone().into_iter().collect();
+        let labels = container::stack_labels(plan);
         let mut resources = StackResources::default();
-        for name in std::iter::once(&plan.network).chain(&plan.extra_networks) {
+        for name in container::network_names(plan) {
             let found = existing
                 .iter()
                 .find(|n| n.name.as_deref() == Some(name.as_str()))
                 .and_then(|n| n.id.clone());
             let id = match found {
                 Some(id) => id,
-                None => self.create_network(name, &labels).await?,
+                None => self.create_network(&name, &labels).await?,
             };
-            resources.networks.insert(name.clone(), id);
+            resources.networks.insert(name, id);
         }
         let options = ListVolumesOptionsBuilder::new().filters(&filters).build();
         let owned: Vec<String> = self
@@ -261,7 +248,7 @@ impl DockerRuntime {
             .map(|v| v.name)
             .collect();
         for key in &plan.volumes {
-            let name = plan.volume_name(key);
+            let name = container::volume_name(plan, key);
             let legacy = format!("{stack}_{key}");
             let engine_name = if owned.contains(&name) {
                 name
@@ -368,132 +355,39 @@ impl DockerRuntime {
         Ok(())
     }
 
-    /// Creates and starts a container from its plan, on the networks and volumes of
-    /// `resources`; returns its id.
+    /// Creates and starts a service's container, on the networks and volumes of `resources`;
+    /// returns its id.
     pub async fn run(
         &self,
-        plan: &ContainerPlan,
+        plan: &StackPlan,
+        service: &ContainerPlan,
         resources: &StackResources,
         provenance: Provenance<'_>,
     ) -> Result<String> {
-        let mut labels: HashMap<String, String> = plan.labels.clone().into_iter().collect();
-        labels.insert(LABEL_SPEC_HASH.into(), plan.spec_hash.clone());
-        if let Some(deployment) = provenance.deployment {
-            labels.insert(LABEL_DEPLOYMENT.into(), deployment.to_owned());
-        }
-        if let Some(at) = provenance.restarted_at {
-            labels.insert(LABEL_RESTARTED_AT.into(), at.to_owned());
-        }
-        let network_id = |name: &str| {
-            resources.networks.get(name).cloned().ok_or_else(|| {
-                Error::Task(format!("network {name} of {} was not prepared", plan.name))
-            })
-        };
-        let mut port_bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
-        for port in &plan.ports {
-            port_bindings
-                .entry(format!("{}/{}", port.container_port, port.protocol))
-                .or_insert_with(|| Some(Vec::new()))
-                .get_or_insert_with(Vec::new)
-                .push(DockerPortBinding {
-                    host_ip: port.host_ip.clone(),
-                    host_port: port.host_port.map(|p| p.to_string()),
-                });
-        }
-        let mounts = plan
-            .mounts
-            .iter()
-            .map(|m| bollard::models::Mount {
-                source: Some(if m.named_volume {
-                    resources
-                        .volumes
-                        .get(&m.source)
-                        .cloned()
-                        .unwrap_or_else(|| m.source.clone())
-                } else {
-                    m.source.clone()
-                }),
-                target: Some(m.target.clone()),
-                read_only: Some(m.read_only),
-                typ: Some(if m.named_volume {
-                    MountType::VOLUME
-                } else {
-                    MountType::BIND
-                }),
-                ..Default::default()
-            })
-            .collect();
-        let restart = plan.restart.as_deref().map(|r| RestartPolicy {
-            name: Some(match r {
-                "always" => RestartPolicyNameEnum::ALWAYS,
-                "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
-                "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-                _ => RestartPolicyNameEnum::NO,
-            }),
-            maximum_retry_count: None,
-        });
-        let endpoint = |network: String| {
-            (
-                network,
-                EndpointSettings {
-                    aliases: Some(vec![plan.service.clone()]),
-                    ..Default::default()
-                },
-            )
-        };
-        const NANOS: i64 = 1_000_000_000;
-        let healthcheck = plan.health.as_ref().map(|h| HealthConfig {
-            test: Some(h.docker_test()),
-            interval: Some(h.interval_secs as i64 * NANOS),
-            timeout: Some(h.timeout_secs as i64 * NANOS),
-            retries: Some(i64::from(h.retries)),
-            start_period: Some(h.start_period_secs as i64 * NANOS),
-            ..Default::default()
-        });
-        let body = ContainerCreateBody {
-            image: Some(plan.image.clone()),
-            healthcheck,
-            env: Some(plan.env.clone()),
-            cmd: plan.cmd.clone(),
-            entrypoint: plan.entrypoint.clone(),
-            working_dir: plan.working_dir.clone(),
-            user: plan.user.clone(),
-            labels: Some(labels),
-            exposed_ports: Some(port_bindings.keys().cloned().collect()),
-            host_config: Some(HostConfig {
-                port_bindings: Some(port_bindings),
-                mounts: Some(mounts),
-                restart_policy: restart,
-                network_mode: Some(network_id(&plan.networks[0])?),
-                ..Default::default()
-            }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([endpoint(network_id(&plan.networks[0])?)])),
-            }),
-            ..Default::default()
-        };
-        let options = CreateContainerOptionsBuilder::new()
-            .name(&plan.name)
-            .build();
+        let name = container::container_name(plan, service);
+        let body = container::create_body(plan, service, resources, provenance)
+            .map_err(|e| Error::Task(format!("container {name}: {e}")))?;
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = self
             .docker
             .create_container(Some(options), body)
             .await
-            .map_err(|e| Error::docker(format!("creating container {}", plan.name), e))?;
-        for network in &plan.networks[1..] {
-            let (id, endpoint_config) = endpoint(network_id(network)?);
+            .map_err(|e| Error::docker(format!("creating container {name}"), e))?;
+        for network in service.networks.iter().skip(1) {
+            let network = container::network_name(plan, network);
+            let id = resources.networks.get(&network).cloned().ok_or_else(|| {
+                Error::Task(format!("network {network} of {name} was not prepared"))
+            })?;
             let request = NetworkConnectRequest {
                 container: created.id.clone(),
-                endpoint_config: Some(endpoint_config),
+                endpoint_config: Some(container::endpoint(service)),
             };
             self.docker
                 .connect_network(&id, request)
                 .await
-                .map_err(|e| {
-                    Error::docker(format!("connecting {} to network {network}", plan.name), e)
-                })?;
+                .map_err(|e| Error::docker(format!("connecting {name} to network {network}"), e))?;
         }
-        self.start(&created.id, &plan.name).await?;
+        self.start(&created.id, &name).await?;
         Ok(created.id)
     }
 

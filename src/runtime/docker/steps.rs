@@ -1,7 +1,8 @@
-//! Compares desired containers with the ones that run and decides what to do. Pure.
+//! Compares a stack's plan with the containers that run and decides what to do. Pure.
 
-use crate::catalog::ContainerPlan;
-use crate::runtime::ObservedContainer;
+use super::ObservedContainer;
+use super::container::container_name;
+use crate::catalog::StackPlan;
 
 /// What to do with one service, or with a container no service wants.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,24 +19,25 @@ pub enum Step {
     Remove(ObservedContainer),
 }
 
-/// Plans a rollout. `desired` indexes are positions in the desired list. Removals come first,
+/// Plans a rollout. Indexes are positions in the plan's containers. Removals come first,
 /// then the services in the order given (dependency order). A container is recreated when its
 /// spec changed, or when the stack has a redeploy request (`restarted_at`) that the container was
 /// not created for; so a redeploy cut short (by a crash, say) recreates exactly the services it
 /// had not reached yet.
 pub fn plan(
-    desired: &[ContainerPlan],
+    desired: &StackPlan,
     observed: &[ObservedContainer],
     restarted_at: Option<&str>,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut claimed = vec![false; observed.len()];
     let mut service_steps = Vec::new();
-    for (index, want) in desired.iter().enumerate() {
+    for (index, want) in desired.containers.iter().enumerate() {
+        let name = container_name(desired, want);
         let found = observed
             .iter()
             .enumerate()
-            .find(|(i, o)| !claimed[*i] && o.service == want.service && o.name == want.name);
+            .find(|(i, o)| !claimed[*i] && o.service == want.service && o.name == name);
         service_steps.push(match found {
             None => Step::Create(index),
             Some((i, have)) => {
@@ -43,7 +45,7 @@ pub fn plan(
                 let stale = restarted_at.is_some_and(|at| at != have.restarted_at);
                 if stale || have.spec_hash != want.spec_hash {
                     Step::Recreate(index, have.clone())
-                } else if !have.running && !want.init {
+                } else if !have.running && !want.is_init() {
                     Step::Start(index, have.clone())
                 } else {
                     Step::Keep(index, have.clone())
@@ -63,34 +65,45 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
+    use crate::catalog::ContainerPlan;
+    use crate::catalog::plan::Lifecycle;
 
     fn want(service: &str, hash: &str) -> ContainerPlan {
         ContainerPlan {
             service: service.into(),
-            name: format!("s_{service}"),
             image: "img".into(),
-            env: vec![],
-            cmd: None,
+            env: Default::default(),
+            command: None,
             entrypoint: None,
             working_dir: None,
             user: None,
             ports: vec![],
             mounts: vec![],
-            restart: None,
-            init: false,
+            restart: Default::default(),
+            lifecycle: Lifecycle::Service,
             health: None,
             depends_on: vec![],
-            networks: vec!["s_default".into()],
-            labels: BTreeMap::new(),
+            networks: vec!["default".into()],
+            labels: Default::default(),
             spec_hash: hash.into(),
+        }
+    }
+
+    fn stack(containers: &[ContainerPlan]) -> StackPlan {
+        StackPlan {
+            environment: "e".into(),
+            stack: "s".into(),
+            version: "1.0.0".into(),
+            networks: vec![],
+            volumes: vec![],
+            containers: containers.to_vec(),
         }
     }
 
     fn have(service: &str, hash: &str, running: bool) -> ObservedContainer {
         ObservedContainer {
             id: format!("id-{service}"),
-            name: format!("s_{service}"),
+            name: format!("e_s_{service}"),
             service: service.into(),
             spec_hash: hash.into(),
             running,
@@ -117,7 +130,7 @@ mod tests {
             have("same", "h", true),
             have("gone", "h", true),
         ];
-        let steps = plan(&desired, &observed, None);
+        let steps = plan(&stack(&desired), &observed, None);
         assert_eq!(
             steps,
             [
@@ -133,11 +146,11 @@ mod tests {
     #[test]
     fn a_finished_init_container_is_left_alone_until_its_spec_changes() {
         let mut migrate = want("migrate", "h");
-        migrate.init = true;
+        migrate.lifecycle = Lifecycle::Init;
         let exited = have("migrate", "h", false);
         assert_eq!(
             plan(
-                std::slice::from_ref(&migrate),
+                &stack(std::slice::from_ref(&migrate)),
                 std::slice::from_ref(&exited),
                 None
             ),
@@ -146,14 +159,18 @@ mod tests {
         let changed = have("migrate", "old", false);
         assert_eq!(
             plan(
-                std::slice::from_ref(&migrate),
+                &stack(std::slice::from_ref(&migrate)),
                 std::slice::from_ref(&changed),
                 None
             ),
             [Step::Recreate(0, changed.clone())]
         );
         assert_eq!(
-            plan(&[migrate], std::slice::from_ref(&exited), Some("t1")),
+            plan(
+                &stack(&[migrate]),
+                std::slice::from_ref(&exited),
+                Some("t1")
+            ),
             [Step::Recreate(0, exited)],
             "a redeploy runs it again"
         );
@@ -163,7 +180,7 @@ mod tests {
     fn redeploy_recreates_every_existing_service() {
         let desired = [want("a", "h"), want("b", "h")];
         let observed = [have("a", "h", true)];
-        let steps = plan(&desired, &observed, Some("t1"));
+        let steps = plan(&stack(&desired), &observed, Some("t1"));
         assert_eq!(
             steps,
             [Step::Recreate(0, observed[0].clone()), Step::Create(1)]
@@ -177,7 +194,7 @@ mod tests {
         done.restarted_at = "t2".into();
         let observed = [done.clone(), have("b", "h", true), have("c", "h", true)];
         assert_eq!(
-            plan(&desired, &observed, Some("t2")),
+            plan(&stack(&desired), &observed, Some("t2")),
             [
                 Step::Keep(0, done),
                 Step::Recreate(1, observed[1].clone()),
@@ -185,7 +202,7 @@ mod tests {
             ]
         );
         assert!(
-            plan(&desired, &observed[1..], None)
+            plan(&stack(&desired), &observed[1..], None)
                 .iter()
                 .all(|s| !matches!(s, Step::Recreate(..))),
             "without a request nothing is recreated"

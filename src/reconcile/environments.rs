@@ -1,0 +1,193 @@
+//! The runtime of each Environment: a Kubernetes namespace, or a Docker engine connected to on
+//! first use. Connections are cached without holding a lock across I/O, so one engine that does
+//! not answer never stalls the others; a failed connection is remembered and retried with a
+//! growing delay; and each engine is checked again once per resync, so its Environment's status
+//! (reachable, engine version, why not) stays current.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+
+use crate::model::{Environment, EnvironmentStatus};
+use crate::runtime::{DockerRuntime, KubeRuntime, Runtime};
+use crate::store::Store;
+use crate::{Error, Result};
+
+/// Longest a connection attempt (or an engine check) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Delay after a first failed connection; it doubles with each further failure.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+/// Longest delay between attempts to reach an engine that does not answer.
+const LONGEST_RETRY: Duration = Duration::from_secs(300);
+
+/// When to try an engine again after `failures` failed attempts in a row.
+pub fn retry_delay(failures: u32) -> Duration {
+    let doubled = FIRST_RETRY.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)));
+    doubled.min(LONGEST_RETRY)
+}
+
+/// What is known about one Docker engine.
+#[derive(Clone)]
+enum Engine {
+    /// Connected; checked at `checked`.
+    Up {
+        runtime: DockerRuntime,
+        checked: Instant,
+    },
+    /// Not reachable; not tried again before `retry_at`.
+    Down {
+        reason: String,
+        failures: u32,
+        retry_at: Instant,
+    },
+}
+
+/// The runtimes of every Environment.
+pub struct Environments {
+    engines: Mutex<HashMap<String, Engine>>,
+    kube: Option<kube::Client>,
+    /// How often a connected engine is checked again.
+    recheck: Duration,
+}
+
+impl Environments {
+    /// Runtimes for Docker engines, and for cluster namespaces through `kube` when given.
+    pub fn new(kube: Option<kube::Client>, recheck: Duration) -> Self {
+        Self {
+            engines: Mutex::default(),
+            kube,
+            recheck,
+        }
+    }
+
+    /// The runtime of `env`. A Docker engine is connected to (or checked again) when due; the
+    /// Environment's status is written when what is known about it changed.
+    pub async fn runtime(
+        &self,
+        store: &Arc<dyn Store>,
+        env: &Environment,
+    ) -> Result<Arc<dyn Runtime>> {
+        if let Some(target) = &env.spec.kubernetes {
+            let client = self.kube.clone().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "environment '{}' targets Kubernetes; run `rsgo serve --store kubernetes` in the cluster",
+                    env.name_any()
+                ))
+            })?;
+            return Ok(Arc::new(KubeRuntime::new(client, &target.namespace)));
+        }
+        let host = env
+            .spec
+            .docker
+            .as_ref()
+            .map(|d| d.host.clone())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "environment '{}' has no docker endpoint",
+                    env.name_any()
+                ))
+            })?;
+        let known = self.lock().get(&host).cloned();
+        let now = Instant::now();
+        let engine = match known {
+            Some(Engine::Up { runtime, checked }) if now < checked + self.recheck => {
+                return Ok(Arc::new(runtime));
+            }
+            Some(Engine::Down {
+                reason, retry_at, ..
+            }) if now < retry_at => {
+                return Err(unreachable(env, &host, &reason));
+            }
+            Some(Engine::Up { runtime, .. }) => check(runtime).await,
+            _ => connect(&host).await,
+        };
+        let (next, status) = match engine {
+            Ok((runtime, version)) => (
+                Engine::Up {
+                    runtime,
+                    checked: Instant::now(),
+                },
+                EnvironmentStatus {
+                    reachable: Some(true),
+                    engine_version: Some(version),
+                    message: None,
+                },
+            ),
+            Err(reason) => {
+                let failures = match self.lock().get(&host) {
+                    Some(Engine::Down { failures, .. }) => failures + 1,
+                    _ => 1,
+                };
+                (
+                    Engine::Down {
+                        reason: reason.clone(),
+                        failures,
+                        retry_at: Instant::now() + retry_delay(failures),
+                    },
+                    EnvironmentStatus {
+                        reachable: Some(false),
+                        engine_version: None,
+                        message: Some(reason),
+                    },
+                )
+            }
+        };
+        self.lock().insert(host.clone(), next.clone());
+        if env.status.as_ref() != Some(&status) {
+            let mut updated = env.clone();
+            updated.status = Some(status);
+            store.update_status(&updated).await?;
+        }
+        match next {
+            Engine::Up { runtime, .. } => Ok(Arc::new(runtime)),
+            Engine::Down { reason, .. } => Err(unreachable(env, &host, &reason)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Engine>> {
+        self.engines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn unreachable(env: &Environment, host: &str, reason: &str) -> Error {
+    Error::Unreachable(format!(
+        "the Docker engine of environment '{}' ({host}) cannot be reached: {reason}",
+        env.name_any()
+    ))
+}
+
+/// Connects to an engine and reads its version, within [`CONNECT_TIMEOUT`].
+async fn connect(host: &str) -> Result<(DockerRuntime, String), String> {
+    let attempt = async {
+        let runtime = DockerRuntime::connect(host).await?;
+        let version = runtime.engine_version().await?;
+        Ok::<_, Error>((runtime, version))
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+    }
+}
+
+/// Checks that a connected engine still answers.
+async fn check(runtime: DockerRuntime) -> Result<(DockerRuntime, String), String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, runtime.engine_version()).await {
+        Ok(Ok(version)) => Ok((runtime, version)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_and_level_out() {
+        let delays: Vec<u64> = (1..=10).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX), LONGEST_RETRY);
+    }
+}

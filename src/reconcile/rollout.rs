@@ -1,0 +1,162 @@
+//! One reconcile of a stack that is not being deleted: render its plan, hand it to the runtime
+//! of its environment, and record how far that got.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+
+use super::Context;
+use super::records::{Done, RecordUpdate, finish, set_record};
+use super::status::write_status;
+use crate::catalog::sync;
+use crate::catalog::{StackPlan, render};
+use crate::model::{
+    DEPLOYMENT_ANNOTATION, DeploymentPhase, DeploymentRecord, Environment, REDEPLOY_ANNOTATION,
+    Stack, StackPhase, StackStatus, check_label,
+};
+use crate::runtime::{Progress, Rollout, Runtime};
+use crate::{Error, Result};
+
+/// How often an unfinished Kubernetes rollout is looked at again.
+const ROLLOUT_POLL: Duration = Duration::from_secs(5);
+
+/// Moves a stack one step towards its plan and records the outcome.
+pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
+    let namespace = stack.namespace().unwrap_or_default();
+    let old_status = stack.status.clone().unwrap_or_default();
+    let requested = stack.annotations().get(REDEPLOY_ANNOTATION).cloned();
+    let redeploy = requested.is_some() && requested != old_status.last_handled_redeploy_at;
+    let spec_changed = old_status.observed_generation != stack.metadata.generation;
+    let changed = redeploy || spec_changed;
+    // A new request names its record in the annotation; an unfinished rollout keeps reporting
+    // to the record it started with.
+    let deployment_id = if changed {
+        stack.annotations().get(DEPLOYMENT_ANNOTATION).cloned()
+    } else {
+        old_status.last_deployment.clone()
+    };
+    let deployment = match deployment_id {
+        Some(id) => ctx
+            .store
+            .get::<DeploymentRecord>(&namespace, &id)
+            .await?
+            .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_terminal())),
+        None => None,
+    };
+    // The redeploy request counts as handled only once the rollout ends: a rollout cut short by
+    // a crash is taken up again, and containers it already recreated carry the request's label.
+    let mut status = StackStatus {
+        observed_generation: stack.metadata.generation,
+        last_deployment: deployment
+            .as_ref()
+            .map(|d| d.name_any())
+            .or(old_status.last_deployment.clone()),
+        ..old_status.clone()
+    };
+
+    let (runtime, plan) = match prepare(stack, ctx).await {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            let transient = !matches!(error, Error::Invalid(_));
+            if transient && deployment.is_none() {
+                return Err(error);
+            }
+            status.last_handled_redeploy_at = requested.clone();
+            let done = Done {
+                status,
+                record: deployment,
+                version: None,
+            };
+            finish(ctx, stack, &old_status, done, Err(&error)).await?;
+            return Err(error);
+        }
+    };
+    let deployment = match deployment {
+        Some(record) if record.status.is_none() => {
+            Some(set_record(ctx, &record, RecordUpdate::phase(DeploymentPhase::Running)).await?)
+        }
+        other => other,
+    };
+    if changed {
+        status.phase = Some(StackPhase::Deploying);
+        write_status(ctx, stack, &old_status, &status).await?;
+    }
+    let status_before = if changed {
+        status.clone()
+    } else {
+        old_status.clone()
+    };
+    let pass = Rollout {
+        stack,
+        plan: &plan,
+        deployment: deployment.as_ref().and_then(|d| d.metadata.name.as_deref()),
+        restarted_at: requested.as_deref(),
+        // A pending request pulls fresh images; drift correction only pulls missing ones.
+        pull_fresh: changed || deployment.is_some(),
+    };
+    let result = match runtime.roll_out(pass).await {
+        Ok(Progress::Done(outcome)) => Ok(outcome),
+        Ok(Progress::Progressing(progress)) => {
+            status.phase = Some(StackPhase::Deploying);
+            status.message = Some(format!("Rolling out: {progress}"));
+            write_status(ctx, stack, &status_before, &status).await?;
+            return Ok(Action::requeue(ROLLOUT_POLL));
+        }
+        Err(error) => Err(error),
+    };
+    status.last_handled_redeploy_at = requested;
+    let done = Done {
+        status,
+        record: deployment,
+        version: Some(plan.version.clone()),
+    };
+    finish(ctx, stack, &status_before, done, result.as_ref()).await?;
+    result.map(|_| Action::await_change())
+}
+
+/// Resolves the environment, its runtime, the product version and the rendered plan of a
+/// stack.
+async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Arc<dyn Runtime>, StackPlan)> {
+    // Objects stored before names were checked, or written to a cluster behind rsgo's back, are
+    // checked again here: nothing is created from a name or spec rsgo would have refused.
+    check_label("stack", &stack.name_any()).map_err(|e| {
+        Error::Invalid(format!(
+            "{e}; nothing is deployed for it: delete it and apply it again under a valid name"
+        ))
+    })?;
+    stack.validate().map_err(Error::Invalid)?;
+    let env_name = &stack.spec.environment;
+    let env = ctx
+        .store
+        .get::<Environment>("", env_name)
+        .await?
+        .ok_or_else(|| Error::Invalid(format!("environment '{env_name}' does not exist")))?;
+    env.validate()
+        .map_err(|e| Error::Invalid(format!("environment '{env_name}': {e}")))?;
+    sync::ensure_version(
+        &ctx.store,
+        &ctx.catalog,
+        &stack.spec.product,
+        stack.spec.version.as_deref(),
+        sync::MissPolicy::OncePer(ctx.resync),
+    )
+    .await?;
+    let pv = {
+        let catalog = ctx.catalog.read()?;
+        let found = catalog.resolve(&stack.spec.product, stack.spec.version.as_deref());
+        found.ok_or_else(|| {
+            Error::Invalid(format!(
+                "product '{}' version '{}' is not in the catalog; available versions: {}",
+                stack.spec.product,
+                stack.spec.version.as_deref().unwrap_or("latest"),
+                catalog.available(&stack.spec.product)
+            ))
+        })?
+    };
+    let plan = render(&stack.name_any(), &env, &pv, &stack.spec.variables)
+        .map_err(|e| Error::Invalid(format!("{} {}: {e}", pv.product, pv.version)))?;
+    let runtime = ctx.runtime(&env).await?;
+    Ok((runtime, plan))
+}

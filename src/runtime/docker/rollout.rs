@@ -1,0 +1,202 @@
+//! Bringing a stack's containers to its plan on a Docker engine: every image is pulled before
+//! anything is stopped, services start in dependency order, and a one-shot service must succeed
+//! (a checked one be healthy) before the next starts.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kube::ResourceExt;
+
+use super::DockerRuntime;
+use super::container::{self, Provenance, StackResources};
+use super::steps::{self, Step};
+use crate::catalog::{ContainerPlan, StackPlan};
+use crate::model::{ServiceAction, ServiceResult, ServiceStatus, Stack};
+use crate::runtime::{Outcome, Progress, Rollout, Runtime};
+use crate::{Error, Result};
+
+impl Runtime for DockerRuntime {
+    fn roll_out<'a>(&'a self, rollout: Rollout<'a>) -> BoxFuture<'a, Result<Progress>> {
+        async move {
+            let provenance = Provenance {
+                deployment: rollout.deployment,
+                restarted_at: rollout.restarted_at,
+            };
+            apply_plan(self, rollout.plan, provenance, rollout.pull_fresh)
+                .await
+                .map(Progress::Done)
+        }
+        .boxed()
+    }
+
+    /// Removes the stack's containers, then every network rsgo made for it; volumes stay.
+    fn tear_down<'a>(&'a self, stack: &'a Stack) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let (environment, name) = (&stack.spec.environment, stack.name_any());
+            for container in self.observe(environment, &name).await? {
+                self.remove(&container.id, &container.name).await?;
+            }
+            self.remove_networks(environment, &name, &[]).await
+        }
+        .boxed()
+    }
+}
+
+/// Pulls, then acts on the plan. Any failed pull fails the rollout before anything is stopped.
+async fn apply_plan(
+    runtime: &DockerRuntime,
+    plan: &StackPlan,
+    provenance: Provenance<'_>,
+    pull_fresh: bool,
+) -> Result<Outcome> {
+    let (env, name) = (&plan.environment, &plan.stack);
+    let observed = runtime.observe(env, name).await?;
+    let steps = steps::plan(plan, &observed, provenance.restarted_at);
+
+    let mut pulled = HashSet::new();
+    for step in &steps {
+        let index = match step {
+            Step::Create(i) | Step::Recreate(i, _) => *i,
+            _ => continue,
+        };
+        let image = &plan.containers[index].image;
+        if pulled.contains(image) {
+            continue;
+        }
+        if pull_fresh || runtime.image_id(image).await?.is_none() {
+            runtime.pull(image).await?;
+        }
+        pulled.insert(image.clone());
+    }
+
+    let resources = runtime.prepare(plan).await?;
+    let mut results = Vec::new();
+    for step in steps {
+        let (service, action) = match step {
+            Step::Remove(have) => {
+                runtime.remove(&have.id, &have.name).await?;
+                results.push(ServiceResult {
+                    service: have.service,
+                    action: ServiceAction::Removed,
+                    image_id: None,
+                });
+                continue;
+            }
+            Step::Create(i) => {
+                run_to_plan(runtime, plan, &plan.containers[i], &resources, provenance).await?;
+                (&plan.containers[i].service, ServiceAction::Created)
+            }
+            Step::Recreate(i, have) => {
+                runtime.remove(&have.id, &have.name).await?;
+                run_to_plan(runtime, plan, &plan.containers[i], &resources, provenance).await?;
+                (&plan.containers[i].service, ServiceAction::Recreated)
+            }
+            Step::Start(i, have) => {
+                runtime.start(&have.id, &have.name).await?;
+                wait_ready(runtime, &plan.containers[i], &have.id, &have.name).await?;
+                // Created by this very rollout before it was interrupted.
+                let ours = provenance.deployment.is_some_and(|d| d == have.deployment);
+                (
+                    &plan.containers[i].service,
+                    if ours {
+                        ServiceAction::Recreated
+                    } else {
+                        ServiceAction::Started
+                    },
+                )
+            }
+            Step::Keep(i, have) => {
+                // A service that runs but fails its health check is not running as specified.
+                if have.healthy == Some(false) {
+                    return Err(Error::Rollout(format!(
+                        "container {} is unhealthy",
+                        have.name
+                    )));
+                }
+                // A one-shot container that failed stays failed until its spec changes or a redeploy.
+                if plan.containers[i].is_init() && !have.running && have.exit_code != Some(0) {
+                    return Err(Error::Rollout(format!(
+                        "init service container {} exited with code {}",
+                        have.name,
+                        have.exit_code
+                            .map_or("unknown".to_owned(), |c| c.to_string())
+                    )));
+                }
+                // Recreated by this very rollout before it was interrupted.
+                let ours = provenance.deployment.is_some_and(|d| d == have.deployment);
+                (
+                    &plan.containers[i].service,
+                    if ours {
+                        ServiceAction::Recreated
+                    } else {
+                        ServiceAction::Unchanged
+                    },
+                )
+            }
+        };
+        results.push(ServiceResult {
+            service: service.clone(),
+            action,
+            image_id: None,
+        });
+    }
+    // Networks the stack no longer uses (or used under an older naming) go once nothing is on them.
+    runtime
+        .remove_networks(env, name, &container::network_names(plan))
+        .await?;
+    let running = runtime.observe(env, name).await?;
+    let mut services = Vec::new();
+    for want in &plan.containers {
+        let have = running.iter().find(|c| c.service == want.service);
+        let image_id = have.map(|c| c.image_id.clone());
+        if let Some(result) = results.iter_mut().find(|r| r.service == want.service) {
+            result.image_id = image_id.clone();
+        }
+        services.push(ServiceStatus {
+            name: want.service.clone(),
+            container: container::container_name(plan, want),
+            image: want.image.clone(),
+            image_id,
+        });
+    }
+    Ok(Outcome { services, results })
+}
+
+/// Runs a container; a one-shot (`init`) one must also exit 0, and one with a health check must
+/// pass it, before the next service starts.
+async fn run_to_plan(
+    runtime: &DockerRuntime,
+    plan: &StackPlan,
+    service: &ContainerPlan,
+    resources: &StackResources,
+    provenance: Provenance<'_>,
+) -> Result<()> {
+    let id = runtime.run(plan, service, resources, provenance).await?;
+    wait_ready(
+        runtime,
+        service,
+        &id,
+        &container::container_name(plan, service),
+    )
+    .await
+}
+
+/// Waits until a started container counts as up: a one-shot one exited 0, one with a health
+/// check passed it. Dependents start only then.
+async fn wait_ready(
+    runtime: &DockerRuntime,
+    service: &ContainerPlan,
+    id: &str,
+    name: &str,
+) -> Result<()> {
+    if service.is_init() {
+        runtime.wait_success(id, name).await?;
+    } else if let Some(health) = &service.health {
+        // The margin covers engine delays.
+        let patience = health.patience() + Duration::from_secs(30);
+        runtime.wait_healthy(id, name, patience).await?;
+    }
+    Ok(())
+}
