@@ -19,7 +19,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
-    let span: Span = text.parse().map_err(|_| invalid())?;
+    let span: Span = text
+        .parse()
+        .map_err(|e: jiff::Error| format!("{} ({e})", invalid()))?;
     let duration = span
         .to_duration(SpanRelativeTo::days_are_24_hours())
         .map_err(|_| format!("{}; months and years vary in length", invalid()))?;

@@ -14,6 +14,7 @@ pub mod duration;
 pub mod error;
 pub mod model;
 pub mod reconcile;
+pub mod retry;
 pub mod runtime;
 pub mod store;
 

@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::Error;
 
@@ -63,12 +64,26 @@ impl From<Error> for ApiError {
     }
 }
 
+/// An error body: `success` and `message` first, then any further fields.
+#[derive(Serialize)]
+struct ErrorBody {
+    success: bool,
+    message: String,
+    #[serde(flatten)]
+    extra: serde_json::Map<String, Value>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"success": false, "message": self.message});
-        if let Some(extra) = self.extra {
-            super::hooks::merge(&mut body, extra);
-        }
+        let extra = match self.extra {
+            Some(Value::Object(extra)) => extra,
+            _ => Default::default(),
+        };
+        let body = ErrorBody {
+            success: false,
+            message: self.message,
+            extra,
+        };
         (self.status, Json(body)).into_response()
     }
 }

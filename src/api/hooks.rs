@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::responses::{DeploymentResponse, RedeployResponse, SyncResponse, UpgradeResponse};
 use super::{ApiError, AppState, MAX_BODY_BYTES};
 use crate::auth::{self, KeyRejection};
 use crate::catalog::{self, render, sync, variables};
@@ -26,7 +27,7 @@ use crate::model::{
     DeploymentRecord, DeploymentRecordSpec, Environment, REDEPLOY_ANNOTATION, Stack,
 };
 use crate::store::{Store, Write, encode};
-use crate::{Error, Result};
+use crate::{Error, Result, retry};
 
 /// Header carrying the API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -34,8 +35,6 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 const LAST_USED_GRANULARITY: SignedDuration = SignedDuration::from_secs(60);
 /// How long `"wait": true` waits for a rollout before answering.
 const WAIT_LIMIT: Duration = Duration::from_secs(15 * 60);
-/// How often a hook retries its read-modify-write when another writer got there first.
-const WRITE_ATTEMPTS: usize = 200;
 
 /// The body of `POST /api/hooks/redeploy`.
 #[derive(Debug, Deserialize)]
@@ -236,9 +235,9 @@ async fn resolve_environment(
     Ok(found)
 }
 
+/// A new deployment id: 96 random bits in hex.
 fn new_deployment_id() -> String {
-    let bytes: [u8; 12] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(rand::rng().random::<[u8; 12]>())
 }
 
 fn status_url(id: &str) -> String {
@@ -252,22 +251,24 @@ async fn request_rollout<F>(
     env: &Environment,
     stack_name: &str,
     requested_by: &str,
-    mut change: F,
+    change: F,
 ) -> Result<(Stack, DeploymentRecord), ApiError>
 where
-    F: FnMut(&Stack) -> Result<(Stack, DeploymentRecordSpec), ApiError>,
+    F: Fn(&Stack) -> Result<(Stack, DeploymentRecordSpec), ApiError>,
 {
     let (environment, namespace) = (env.name_any(), env.stack_namespace());
-    for _ in 0..WRITE_ATTEMPTS {
-        let stack = store
-            .get::<Stack>(&namespace, stack_name)
-            .await?
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "Stack '{stack_name}' not found in environment '{environment}'."
-                ))
-            })?;
-        let (mut desired, mut spec) = change(&stack)?;
+    // Store failures (a lost race among them) are the outer error; a request the change refuses
+    // is the inner one, and is answered at once.
+    let attempt = || async {
+        let Some(stack) = store.get::<Stack>(&namespace, stack_name).await? else {
+            return Ok(Err(ApiError::bad_request(format!(
+                "Stack '{stack_name}' not found in environment '{environment}'."
+            ))));
+        };
+        let (mut desired, mut spec) = match change(&stack) {
+            Ok(changed) => changed,
+            Err(refused) => return Ok(Err(refused)),
+        };
         spec.requested_by = requested_by.to_owned();
         let id = new_deployment_id();
         desired
@@ -288,16 +289,19 @@ where
             Write::Create(encode(&record)?),
             Write::Update(encode(&desired)?),
         ];
-        match store.write(writes).await {
-            Ok(_) => return Ok((stack, record)),
-            Err(Error::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
+        store.write(writes).await?;
+        Ok(Ok((stack, record)))
+    };
+    match retry::on_conflict(attempt).await {
+        Ok(answer) => answer,
+        Err(Error::Conflict { .. }) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "Stack '{stack_name}' is being changed by many requests at once; retry shortly."
+            ),
+        )),
+        Err(e) => Err(e.into()),
     }
-    Err(ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("Stack '{stack_name}' is being changed by many requests at once; retry shortly."),
-    ))
 }
 
 /// Waits until a deployment record reaches a final phase. A superseded request is answered by
@@ -339,22 +343,19 @@ async fn wait_for(
 
 /// Turns the finished record that served request `id` into the hook's answer: the success body
 /// (naming the serving deployment when it was another), or a failure with its message.
-fn rollout_result(
+fn rollout_result<T>(
     id: &str,
     record: &DeploymentRecord,
-    mut success: Value,
-) -> Result<Json<Value>, ApiError> {
+    success: impl FnOnce(Option<String>) -> T,
+) -> Result<Json<T>, ApiError> {
     let status = record.status.clone().unwrap_or_default();
-    let served_by = record.name_any();
-    let mut extra = json!({"deploymentId": id, "phase": status.phase, "statusUrl": status_url(id)});
-    if served_by != id {
-        merge(&mut extra, json!({"servedBy": served_by}));
-    }
+    let served_by = Some(record.name_any()).filter(|by| by != id);
     if status.phase == DeploymentPhase::Succeeded {
-        if served_by != id {
-            merge(&mut success, json!({"servedBy": served_by}));
-        }
-        return Ok(Json(success));
+        return Ok(Json(success(served_by)));
+    }
+    let mut extra = json!({"deploymentId": id, "phase": status.phase, "statusUrl": status_url(id)});
+    if let Some(by) = served_by {
+        merge(&mut extra, json!({"servedBy": by}));
     }
     Err(ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -370,7 +371,7 @@ pub async fn redeploy(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RedeployResponse>, ApiError> {
     let key = authenticate(&state, &headers, Some(auth::REDEPLOY)).await?;
     let request: RedeployRequest = read_json(&state, &headers, body).await?;
     if request.stack_name.is_empty() {
@@ -405,18 +406,23 @@ pub async fn redeploy(
     .await?;
     let id = record.name_any();
     tracing::info!(stack = %request.stack_name, %environment, deployment = %id, key = %key.spec.display_name, "redeploy requested");
-    let body = json!({
-        "success": true,
-        "message": format!("Successfully triggered redeploy of '{}'.", request.stack_name),
-        "deploymentId": id,
-        "stackName": request.stack_name,
-        "stackVersion": desired_version(&stack).unwrap_or_default(),
-        "statusUrl": status_url(&id),
-    });
+    let answer = |served_by| RedeployResponse {
+        success: true,
+        message: format!(
+            "Successfully triggered redeploy of '{}'.",
+            request.stack_name
+        ),
+        deployment_id: id.clone(),
+        stack_name: request.stack_name.clone(),
+        stack_version: desired_version(&stack).unwrap_or_default(),
+        status_url: status_url(&id),
+        served_by,
+    };
     if request.wait {
-        return rollout_result(&id, &wait_for(&state.store, &namespace, &id).await?, body);
+        let record = wait_for(&state.store, &namespace, &id).await?;
+        return rollout_result(&id, &record, answer);
     }
-    Ok(Json(body))
+    Ok(Json(answer(None)))
 }
 
 /// The version a stack is asked to run: its pinned version, else the one it runs.
@@ -434,7 +440,7 @@ pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<UpgradeResponse>, ApiError> {
     let key = authenticate(&state, &headers, Some(auth::UPGRADE)).await?;
     let request: UpgradeRequest = read_json(&state, &headers, body).await?;
     if request.stack_name.is_empty() {
@@ -458,7 +464,6 @@ pub async fn upgrade(
         )
         .await?;
     }
-    let mut previous = String::new();
     let (_, record) = request_rollout(&state.store, &env, &request.stack_name, &key.spec.display_name, |stack| {
         let catalog = state.catalog.read()?;
         let product = &stack.spec.product;
@@ -506,7 +511,6 @@ pub async fn upgrade(
         let mut desired_stack = stack.clone();
         desired_stack.spec.version = Some(target.to_string());
         desired_stack.spec.variables = merged;
-        previous = desired.clone().unwrap_or_default();
         let spec = DeploymentRecordSpec {
             stack: stack.name_any(),
             environment: environment.clone(),
@@ -521,19 +525,25 @@ pub async fn upgrade(
     })
     .await?;
     let id = record.name_any();
+    let previous = record.spec.from_version.clone().unwrap_or_default();
     tracing::info!(stack = %request.stack_name, %environment, deployment = %id, from = %previous, to = %target, "upgrade requested");
-    let body = json!({
-        "success": true,
-        "message": format!("Successfully upgraded '{}' from {previous} to {target}.", request.stack_name),
-        "deploymentId": id,
-        "previousVersion": previous,
-        "newVersion": target.to_string(),
-        "statusUrl": status_url(&id),
-    });
+    let answer = |served_by| UpgradeResponse {
+        success: true,
+        message: format!(
+            "Successfully upgraded '{}' from {previous} to {target}.",
+            request.stack_name
+        ),
+        deployment_id: id.clone(),
+        previous_version: previous.clone(),
+        new_version: target.to_string(),
+        status_url: status_url(&id),
+        served_by,
+    };
     if request.wait {
-        return rollout_result(&id, &wait_for(&state.store, &namespace, &id).await?, body);
+        let record = wait_for(&state.store, &namespace, &id).await?;
+        return rollout_result(&id, &record, answer);
     }
-    Ok(Json(body))
+    Ok(Json(answer(None)))
 }
 
 /// Adds the fields of the object `extra` to the object `body`.
@@ -547,28 +557,27 @@ pub(super) fn merge(body: &mut Value, extra: Value) {
 pub async fn sync_sources(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SyncResponse>, ApiError> {
     authenticate(&state, &headers, Some(auth::SYNC_SOURCES)).await?;
     let report = sync::sync_all(&state.store, &state.catalog).await?;
     state.catalog_synced.notify_one();
-    let counts =
-        json!({"stacksLoaded": report.versions_loaded, "sourcesSynced": report.sources_synced});
     if report.errors.is_empty() {
-        let message = format!(
-            "Synced {} source(s), loaded {} stack(s).",
-            report.sources_synced, report.versions_loaded
-        );
-        let mut body = json!({"success": true, "message": message});
-        merge(&mut body, counts);
-        return Ok(Json(body));
+        return Ok(Json(SyncResponse {
+            success: true,
+            stacks_loaded: report.versions_loaded,
+            sources_synced: report.sources_synced,
+            message: format!(
+                "Synced {} source(s), loaded {} stack(s).",
+                report.sources_synced, report.versions_loaded
+            ),
+        }));
     }
     let message = format!(
         "Sync found {} problem(s); sources that failed keep their last good catalog: {}",
         report.errors.len(),
         report.errors.join("; ")
     );
-    let mut extra = json!({"errors": report.errors});
-    merge(&mut extra, counts);
+    let extra = json!({"stacksLoaded": report.versions_loaded, "sourcesSynced": report.sources_synced, "errors": report.errors});
     Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message).with(extra))
 }
 
@@ -577,7 +586,7 @@ pub async fn deployment(
     State(state): State<AppState>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeploymentResponse>, ApiError> {
     let key = authenticate(&state, &headers, None).await?;
     let Path(id) = id.map_err(|e| {
         ApiError::bad_request(format!("The deployment id in the path is not valid: {e}."))
@@ -604,24 +613,24 @@ pub async fn deployment(
         })
         .ok_or_else(not_found)?;
     let status = record.status.clone().unwrap_or_default();
-    Ok(Json(json!({
-        "success": true,
-        "deploymentId": id,
-        "stackName": record.spec.stack,
-        "environmentId": record.spec.environment,
-        "action": record.spec.action,
-        "fromVersion": record.spec.from_version,
-        "toVersion": record.spec.to_version,
-        "requestedBy": record.spec.requested_by,
-        "requestedAt": record.spec.requested_at,
-        "phase": status.phase,
-        "message": status.message,
-        "version": status.version,
-        "servedBy": status.served_by,
-        "services": status.services,
-        "startedAt": status.started_at,
-        "finishedAt": status.finished_at,
-    })))
+    Ok(Json(DeploymentResponse {
+        success: true,
+        message: status.message,
+        deployment_id: id,
+        stack_name: record.spec.stack,
+        environment_id: record.spec.environment,
+        action: record.spec.action,
+        from_version: record.spec.from_version,
+        to_version: record.spec.to_version,
+        version: status.version,
+        requested_by: record.spec.requested_by,
+        requested_at: record.spec.requested_at,
+        phase: status.phase,
+        served_by: status.served_by,
+        services: status.services,
+        started_at: status.started_at,
+        finished_at: status.finished_at,
+    }))
 }
 
 /// `GET /readyz`: ready when the store answers and the key index (if any) is loaded.

@@ -3,6 +3,7 @@
 mod error;
 mod hooks;
 pub mod refusals;
+pub mod responses;
 pub mod server;
 
 use std::sync::Arc;

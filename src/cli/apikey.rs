@@ -28,7 +28,7 @@ pub enum ApikeyCommand {
         /// Limit the key to this environment.
         #[arg(long)]
         environment: Option<String>,
-        /// Expire after this long: `30d`, `12h`, `90m`.
+        /// Expire after this long: `30d`, `12h`, `90m`, `1h30m`.
         #[arg(long, conflicts_with = "expires_at")]
         expires_in: Option<String>,
         /// Expire at this RFC 3339 time.
@@ -64,30 +64,23 @@ pub enum KeyOutput {
     Yaml,
 }
 
-/// Parses `30d`, `12h`, `90m` or `45s`.
-pub fn parse_duration(text: &str) -> Result<SignedDuration> {
-    let invalid = || {
-        Error::Invalid(format!(
-            "'{text}' is not a duration; use a number with d, h, m or s, such as 30d"
-        ))
-    };
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(invalid)?,
-    );
-    let number: i64 = number.parse().map_err(|_| invalid())?;
-    let factor = match unit {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" => 1,
-        _ => return Err(invalid()),
-    };
-    match number.checked_mul(factor) {
-        Some(seconds) if seconds > 0 => Ok(SignedDuration::from_secs(seconds)),
-        Some(_) => Err(invalid()),
-        None => Err(Error::Invalid(format!("'{text}' is too long a duration"))),
+/// When a key created now with `--expires-in TEXT` expires (the duration grammar of
+/// [`crate::duration`]); a zero length or one past the calendar's end is refused.
+fn expiry(text: &str, now: Timestamp) -> Result<Timestamp> {
+    let after = crate::duration::parse(text).map_err(Error::Invalid)?;
+    if after.is_zero() {
+        return Err(Error::Invalid(format!(
+            "--expires-in {text} is no time at all; give a positive duration such as 30d"
+        )));
     }
+    SignedDuration::try_from(after)
+        .ok()
+        .and_then(|after| now.checked_add(after).ok())
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "--expires-in {text} reaches past the year 9999; use a shorter time"
+            ))
+        })
 }
 
 /// A Kubernetes-style object name from a display name: each run of other characters becomes one dash.
@@ -128,15 +121,7 @@ pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
                 )));
             }
             let expires_at = match (expires_in, expires_at) {
-                (Some(after), _) => Some(
-                    Timestamp::now()
-                        .checked_add(parse_duration(&after)?)
-                        .map_err(|_| {
-                            Error::Invalid(format!(
-                                "--expires-in {after} reaches past the year 9999; use a shorter time"
-                            ))
-                        })?,
-                ),
+                (Some(after), _) => Some(expiry(&after, Timestamp::now())?),
                 (None, Some(at)) => Some(at.parse::<Timestamp>().map_err(|e| {
                     Error::Invalid(format!("--expires-at '{at}' is not an RFC 3339 time: {e}"))
                 })?),
@@ -281,23 +266,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
+    fn expiry_takes_the_one_duration_grammar() {
+        let now = Timestamp::from_second(0).unwrap();
         assert_eq!(
-            parse_duration("30d").unwrap(),
-            SignedDuration::from_secs(30 * 86_400)
+            expiry("30d", now).unwrap(),
+            now + SignedDuration::from_secs(30 * 86_400)
         );
         assert_eq!(
-            parse_duration("2h").unwrap(),
-            SignedDuration::from_secs(7_200)
+            expiry("1h30m", now).unwrap(),
+            now + SignedDuration::from_secs(5_400)
         );
-        assert!(parse_duration("30").is_err());
-        assert!(parse_duration("0d").is_err());
-        assert!(parse_duration("d").is_err());
-        assert!(parse_duration("5w").is_err());
-        assert!(
-            parse_duration("200000000000000d").is_err(),
-            "overflow is an error"
-        );
+        assert!(expiry("0d", now).is_err());
+        assert!(expiry("d", now).is_err());
+        let far = expiry("3000000d", Timestamp::now()).unwrap_err().to_string();
+        assert!(far.contains("past the year 9999"), "{far}");
+        let huge = expiry("106751991167300d", now).unwrap_err().to_string();
+        assert!(huge.contains("is not a duration"), "{huge}");
     }
 
     #[test]

@@ -128,10 +128,7 @@ async fn reconcile_when_locked(
 async fn register_catalog(store: &Arc<dyn Store>, dir: &std::path::Path) -> Result<()> {
     let path = std::fs::canonicalize(dir)
         .map_err(|e| Error::io(format!("--catalog {}", dir.display()), e))?;
-    let digest: String = Sha256::digest(path.to_string_lossy().as_bytes())[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = hex::encode(&Sha256::digest(path.to_string_lossy().as_bytes())[..4]);
     let source = CatalogSource {
         metadata: ObjectMeta {
             name: Some(format!("dir-{digest}")),

@@ -132,7 +132,7 @@ async fn roll_back(
     previous: &str,
 ) -> Result<()> {
     let namespace = stack.namespace().unwrap_or_default();
-    loop {
+    crate::retry::on_conflict(|| async {
         let mut current = ctx
             .store
             .require::<Stack>(&namespace, &stack.name_any())
@@ -146,11 +146,9 @@ async fn roll_back(
             current.spec.variables = variables.clone();
         }
         current.annotations_mut().remove(DEPLOYMENT_ANNOTATION);
-        match ctx.store.update(&current).await {
-            Err(Error::Conflict { .. }) => continue,
-            other => return other.map(drop),
-        }
-    }
+        ctx.store.update(&current).await.map(drop)
+    })
+    .await
 }
 
 /// A change to a deployment record's status.

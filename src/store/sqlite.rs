@@ -13,7 +13,6 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use kube::runtime::watcher;
-use rand::RngExt;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -173,19 +172,6 @@ fn store_revision(
     save(tx, kind, namespace, name, revision, deleted, doc)
 }
 
-fn new_uid() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
-}
-
 fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
     match write {
         Write::Create(mut doc) => {
@@ -194,7 +180,7 @@ fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
                 return Err(Error::AlreadyExists { kind, name });
             }
             let meta = &mut doc["metadata"];
-            meta["uid"] = json!(new_uid());
+            meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
             meta["generation"] = json!(1);
             meta["creationTimestamp"] = json!(jiff::Timestamp::now().to_string());
             store_revision(tx, &kind, &namespace, &name, false, &mut doc)?;

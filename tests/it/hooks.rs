@@ -866,3 +866,122 @@ on_both_stores!(
     malformed_requests_get_json_errors_that_leak_nothing,
     deployment_records_are_found_by_id
 );
+
+/// The top-level keys of a JSON object, in the order they were written.
+fn keys_in_order(raw: &[u8]) -> Vec<String> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut keys = Vec::new();
+            while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                keys.push(key);
+            }
+            Ok(keys)
+        }
+    }
+    let mut reader = serde_json::Deserializer::from_slice(raw);
+    serde::Deserializer::deserialize_map(&mut reader, Keys).unwrap()
+}
+
+/// Sends a request and returns the raw body.
+async fn raw(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> Vec<u8> {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("X-Api-Key", key)
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn responses_list_their_fields_in_the_documented_order() {
+    let f = fixture(Backend::Sqlite).await;
+    let key = f.key(&["*"]).await;
+    let redeploy = raw(
+        &f.state,
+        "POST",
+        "/api/hooks/redeploy",
+        &key,
+        Some(json!({"stackName": "shop"})),
+    )
+    .await;
+    assert_eq!(
+        keys_in_order(&redeploy),
+        [
+            "success",
+            "message",
+            "deploymentId",
+            "stackName",
+            "stackVersion",
+            "statusUrl"
+        ]
+    );
+    let upgrade = raw(
+        &f.state,
+        "POST",
+        "/api/hooks/upgrade",
+        &key,
+        Some(
+            json!({"stackName": "shop", "targetVersion": "6.5.0", "variables": {"GREETING": "hi"}}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        keys_in_order(&upgrade),
+        [
+            "success",
+            "message",
+            "deploymentId",
+            "previousVersion",
+            "newVersion",
+            "statusUrl"
+        ]
+    );
+    let sync = raw(&f.state, "POST", "/api/hooks/sync-sources", &key, None).await;
+    assert_eq!(
+        keys_in_order(&sync),
+        ["success", "stacksLoaded", "sourcesSynced", "message"],
+        "as the contract lists them"
+    );
+    let id: Value = serde_json::from_slice(&redeploy).unwrap();
+    let record = raw(
+        &f.state,
+        "GET",
+        &format!("/api/deployments/{}", id["deploymentId"].as_str().unwrap()),
+        &key,
+        None,
+    )
+    .await;
+    let keys = keys_in_order(&record);
+    assert_eq!(
+        &keys[..4],
+        ["success", "message", "deploymentId", "stackName"]
+    );
+    let error = raw(
+        &f.state,
+        "POST",
+        "/api/hooks/redeploy",
+        &key,
+        Some(json!({"stackName": "nope"})),
+    )
+    .await;
+    assert_eq!(keys_in_order(&error), ["success", "message"]);
+}
