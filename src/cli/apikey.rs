@@ -278,7 +278,9 @@ mod tests {
         );
         assert!(expiry("0d", now).is_err());
         assert!(expiry("d", now).is_err());
-        let far = expiry("3000000d", Timestamp::now()).unwrap_err().to_string();
+        let far = expiry("3000000d", Timestamp::now())
+            .unwrap_err()
+            .to_string();
         assert!(far.contains("past the year 9999"), "{far}");
         let huge = expiry("106751991167300d", now).unwrap_err().to_string();
         assert!(huge.contains("is not a duration"), "{huge}");

@@ -515,3 +515,99 @@ fn a_version_added_to_a_catalog_directory_is_found_without_a_sync_call() {
     let envs = inspect(&server.name(&stack, "app"), "{{json .Config.Env}}");
     assert!(envs.contains("RELEASE=1.1.0"), "{envs}");
 }
+
+#[test]
+fn tearing_a_stack_down_removes_every_network_it_made() {
+    let image = format!("{}/{}/app:latest", registry(), unique("nets"));
+    build_and_push(&image, "v1");
+    let product = unique("app");
+    let services = format!(
+        "  app:\n    image: {image}\n    networks: [backend]\n  db:\n    image: {image}\n    networks: [backend]\n"
+    );
+    let text = manifest(&product, "1.0.0", &services, "  {}").replace(
+        "volumes:\n  data: {}\n",
+        "volumes:\n  data: {}\nnetworks:\n  backend: {}\n",
+    );
+    let server = Server::start(&[("app.yaml", text)]);
+    let stack = unique("st");
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
+    wait_running(&server, &stack, "1.0.0");
+    let networks = || {
+        docker(&[
+            "network",
+            "ls",
+            "--format",
+            "{{.Name}}",
+            "--filter",
+            &format!("label=io.rsgo.stack={stack}"),
+        ])
+    };
+    let mut made: Vec<String> = networks().lines().map(str::to_owned).collect();
+    made.sort();
+    assert_eq!(
+        made,
+        [
+            server.name(&stack, "backend"),
+            server.name(&stack, "default")
+        ]
+    );
+    assert!(
+        inspect(
+            &server.name(&stack, "app"),
+            "{{json .NetworkSettings.Networks}}"
+        )
+        .contains(&server.name(&stack, "backend"))
+    );
+    server.cli(&[
+        "delete",
+        "stack",
+        &stack,
+        "--environment",
+        &server.environment,
+    ]);
+    assert_eq!(networks(), "", "no network of the stack is left");
+}
+
+#[test]
+fn an_engine_that_does_not_answer_stalls_no_other_environment() {
+    // Accepts connections and never answers: the worst kind of engine to wait for.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_host = format!("tcp://{}", silent.local_addr().unwrap());
+    let image = format!("{}/{}/app:latest", registry(), unique("silent"));
+    build_and_push(&image, "v1");
+    let product = unique("app");
+    let server = Server::start(&[(
+        "app.yaml",
+        manifest(
+            &product,
+            "1.0.0",
+            &format!("  app:\n    image: {image}\n"),
+            "  {}",
+        ),
+    )]);
+    let silent_env = unique("env");
+    let (stuck, fine) = (unique("st"), unique("st"));
+    server.apply(&format!(
+        "apiVersion: rsgo.io/v1alpha1\nkind: Environment\nmetadata: {{name: {silent_env}}}\nspec:\n  docker: {{host: '{silent_host}'}}\n---\n{}---\n{}",
+        stack_yaml(&stuck, &silent_env, &product, "1.0.0"),
+        stack_yaml(&fine, &server.environment, &product, "1.0.0"),
+    ));
+    let started = std::time::Instant::now();
+    wait_running(&server, &fine, "1.0.0");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the reachable environment was not held up"
+    );
+    let status = wait_for(
+        "the silent environment's status",
+        Duration::from_secs(60),
+        || {
+            let out = server.cli(&["get", "environments", &silent_env, "-o", "json"]);
+            let env: serde_json::Value = serde_json::from_str(&out).unwrap();
+            (env["status"]["reachable"] == false).then(|| env["status"].clone())
+        },
+    );
+    let message = status["message"].as_str().unwrap();
+    assert!(message.contains("no answer within 10 s"), "{status}");
+    drop(silent);
+}
