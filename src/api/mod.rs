@@ -3,6 +3,7 @@
 mod error;
 mod hooks;
 pub mod refusals;
+mod request;
 pub mod responses;
 pub mod server;
 
@@ -16,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use error::ApiError;
-pub use hooks::{RedeployRequest, UpgradeRequest, parse_body};
 pub use refusals::RefusalLog;
+pub use request::{API_KEY_HEADER, RedeployRequest, UpgradeRequest, parse_body};
 pub use server::{HttpLimits, serve};
 
 use crate::catalog::sync::SharedCatalog;

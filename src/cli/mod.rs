@@ -1,10 +1,12 @@
 //! The `rsgo` command line.
 
 mod apikey;
-mod resources;
+mod apply;
+mod delete;
+mod get;
 mod serve;
 
-pub use resources::{Document, check_document, parse_documents};
+pub use apply::{Document, check_document, parse_documents};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,7 +47,7 @@ pub enum Command {
     /// Show stacks, deployments or environments.
     Get {
         /// What to show.
-        resource: resources::Listable,
+        resource: get::Listable,
         /// Only this one.
         name: Option<String>,
         /// Output format; a table when absent.
@@ -64,7 +66,7 @@ pub enum Command {
     /// Delete a stack: its containers and network go, its volumes stay.
     Delete {
         /// What to delete.
-        resource: resources::Deletable,
+        resource: delete::Deletable,
         /// Name of the stack.
         name: String,
         /// Environment of the stack.
@@ -93,14 +95,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(_) | Command::Crd { .. } => unreachable!("handled above"),
         Command::Apikey(command) => apikey::run(&store, command).await,
-        Command::Apply { file } => resources::apply(&store, &file).await,
+        Command::Apply { file } => apply::apply(&store, &file).await,
         Command::Get {
             resource,
             name,
             output,
             environment,
         } => {
-            resources::get(
+            get::get(
                 &store,
                 resource,
                 name.as_deref(),
@@ -113,7 +115,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             resource,
             name,
             environment,
-        } => resources::delete(&store, resource, &name, &environment).await,
+        } => delete::delete(&store, resource, &name, &environment).await,
     }
 }
 

@@ -1,0 +1,220 @@
+//! What every hook does before it acts: read the body within limits, check the key and its
+//! permission, and resolve the environment the request acts on.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::{ApiError, AppState, MAX_BODY_BYTES};
+use crate::auth::{self, KeyRejection};
+use crate::model::{ApiKey, ApiKeyStatus, Environment};
+use crate::store::Store;
+
+/// Header carrying the API key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+/// How often a key's last-used time is written at most.
+const LAST_USED_GRANULARITY: SignedDuration = SignedDuration::from_secs(60);
+/// The body of `POST /api/hooks/redeploy`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedeployRequest {
+    /// Stack to redeploy.
+    pub stack_name: String,
+    /// Environment of the stack; the key's scope or the default when absent.
+    #[serde(default)]
+    pub environment_id: Option<String>,
+    /// Answer when the rollout ends instead of when it is recorded.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// The body of `POST /api/hooks/upgrade`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpgradeRequest {
+    /// Stack to upgrade.
+    pub stack_name: String,
+    /// Catalog version to move to.
+    pub target_version: String,
+    /// Environment of the stack; the key's scope or the default when absent.
+    #[serde(default)]
+    pub environment_id: Option<String>,
+    /// Values for variables the target version declares.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// Answer when the rollout ends instead of when it is recorded.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// Reads a hook's JSON object body: refused at once when it announces more than
+/// [`MAX_BODY_BYTES`], cut off when it grows past them or takes longer than the body deadline.
+pub(super) async fn read_json<T: DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body is larger than the {} KiB limit.",
+                MAX_BODY_BYTES / 1024
+            ),
+        )
+    };
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut bytes = Vec::new();
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request(format!("Could not read the request body: {e}."))
+            })?;
+            if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    };
+    let deadline = state.http.body_timeout;
+    let bytes = tokio::time::timeout(deadline, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "The request body did not arrive within {} s.",
+                deadline.as_secs()
+            ),
+        )
+    })??;
+    parse_body(&bytes)
+}
+
+/// Parses a hook's body, which must be one JSON object with only the fields of `T`.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Err(ApiError::bad_request(
+            "Request body is empty; send a JSON object with at least stackName.",
+        )),
+        Some(b'{') => serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}."))),
+        Some(_) => Err(ApiError::bad_request(
+            "Invalid request body: send a JSON object, such as {\"stackName\": \"shop\"}.",
+        )),
+    }
+}
+
+/// Checks the key in `headers` and that it grants `permission`.
+pub(super) async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    permission: Option<&str>,
+) -> Result<ApiKey, ApiError> {
+    let presented = headers
+        .get(API_KEY_HEADER)
+        .map(|v| v.to_str().unwrap_or_default());
+    // Refusals are logged with their reason, never with any part of the presented key.
+    let unauthorized = |rejection: KeyRejection| {
+        state.refusals.refused(rejection.label(), "");
+        ApiError::new(StatusCode::UNAUTHORIZED, rejection.message())
+    };
+    let wanted = auth::presented_hash(presented).map_err(unauthorized)?;
+    let candidates = match &state.keys {
+        Some(index) => index.lookup(&wanted).into_iter().collect(),
+        None => state.store.list::<ApiKey>(None).await?,
+    };
+    let now = Timestamp::now();
+    let key = auth::verify(&wanted, candidates, now).map_err(unauthorized)?;
+    if let Some(permission) = permission
+        && !auth::grants(&key.spec.permissions, permission)
+    {
+        state.refusals.refused(
+            "missing permission",
+            &format!("key '{}' lacks {permission}", key.spec.display_name),
+        );
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "API key '{}' lacks the permission '{permission}'.",
+                key.spec.display_name
+            ),
+        ));
+    }
+    record_use(&state.store, &key, now).await;
+    Ok(key)
+}
+
+/// Records when a key was used, at most once a minute, so requests are not all writes.
+async fn record_use(store: &std::sync::Arc<dyn Store>, key: &ApiKey, now: Timestamp) {
+    let last = key.status.as_ref().and_then(|s| s.last_used_at);
+    if last.is_some_and(|at| now.duration_since(at) < LAST_USED_GRANULARITY) {
+        return;
+    }
+    let mut used = key.clone();
+    used.status = Some(ApiKeyStatus {
+        last_used_at: Some(now),
+    });
+    if let Err(error) = store.update_status(&used).await {
+        tracing::warn!(key = %key.name_any(), %error, "recording the key's last use failed");
+    }
+}
+
+/// The environment a request acts on: the body's, else the key's scope, else the default.
+pub(super) async fn resolve_environment(
+    state: &AppState,
+    requested: Option<&str>,
+    key: &ApiKey,
+) -> Result<Environment, ApiError> {
+    let requested = requested.filter(|e| !e.is_empty());
+    let environment = match (requested, &key.spec.environment) {
+        (Some(wanted), Some(scope)) if wanted != scope => {
+            state.refusals.refused(
+                "foreign environment",
+                &format!("key '{}' is limited to '{scope}'", key.spec.display_name),
+            );
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "API key '{}' is limited to environment '{scope}' and cannot act on environment '{wanted}'.",
+                    key.spec.display_name
+                ),
+            ));
+        }
+        (Some(wanted), _) => wanted.to_owned(),
+        (None, Some(scope)) => scope.clone(),
+        (None, None) => state.default_environment.clone(),
+    };
+    let Some(found) = state.store.get::<Environment>("", &environment).await? else {
+        // Only a key that may act on every environment learns which exist.
+        if key.spec.environment.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "Environment '{environment}' not found."
+            )));
+        }
+        let known: Vec<String> = state
+            .store
+            .list::<Environment>(None)
+            .await?
+            .iter()
+            .map(|e| e.name_any())
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "Environment '{environment}' not found. Known environments: {}.",
+            known.join(", ")
+        )));
+    };
+    Ok(found)
+}

@@ -1,0 +1,143 @@
+//! `rsgo get`: stacks, deployment records and environments as a table, JSON or YAML.
+
+use std::sync::Arc;
+
+use clap::ValueEnum;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use super::{Format, out, print_as};
+use crate::model::{DeploymentRecord, Environment, Stack};
+use crate::store::{Store, encode};
+use crate::{Error, Result};
+
+/// Kinds `rsgo get` shows.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Listable {
+    /// Stacks.
+    Stacks,
+    /// Deployment records.
+    Deployments,
+    /// Environments.
+    Environments,
+}
+
+/// Prints stacks, deployment records or environments.
+pub async fn get(
+    store: &Arc<dyn Store>,
+    what: Listable,
+    name: Option<&str>,
+    environment: Option<&str>,
+    output: Option<Format>,
+) -> Result<()> {
+    let rows: Vec<(Value, Vec<String>)> = match what {
+        Listable::Stacks => store
+            .list::<Stack>(environment)
+            .await?
+            .iter()
+            .map(|s| {
+                let status = s.status.clone().unwrap_or_default();
+                let row = vec![
+                    s.name_any(),
+                    s.spec.environment.clone(),
+                    s.spec.product.clone(),
+                    status.deployed_version.unwrap_or_else(|| "-".into()),
+                    status.phase.map_or("Pending".into(), |p| format!("{p:?}")),
+                    status.message.unwrap_or_default(),
+                ];
+                encode(s).map(|v| (v, row))
+            })
+            .collect::<Result<_>>()?,
+        Listable::Deployments => {
+            let mut records = store.list::<DeploymentRecord>(environment).await?;
+            records.sort_by_key(|r| r.spec.requested_at);
+            records
+                .iter()
+                .map(|r| {
+                    let status = r.status.clone().unwrap_or_default();
+                    let row = vec![
+                        r.name_any(),
+                        r.spec.stack.clone(),
+                        format!("{:?}", r.spec.action),
+                        format!("{:?}", status.phase),
+                        r.spec.requested_at.to_string(),
+                        status.message.unwrap_or_default(),
+                    ];
+                    encode(r).map(|v| (v, row))
+                })
+                .collect::<Result<_>>()?
+        }
+        Listable::Environments => store
+            .list::<Environment>(None)
+            .await?
+            .iter()
+            .map(|e| {
+                let status = e.status.clone().unwrap_or_default();
+                let row = vec![
+                    e.name_any(),
+                    e.spec
+                        .docker
+                        .as_ref()
+                        .map(|d| d.host.clone())
+                        .unwrap_or_default(),
+                    status.reachable.map_or("unknown".into(), |r| r.to_string()),
+                    status.engine_version.or(status.message).unwrap_or_default(),
+                ];
+                encode(e).map(|v| (v, row))
+            })
+            .collect::<Result<_>>()?,
+    };
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|(_, row)| name.is_none_or(|n| row[0] == n))
+        .collect();
+    if let Some(name) = name
+        && rows.is_empty()
+    {
+        return Err(Error::NotFound {
+            kind: match what {
+                Listable::Stacks => "Stack",
+                Listable::Deployments => "Deployment",
+                Listable::Environments => "Environment",
+            }
+            .into(),
+            name: name.into(),
+        });
+    }
+    if let Some(format) = output {
+        let value = match (name, rows.as_slice()) {
+            (Some(_), [(one, _)]) => one.clone(),
+            _ => {
+                json!({"apiVersion": "v1", "kind": "List", "items": rows.iter().map(|(v, _)| v).collect::<Vec<_>>()})
+            }
+        };
+        return print_as(&value, format);
+    }
+    let header: &[&str] = match what {
+        Listable::Stacks => &[
+            "NAME",
+            "ENVIRONMENT",
+            "PRODUCT",
+            "VERSION",
+            "PHASE",
+            "MESSAGE",
+        ],
+        Listable::Deployments => &["ID", "STACK", "ACTION", "PHASE", "REQUESTED", "MESSAGE"],
+        Listable::Environments => &["NAME", "DOCKER", "REACHABLE", "ENGINE"],
+    };
+    let table: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
+        .chain(rows.into_iter().map(|(_, row)| row))
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out(cells.join("  ").trim_end())?;
+    }
+    Ok(())
+}
