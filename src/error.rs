@@ -30,6 +30,16 @@ pub enum Error {
     /// The input is invalid; the message says why.
     #[error("{0}")]
     Invalid(String),
+    /// A stack's product version cannot be rendered with its variables in its environment.
+    #[error("{product} {version}: {source}")]
+    Render {
+        /// The product.
+        product: String,
+        /// The product version.
+        version: String,
+        /// What is wrong, and where.
+        source: crate::catalog::RenderError,
+    },
     /// The embedded SQLite store failed.
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -101,6 +111,7 @@ impl Error {
             Error::AlreadyExists { .. } => "already_exists",
             Error::Conflict { .. } => "conflict",
             Error::Invalid(_) => "invalid",
+            Error::Render { .. } => "render",
             Error::Sqlite(_) => "sqlite",
             Error::Json { .. } => "json",
             Error::Yaml { .. } => "yaml",
@@ -121,6 +132,12 @@ impl Error {
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::DiskFull
         )
+    }
+
+    /// Whether the error is in what was asked for (a spec, an input), so retrying without a
+    /// change cannot help, rather than in the world (an engine, a store, the network).
+    pub fn is_invalid_spec(&self) -> bool {
+        matches!(self, Error::Invalid(_) | Error::Render { .. })
     }
 
     /// Wraps an I/O error with what was being done.

@@ -1,5 +1,6 @@
 //! Products and their versions, loaded from catalog sources and held in memory.
 
+mod error;
 mod health;
 mod load;
 pub mod manifest;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use semver::Version;
 
+pub use error::RenderError;
 pub use load::{
     MAX_MANIFEST_BYTES, MAX_SOURCE_BYTES, MAX_SOURCE_FILES, load_directory, parse_manifest,
 };

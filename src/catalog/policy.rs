@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use kube::ResourceExt;
 
+use super::error::RenderError;
 use crate::model::{Environment, normalize_host_path};
 
 /// Sockets whose holder controls the host (the Docker engine, and the runtimes of cluster nodes).
@@ -79,7 +80,16 @@ impl HostAccess {
 
     /// Checks one host path a service mounts. The refusal names the service, the path and the
     /// Environment setting that would allow it.
-    pub fn check(&self, service: &str, source: &str) -> Result<(), String> {
+    pub fn check(&self, service: &str, source: &str) -> Result<(), RenderError> {
+        self.check_reason(service, source)
+            .map_err(|reason| RenderError::HostAccess {
+                service: service.to_owned(),
+                path: source.to_owned(),
+                reason,
+            })
+    }
+
+    fn check_reason(&self, service: &str, source: &str) -> Result<(), String> {
         let normalized =
             normalize_host_path(source).map_err(|e| format!("service '{service}': {e}"))?;
         self.check_path(service, source, &normalized)?;
@@ -150,7 +160,7 @@ mod tests {
     #[test]
     fn nothing_is_mounted_unless_allowed() {
         let none = HostAccess::of(&docker_env(&[], false));
-        let err = none.check("web", "/srv/data").unwrap_err();
+        let err = none.check("web", "/srv/data").unwrap_err().to_string();
         assert_eq!(
             err,
             "service 'web' mounts host path '/srv/data', outside the host paths environment 'prod' \
@@ -159,6 +169,7 @@ mod tests {
         assert!(
             none.check("web", "relative/dir")
                 .unwrap_err()
+                .to_string()
                 .contains("absolute")
         );
     }
@@ -172,7 +183,10 @@ mod tests {
             srv.check("web", "/srv/database").is_err(),
             "prefix by component"
         );
-        let escape = srv.check("web", "/srv/data/../../etc").unwrap_err();
+        let escape = srv
+            .check("web", "/srv/data/../../etc")
+            .unwrap_err()
+            .to_string();
         assert!(escape.contains("(that is /etc)"), "{escape}");
         assert!(srv.check("web", "/").is_err());
     }
@@ -186,7 +200,7 @@ mod tests {
             "/",
             "/run/containerd/containerd.sock",
         ] {
-            let err = everything.check("agent", path).unwrap_err();
+            let err = everything.check("agent", path).unwrap_err().to_string();
             assert!(err.contains("allowEngineSocket"), "{path}: {err}");
         }
         assert!(everything.check("agent", "/etc").is_ok());
@@ -208,7 +222,10 @@ mod tests {
         env.spec.docker.as_mut().unwrap().host = "unix:///var/run/docker.sock".into();
         let access = HostAccess::of(&env);
         let link = allowed.join("escape");
-        let err = access.check("web", link.to_str().unwrap()).unwrap_err();
+        let err = access
+            .check("web", link.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("(that is /etc)"), "{err}");
         assert!(access.check("web", allowed.to_str().unwrap()).is_ok());
     }

@@ -7,6 +7,7 @@ use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
 use super::ProductVersion;
+use super::error::RenderError;
 use super::health::health_plan;
 use super::manifest::Command;
 use super::plan::{
@@ -153,25 +154,31 @@ fn container(
     pv: &ProductVersion,
     vars: &BTreeMap<String, String>,
     access: &HostAccess,
-) -> Result<ContainerPlan, String> {
-    let context = |e: String| format!("service '{name}': {e}");
-    let text = |t: &str| substitute(t, vars).map_err(context);
-    let optional = |t: &Option<String>| t.as_deref().map(text).transpose();
-    let image = text(&service.image)?;
+) -> Result<ContainerPlan, RenderError> {
+    // Every error says which field of which service it is about.
+    let field = |field: &'static str| {
+        move |reason: String| RenderError::Service {
+            service: name.to_owned(),
+            field,
+            reason,
+        }
+    };
+    let text = |f: &'static str, t: &str| substitute(t, vars).map_err(field(f));
+    let image = text("image", &service.image)?;
     if image.trim().is_empty() {
-        return Err(context("image is empty".into()));
+        return Err(field("image")("image is empty".into()));
     }
     let mut env = BTreeMap::new();
     for (key, value) in &service.environment {
-        env.insert(key.clone(), text(&value.0)?);
+        env.insert(key.clone(), text("environment", &value.0)?);
     }
     let mut ports = Vec::new();
     for port in &service.ports {
-        ports.push(parse_port(&text(&port.0)?).map_err(context)?);
+        ports.push(parse_port(&text("ports", &port.0)?).map_err(field("ports"))?);
     }
     let mut mounts = Vec::new();
     for volume in &service.volumes {
-        let mount = parse_mount(&text(volume)?).map_err(context)?;
+        let mount = parse_mount(&text("volumes", volume)?).map_err(field("volumes"))?;
         if let MountSource::Host(path) = &mount.source {
             access.check(name, path)?;
         }
@@ -180,7 +187,7 @@ fn container(
     let mut networks = vec![DEFAULT_NETWORK.to_owned()];
     for extra in service.networks.iter().filter(|n| *n != DEFAULT_NETWORK) {
         if !pv.manifest.networks.contains_key(extra) {
-            return Err(context(format!(
+            return Err(field("networks")(format!(
                 "network '{extra}' is not declared under networks"
             )));
         }
@@ -189,19 +196,23 @@ fn container(
     let mut labels = BTreeMap::new();
     for (key, value) in &service.labels {
         if RESERVED_LABEL_PREFIXES.iter().any(|p| key.starts_with(p)) {
-            return Err(context(format!("label '{key}' is reserved for rsgo")));
+            return Err(field("labels")(format!(
+                "label '{key}' is reserved for rsgo"
+            )));
         }
-        labels.insert(key.clone(), text(&value.0)?);
+        labels.insert(key.clone(), text("labels", &value.0)?);
     }
+    let optional =
+        |f: &'static str, t: &Option<String>| t.as_deref().map(|t| text(f, t)).transpose();
     let lifecycle = service.lifecycle.unwrap_or_default();
     let mut plan = ContainerPlan {
         service: name.to_owned(),
         image,
         env,
-        command: command_args(&service.command, vars).map_err(context)?,
-        entrypoint: command_args(&service.entrypoint, vars).map_err(context)?,
-        working_dir: optional(&service.working_dir)?,
-        user: optional(&service.user)?,
+        command: command_args(&service.command, vars).map_err(field("command"))?,
+        entrypoint: command_args(&service.entrypoint, vars).map_err(field("entrypoint"))?,
+        working_dir: optional("workingDir", &service.working_dir)?,
+        user: optional("user", &service.user)?,
         ports,
         mounts,
         // A one-shot container is never restarted.
@@ -215,7 +226,7 @@ fn container(
             .as_ref()
             .map(|c| health_plan(c, vars))
             .transpose()
-            .map_err(context)?,
+            .map_err(field("healthCheck"))?,
         depends_on: service.depends_on.clone(),
         networks,
         labels,
@@ -232,11 +243,11 @@ pub fn render(
     env: &Environment,
     pv: &ProductVersion,
     values: &BTreeMap<String, String>,
-) -> Result<StackPlan, String> {
+) -> Result<StackPlan, RenderError> {
     let access = HostAccess::of(env);
     let vars = resolve_variables(&pv.manifest.variables, values)?;
     let mut containers = Vec::new();
-    for name in dependency_order(pv)? {
+    for name in dependency_order(pv).map_err(RenderError::Dependencies)? {
         containers.push(container(
             name,
             &pv.manifest.services[name],
@@ -410,7 +421,9 @@ volumes:
     #[test]
     fn variable_errors_name_the_variable() {
         let p = product();
-        let missing = render("shop", &local(), &p, &vars(&[])).unwrap_err();
+        let missing = render("shop", &local(), &p, &vars(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("'GREETING' is required"), "{missing}");
         let port = render(
             "shop",
@@ -418,7 +431,8 @@ volumes:
             &p,
             &vars(&[("GREETING", "x"), ("PORT", "70000")]),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(port.contains("'PORT' must be a port"), "{port}");
     }
 
@@ -439,7 +453,8 @@ volumes:
             &pv,
             &vars(&[("SLUG", "Shop"), ("CODE", "123")]),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             slug,
             "variable 'SLUG': lower-case letters only (got 'Shop')"
@@ -450,7 +465,8 @@ volumes:
             &pv,
             &vars(&[("SLUG", "shop"), ("CODE", "12")]),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert_eq!(code, "variable 'CODE': must match ^[0-9]{3}$ (got '12')");
     }
 
@@ -505,7 +521,9 @@ volumes:
             let text = format!(
                 "metadata: {{name: h, productVersion: '1.0.0'}}\nservices:\n  a: {{image: x, {field}: {value}}}\n"
             );
-            let err = parse_manifest(Path::new("h.yaml"), &text).unwrap_err();
+            let err = parse_manifest(Path::new("h.yaml"), &text)
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.starts_with("line 3, column") && err.contains(&format!("services.a.{field}")),
                 "{err}"
@@ -545,6 +563,7 @@ volumes:
         assert!(
             render("c", &local(), &pv, &BTreeMap::new())
                 .unwrap_err()
+                .to_string()
                 .contains("cycle")
         );
     }
@@ -553,7 +572,9 @@ volumes:
     fn host_mounts_need_the_environment_to_allow_them() {
         let text = "metadata: {name: h, productVersion: '1.0.0'}\nvariables:\n  DIR: {type: Path, default: /srv/app}\nservices:\n  a: {image: x, volumes: ['${DIR}:/data']}\n";
         let pv = parse_manifest(Path::new("h.yaml"), text).unwrap().unwrap();
-        let err = render("s", &local(), &pv, &BTreeMap::new()).unwrap_err();
+        let err = render("s", &local(), &pv, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("service 'a' mounts host path '/srv/app'")
                 && err.contains("allowedHostPaths"),
@@ -562,7 +583,33 @@ volumes:
         let mut env = local();
         env.spec.docker.as_mut().unwrap().allowed_host_paths = vec!["/srv".into()];
         assert!(render("s", &env, &pv, &BTreeMap::new()).is_ok());
-        let root = render("s", &env, &pv, &vars(&[("DIR", "/")])).unwrap_err();
+        let root = render("s", &env, &pv, &vars(&[("DIR", "/")]))
+            .unwrap_err()
+            .to_string();
         assert!(root.contains("must name something below /"), "{root}");
+    }
+
+    #[test]
+    fn errors_say_which_field_of_which_service() {
+        let text = "metadata: {name: e, productVersion: '1.0.0'}\nservices:\n  web: {image: x, ports: ['80:http']}\n";
+        let pv = parse_manifest(Path::new("e.yaml"), text).unwrap().unwrap();
+        let err = render("s", &local(), &pv, &BTreeMap::new()).unwrap_err();
+        assert!(
+            matches!(&err, RenderError::Service { service, field: "ports", .. } if service == "web"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "service 'web': port '80:http': 'http' is not a port number"
+        );
+        let variable = render("s", &local(), &product(), &BTreeMap::new()).unwrap_err();
+        assert!(matches!(variable, RenderError::Variable { name, .. } if name == "GREETING"));
+        let wrapped = crate::Error::Render {
+            product: "e".into(),
+            version: "1.0.0".into(),
+            source: err,
+        };
+        assert!(wrapped.is_invalid_spec(), "waits for a change of the spec");
+        assert!(!crate::Error::Unreachable("engine".into()).is_invalid_spec());
     }
 }

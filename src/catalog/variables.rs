@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
+use super::error::RenderError;
 use super::manifest::{Variable, VariableType};
 
 /// Longest value of any single-line variable.
@@ -33,11 +34,11 @@ pub fn undeclared<'a>(
 pub fn resolve_variables(
     declared: &BTreeMap<String, Variable>,
     values: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<BTreeMap<String, String>, RenderError> {
     let unknown = undeclared(declared, values.keys());
     if !unknown.is_empty() {
         let known: Vec<&str> = declared.keys().map(String::as_str).collect();
-        return Err(format!(
+        let reason = format!(
             "variable(s) {} are not declared by the manifest (declared: {})",
             unknown.join(", "),
             if known.is_empty() {
@@ -45,7 +46,11 @@ pub fn resolve_variables(
             } else {
                 known.join(", ")
             }
-        ));
+        );
+        return Err(RenderError::Variable {
+            name: unknown.join(", "),
+            reason,
+        });
     }
     let mut resolved = BTreeMap::new();
     for (name, var) in declared {
@@ -61,11 +66,17 @@ pub fn resolve_variables(
             });
         match value {
             Some(value) => {
-                check_value(name, var, &value)?;
+                check_value(name, var, &value).map_err(|reason| RenderError::Variable {
+                    name: name.clone(),
+                    reason,
+                })?;
                 resolved.insert(name.clone(), value);
             }
             None if var.required => {
-                return Err(format!("variable '{name}' is required but has no value"));
+                return Err(RenderError::Variable {
+                    name: name.clone(),
+                    reason: format!("variable '{name}' is required but has no value"),
+                });
             }
             None => {
                 resolved.insert(name.clone(), String::new());
@@ -258,7 +269,10 @@ mod tests {
             resolve_variables(&declared, &vars(&[("IMAGE", "evil"), ("TAG", "1")])).unwrap_err();
         assert_eq!(
             err,
-            "variable(s) IMAGE are not declared by the manifest (declared: TAG)"
+            RenderError::Variable {
+                name: "IMAGE".into(),
+                reason: "variable(s) IMAGE are not declared by the manifest (declared: TAG)".into()
+            }
         );
         let ok = resolve_variables(&declared, &vars(&[("TAG", "1")])).unwrap();
         assert_eq!(ok, vars(&[("TAG", "1")]));

@@ -195,12 +195,12 @@ pub async fn reconcile(trigger: Arc<Stack>, ctx: Arc<Context>) -> Result<Action>
         ctx.store.update(&guarded).await?
     };
     match rollout::rollout(&stack, &ctx).await {
-        Ok(action) => Ok(action),
-        Err(Error::Invalid(message)) => {
-            tracing::info!(stack = %stack.name_any(), %message, "stack cannot be deployed as specified");
+        // A spec that cannot be deployed waits for a change; retrying it as it is cannot help.
+        Err(error) if error.is_invalid_spec() => {
+            tracing::info!(stack = %stack.name_any(), %error, "stack cannot be deployed as specified");
             Ok(Action::await_change())
         }
-        Err(e) => Err(e),
+        other => other,
     }
 }
 

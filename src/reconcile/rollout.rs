@@ -59,7 +59,7 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
     let (runtime, plan) = match prepare(stack, ctx).await {
         Ok(prepared) => prepared,
         Err(error) => {
-            let transient = !matches!(error, Error::Invalid(_));
+            let transient = !error.is_invalid_spec();
             if transient && deployment.is_none() {
                 return Err(error);
             }
@@ -155,8 +155,13 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Arc<dyn Runtime>, Stac
             ))
         })?
     };
-    let plan = render(&stack.name_any(), &env, &pv, &stack.spec.variables)
-        .map_err(|e| Error::Invalid(format!("{} {}: {e}", pv.product, pv.version)))?;
+    let plan = render(&stack.name_any(), &env, &pv, &stack.spec.variables).map_err(|source| {
+        Error::Render {
+            product: pv.product.clone(),
+            version: pv.version.to_string(),
+            source,
+        }
+    })?;
     let runtime = ctx.runtime(&env).await?;
     Ok((runtime, plan))
 }
