@@ -261,65 +261,13 @@ pub async fn upgrade(
         )
         .await?;
     }
-    let (_, record) = request_rollout(&state.store, &env, &request.stack_name, &key.spec.display_name, |stack| {
-        let catalog = state.catalog.read()?;
-        let product = &stack.spec.product;
-        let pv = catalog.find(product, &target.to_string()).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "Version '{}' of product '{product}' is not in the catalog. Available versions: {}.",
-                request.target_version,
-                catalog.available(product)
-            ))
-        })?;
-        // Compared with what the stack is asked to run, not with what runs now: an upgrade
-        // still rolling out counts, so two upgrades in a row can never go backwards.
-        let desired = desired_version(stack);
-        if let Some(desired) = &desired
-            && let Ok(desired_version) = catalog::parse_version(desired)
-            && target <= desired_version
-        {
-            return Err(ApiError::bad_request(format!(
-                "Stack '{}' is at {desired}; targetVersion {target} is not newer, and upgrades never go back. Available versions: {}.",
-                stack.name_any(),
-                catalog.available(product)
-            )));
-        }
-        let declared = &pv.manifest.variables;
-        let unknown = variables::undeclared(declared, request.variables.keys());
-        if !unknown.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "Cannot upgrade to {target}: variable(s) {} are not declared by {product} {target}; \
-                 a request may only set declared variables.",
-                unknown.join(", ")
-            )));
-        }
-        // Stored values the new version no longer declares are dropped; the record keeps them
-        // for a rollback.
-        let mut merged: BTreeMap<String, String> = stack
-            .spec
-            .variables
-            .iter()
-            .filter(|(name, _)| declared.contains_key(*name))
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        merged.extend(request.variables.clone());
-        render(&stack.name_any(), &env, &pv, &merged)
-            .map_err(|e| ApiError::bad_request(format!("Cannot upgrade to {target}: {e}.")))?;
-        let mut desired_stack = stack.clone();
-        desired_stack.spec.version = Some(target.to_string());
-        desired_stack.spec.variables = merged;
-        let spec = DeploymentRecordSpec {
-            stack: stack.name_any(),
-            environment: environment.clone(),
-            action: DeploymentAction::Upgrade,
-            from_version: desired,
-            to_version: Some(target.to_string()),
-            previous_variables: Some(stack.spec.variables.clone()),
-            requested_by: String::new(),
-            requested_at: Timestamp::now(),
-        };
-        Ok((desired_stack, spec))
-    })
+    let (_, record) = request_rollout(
+        &state.store,
+        &env,
+        &request.stack_name,
+        &key.spec.display_name,
+        |stack| upgraded(&state, &env, &request, &target, stack),
+    )
     .await?;
     let id = record.name_any();
     let previous = record.spec.from_version.clone().unwrap_or_default();
@@ -341,6 +289,75 @@ pub async fn upgrade(
         return rollout_result(&id, &record, answer);
     }
     Ok(Json(answer(None)))
+}
+
+/// The stack an upgrade asks for, and its record: the target must be in the catalog and newer
+/// than what the stack is asked to run, the request may only set declared variables, and the
+/// result must render in the stack's environment.
+fn upgraded(
+    state: &AppState,
+    env: &Environment,
+    request: &UpgradeRequest,
+    target: &semver::Version,
+    stack: &Stack,
+) -> Result<(Stack, DeploymentRecordSpec), ApiError> {
+    let catalog = state.catalog.read()?;
+    let product = &stack.spec.product;
+    let pv = catalog.find(product, &target.to_string()).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "Version '{}' of product '{product}' is not in the catalog. Available versions: {}.",
+            request.target_version,
+            catalog.available(product)
+        ))
+    })?;
+    // Compared with what the stack is asked to run, not with what runs now: an upgrade
+    // still rolling out counts, so two upgrades in a row can never go backwards.
+    let desired = desired_version(stack);
+    if let Some(desired) = &desired
+        && let Ok(desired_version) = catalog::parse_version(desired)
+        && *target <= desired_version
+    {
+        return Err(ApiError::bad_request(format!(
+            "Stack '{}' is at {desired}; targetVersion {target} is not newer, and upgrades never go back. Available versions: {}.",
+            stack.name_any(),
+            catalog.available(product)
+        )));
+    }
+    let declared = &pv.manifest.variables;
+    let unknown = variables::undeclared(declared, request.variables.keys());
+    if !unknown.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "Cannot upgrade to {target}: variable(s) {} are not declared by {product} {target}; \
+             a request may only set declared variables.",
+            unknown.join(", ")
+        )));
+    }
+    // Stored values the new version no longer declares are dropped; the record keeps them
+    // for a rollback.
+    let mut merged: BTreeMap<String, String> = stack
+        .spec
+        .variables
+        .iter()
+        .filter(|(name, _)| declared.contains_key(*name))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    merged.extend(request.variables.clone());
+    render(&stack.name_any(), env, &pv, &merged)
+        .map_err(|e| ApiError::bad_request(format!("Cannot upgrade to {target}: {e}.")))?;
+    let mut desired_stack = stack.clone();
+    desired_stack.spec.version = Some(target.to_string());
+    desired_stack.spec.variables = merged;
+    let spec = DeploymentRecordSpec {
+        stack: stack.name_any(),
+        environment: env.name_any(),
+        action: DeploymentAction::Upgrade,
+        from_version: desired,
+        to_version: Some(target.to_string()),
+        previous_variables: Some(stack.spec.variables.clone()),
+        requested_by: String::new(),
+        requested_at: Timestamp::now(),
+    };
+    Ok((desired_stack, spec))
 }
 
 /// Adds the fields of the object `extra` to the object `body`.

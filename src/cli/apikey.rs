@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
@@ -18,27 +18,7 @@ use crate::{Error, Result};
 #[derive(Debug, Subcommand)]
 pub enum ApikeyCommand {
     /// Create a key; only the key is printed on stdout.
-    Create {
-        /// Display name, such as "GitHub Actions Deploy".
-        #[arg(long)]
-        name: String,
-        /// Permission to grant; repeat for several.
-        #[arg(long = "permission", required = true)]
-        permissions: Vec<String>,
-        /// Limit the key to this environment.
-        #[arg(long)]
-        environment: Option<String>,
-        /// Expire after this long: `30d`, `12h`, `90m`, `1h30m`.
-        #[arg(long, conflicts_with = "expires_at")]
-        expires_in: Option<String>,
-        /// Expire at this RFC 3339 time.
-        #[arg(long)]
-        expires_at: Option<String>,
-        /// `json`: print `{id, name, prefix, key, ...}`. `yaml`: print an ApiKey manifest (hash only)
-        /// and the key on stderr, without storing anything locally.
-        #[arg(short = 'o', long)]
-        output: Option<KeyOutput>,
-    },
+    Create(CreateArgs),
     /// List keys (never their secrets).
     List {
         /// Output format; a table when absent.
@@ -55,6 +35,30 @@ pub enum ApikeyCommand {
     },
 }
 
+/// Options of `apikey create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Display name, such as "GitHub Actions Deploy".
+    #[arg(long)]
+    name: String,
+    /// Permission to grant; repeat for several.
+    #[arg(long = "permission", required = true)]
+    permissions: Vec<String>,
+    /// Limit the key to this environment.
+    #[arg(long)]
+    environment: Option<String>,
+    /// Expire after this long: `30d`, `12h`, `90m`, `1h30m`.
+    #[arg(long, conflicts_with = "expires_at")]
+    expires_in: Option<String>,
+    /// Expire at this RFC 3339 time.
+    #[arg(long)]
+    expires_at: Option<String>,
+    /// `json`: print `{id, name, prefix, key, ...}`. `yaml`: print an ApiKey manifest (hash only)
+    /// and the key on stderr, without storing anything locally.
+    #[arg(short = 'o', long)]
+    output: Option<KeyOutput>,
+}
+
 /// Output of `apikey create`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum KeyOutput {
@@ -62,6 +66,17 @@ pub enum KeyOutput {
     Json,
     /// An ApiKey manifest holding only the hash, for git or `kubectl apply`; the key goes to stderr.
     Yaml,
+}
+
+/// When a key created now expires, from `--expires-in` or `--expires-at`.
+fn expiry_of(expires_in: Option<&str>, expires_at: Option<&str>) -> Result<Option<Timestamp>> {
+    match (expires_in, expires_at) {
+        (Some(after), _) => expiry(after, Timestamp::now()).map(Some),
+        (None, Some(at)) => at.parse::<Timestamp>().map(Some).map_err(|e| {
+            Error::Invalid(format!("--expires-at '{at}' is not an RFC 3339 time: {e}"))
+        }),
+        (None, None) => Ok(None),
+    }
 }
 
 /// When a key created now with `--expires-in TEXT` expires (the duration grammar of
@@ -95,170 +110,191 @@ fn object_name(display: &str) -> String {
 /// Runs an API key command.
 pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
     match command {
-        ApikeyCommand::Create {
-            name,
-            permissions,
-            environment,
-            expires_in,
-            expires_at,
-            output,
-        } => {
-            auth::validate_permissions(&permissions).map_err(Error::Invalid)?;
-            let object = object_name(&name);
-            if object.is_empty() {
-                return Err(Error::Invalid(
-                    "--name needs at least one letter or digit".into(),
-                ));
-            }
-            // A manifest for git names a cluster environment this store does not know.
-            let manifest_only = matches!(output, Some(KeyOutput::Yaml));
-            if let Some(env) = &environment
-                && !manifest_only
-                && store.get::<Environment>("", env).await?.is_none()
-            {
-                return Err(Error::Invalid(format!(
-                    "environment '{env}' does not exist"
-                )));
-            }
-            let expires_at = match (expires_in, expires_at) {
-                (Some(after), _) => Some(expiry(&after, Timestamp::now())?),
-                (None, Some(at)) => Some(at.parse::<Timestamp>().map_err(|e| {
-                    Error::Invalid(format!("--expires-at '{at}' is not an RFC 3339 time: {e}"))
-                })?),
-                (None, None) => None,
-            };
-            let key = auth::generate();
-            let record = ApiKey {
-                metadata: ObjectMeta {
-                    name: Some(object),
-                    ..Default::default()
-                },
-                spec: ApiKeySpec {
-                    display_name: name.clone(),
-                    key_hash: key.hash.clone(),
-                    prefix: key.prefix.clone(),
-                    permissions: permissions.clone(),
-                    environment: environment.clone(),
-                    expires_at,
-                    ..Default::default()
-                },
-                status: None,
-            };
-            if manifest_only {
-                print_as(&crate::store::encode(&record)?, Format::Yaml)?;
-                eprintln!("{}", key.plaintext);
-                eprintln!(
-                    "The line above is the API key '{name}' ({}). Copy it now: it is not shown again. \
-                     Stdout holds the manifest to commit or apply; it contains only the key's hash.",
-                    key.prefix
-                );
-                return Ok(());
-            }
-            let stored = store.create(&record).await.map_err(|e| match e {
-                Error::AlreadyExists { .. } => {
-                    Error::Invalid(format!("an API key named '{name}' already exists"))
-                }
-                other => other,
-            })?;
-            let id = stored.uid().unwrap_or_default();
-            if let Some(KeyOutput::Json) = output {
-                return print_as(
-                    &json!({
-                        "id": id, "name": name, "prefix": key.prefix, "key": key.plaintext,
-                        "permissions": permissions, "environment": environment, "expiresAt": expires_at,
-                    }),
-                    Format::Json,
-                );
-            }
-            out(&key.plaintext)?;
-            eprintln!(
-                "Created API key '{name}' (id {id}, prefix {}) with {}. Copy it now: it is not shown again.",
-                key.prefix,
-                permissions.join(", ")
-            );
-            Ok(())
-        }
-        ApikeyCommand::List { output } => {
-            let keys = store.list::<ApiKey>(None).await?;
-            if let Some(format) = output {
-                let items: Vec<_> = keys
-                    .iter()
-                    .map(crate::store::encode)
-                    .collect::<Result<_>>()?;
-                return print_as(
-                    &json!({"apiVersion": "v1", "kind": "List", "items": items}),
-                    format,
-                );
-            }
-            out(&format!(
-                "{:<28} {:<10} {:<36} {:<12} {:<8} LAST USED",
-                "NAME", "PREFIX", "PERMISSIONS", "ENVIRONMENT", "STATE"
-            ))?;
-            for key in keys {
-                let state = if key.spec.revoked {
-                    "revoked"
-                } else if key.spec.expires_at.is_some_and(|at| at <= Timestamp::now()) {
-                    "expired"
-                } else {
-                    "active"
-                };
-                let last_used = key
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.last_used_at)
-                    .map(|t| t.to_string());
-                out(&format!(
-                    "{:<28} {:<10} {:<36} {:<12} {:<8} {}",
-                    key.spec.display_name,
-                    key.spec.prefix,
-                    key.spec.permissions.join(","),
-                    key.spec.environment.as_deref().unwrap_or("*"),
-                    state,
-                    last_used.as_deref().unwrap_or("never")
-                ))?;
-            }
-            Ok(())
-        }
-        ApikeyCommand::Revoke { name_or_id, reason } => {
-            let keys = store.list::<ApiKey>(None).await?;
-            let matches: Vec<ApiKey> = keys
-                .into_iter()
-                .filter(|k| {
-                    k.name_any() == name_or_id
-                        || k.spec.display_name == name_or_id
-                        || k.uid().as_deref() == Some(name_or_id.as_str())
-                        || k.spec.prefix == name_or_id
-                })
-                .collect();
-            let mut key = match <[ApiKey; 1]>::try_from(matches) {
-                Ok([key]) => key,
-                Err(found) if found.is_empty() => {
-                    return Err(Error::NotFound {
-                        kind: "ApiKey".into(),
-                        name: name_or_id,
-                    });
-                }
-                Err(_) => {
-                    return Err(Error::Invalid(format!(
-                        "'{name_or_id}' matches several keys; use the id"
-                    )));
-                }
-            };
-            if key.spec.revoked {
-                eprintln!("API key '{}' was already revoked.", key.spec.display_name);
-                return Ok(());
-            }
-            key.spec.revoked = true;
-            key.spec.revoked_at = Some(Timestamp::now());
-            key.spec.revoked_reason = reason;
-            store.update(&key).await?;
-            eprintln!(
-                "Revoked API key '{}' ({}).",
-                key.spec.display_name, key.spec.prefix
-            );
-            Ok(())
-        }
+        ApikeyCommand::Create(args) => create(store, args).await,
+        ApikeyCommand::List { output } => list(store, output).await,
+        ApikeyCommand::Revoke { name_or_id, reason } => revoke(store, name_or_id, reason).await,
     }
+}
+
+/// Creates a key and prints it once.
+async fn create(store: &Arc<dyn Store>, args: CreateArgs) -> Result<()> {
+    let CreateArgs {
+        name,
+        permissions,
+        environment,
+        expires_in,
+        expires_at,
+        output,
+    } = args;
+
+    auth::validate_permissions(&permissions).map_err(Error::Invalid)?;
+    let object = object_name(&name);
+    if object.is_empty() {
+        return Err(Error::Invalid(
+            "--name needs at least one letter or digit".into(),
+        ));
+    }
+    // A manifest for git names a cluster environment this store does not know.
+    let manifest_only = matches!(output, Some(KeyOutput::Yaml));
+    if let Some(env) = &environment
+        && !manifest_only
+        && store.get::<Environment>("", env).await?.is_none()
+    {
+        return Err(Error::Invalid(format!(
+            "environment '{env}' does not exist"
+        )));
+    }
+    let expires_at = expiry_of(expires_in.as_deref(), expires_at.as_deref())?;
+    let key = auth::generate();
+    let record = ApiKey {
+        metadata: ObjectMeta {
+            name: Some(object),
+            ..Default::default()
+        },
+        spec: ApiKeySpec {
+            display_name: name.clone(),
+            key_hash: key.hash.clone(),
+            prefix: key.prefix.clone(),
+            permissions: permissions.clone(),
+            environment: environment.clone(),
+            expires_at,
+            ..Default::default()
+        },
+        status: None,
+    };
+    if manifest_only {
+        print_as(&crate::store::encode(&record)?, Format::Yaml)?;
+        eprintln!("{}", key.plaintext);
+        eprintln!(
+            "The line above is the API key '{name}' ({}). Copy it now: it is not shown again. \
+             Stdout holds the manifest to commit or apply; it contains only the key's hash.",
+            key.prefix
+        );
+        return Ok(());
+    }
+    let stored = store.create(&record).await.map_err(|e| match e {
+        Error::AlreadyExists { .. } => {
+            Error::Invalid(format!("an API key named '{name}' already exists"))
+        }
+        other => other,
+    })?;
+    let id = stored.uid().unwrap_or_default();
+    show_created(&key, &stored, &id, output)
+}
+
+/// Prints a created key: alone on stdout (details on stderr), or as JSON.
+fn show_created(
+    key: &auth::NewKey,
+    stored: &ApiKey,
+    id: &str,
+    output: Option<KeyOutput>,
+) -> Result<()> {
+    let (name, permissions, environment, expires_at) = (
+        &stored.spec.display_name,
+        &stored.spec.permissions,
+        &stored.spec.environment,
+        &stored.spec.expires_at,
+    );
+    if let Some(KeyOutput::Json) = output {
+        return print_as(
+            &json!({
+                "id": id, "name": name, "prefix": key.prefix, "key": key.plaintext,
+                "permissions": permissions, "environment": environment, "expiresAt": expires_at,
+            }),
+            Format::Json,
+        );
+    }
+    out(&key.plaintext)?;
+    eprintln!(
+        "Created API key '{name}' (id {id}, prefix {}) with {}. Copy it now: it is not shown again.",
+        key.prefix,
+        permissions.join(", ")
+    );
+    Ok(())
+}
+
+/// Lists keys, never their secrets.
+async fn list(store: &Arc<dyn Store>, output: Option<Format>) -> Result<()> {
+    let keys = store.list::<ApiKey>(None).await?;
+    if let Some(format) = output {
+        let items: Vec<_> = keys
+            .iter()
+            .map(crate::store::encode)
+            .collect::<Result<_>>()?;
+        return print_as(
+            &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+            format,
+        );
+    }
+    out(&format!(
+        "{:<28} {:<10} {:<36} {:<12} {:<8} LAST USED",
+        "NAME", "PREFIX", "PERMISSIONS", "ENVIRONMENT", "STATE"
+    ))?;
+    for key in keys {
+        let state = if key.spec.revoked {
+            "revoked"
+        } else if key.spec.expires_at.is_some_and(|at| at <= Timestamp::now()) {
+            "expired"
+        } else {
+            "active"
+        };
+        let last_used = key
+            .status
+            .as_ref()
+            .and_then(|s| s.last_used_at)
+            .map(|t| t.to_string());
+        out(&format!(
+            "{:<28} {:<10} {:<36} {:<12} {:<8} {}",
+            key.spec.display_name,
+            key.spec.prefix,
+            key.spec.permissions.join(","),
+            key.spec.environment.as_deref().unwrap_or("*"),
+            state,
+            last_used.as_deref().unwrap_or("never")
+        ))?;
+    }
+    Ok(())
+}
+
+/// Revokes a key; the record stays.
+async fn revoke(store: &Arc<dyn Store>, name_or_id: String, reason: Option<String>) -> Result<()> {
+    let keys = store.list::<ApiKey>(None).await?;
+    let matches: Vec<ApiKey> = keys
+        .into_iter()
+        .filter(|k| {
+            k.name_any() == name_or_id
+                || k.spec.display_name == name_or_id
+                || k.uid().as_deref() == Some(name_or_id.as_str())
+                || k.spec.prefix == name_or_id
+        })
+        .collect();
+    let mut key = match <[ApiKey; 1]>::try_from(matches) {
+        Ok([key]) => key,
+        Err(found) if found.is_empty() => {
+            return Err(Error::NotFound {
+                kind: "ApiKey".into(),
+                name: name_or_id,
+            });
+        }
+        Err(_) => {
+            return Err(Error::Invalid(format!(
+                "'{name_or_id}' matches several keys; use the id"
+            )));
+        }
+    };
+    if key.spec.revoked {
+        eprintln!("API key '{}' was already revoked.", key.spec.display_name);
+        return Ok(());
+    }
+    key.spec.revoked = true;
+    key.spec.revoked_at = Some(Timestamp::now());
+    key.spec.revoked_reason = reason;
+    store.update(&key).await?;
+    eprintln!(
+        "Revoked API key '{}' ({}).",
+        key.spec.display_name, key.spec.prefix
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::{Format, out, print_as};
 use crate::model::{DeploymentRecord, Environment, Stack};
-use crate::store::{Store, encode};
+use crate::store::{Object, Store, encode};
 use crate::{Error, Result};
 
 /// Kinds `rsgo get` shows.
@@ -22,6 +22,55 @@ pub enum Listable {
     Environments,
 }
 
+/// Each object as a document and as a table row.
+fn rows<K: Object>(
+    objects: Vec<K>,
+    row: fn(&K) -> Vec<String>,
+) -> Result<Vec<(Value, Vec<String>)>> {
+    objects
+        .iter()
+        .map(|o| encode(o).map(|v| (v, row(o))))
+        .collect()
+}
+
+fn stack_row(s: &Stack) -> Vec<String> {
+    let status = s.status.clone().unwrap_or_default();
+    vec![
+        s.name_any(),
+        s.spec.environment.clone(),
+        s.spec.product.clone(),
+        status.deployed_version.unwrap_or_else(|| "-".into()),
+        status.phase.map_or("Pending".into(), |p| format!("{p:?}")),
+        status.message.unwrap_or_default(),
+    ]
+}
+
+fn record_row(r: &DeploymentRecord) -> Vec<String> {
+    let status = r.status.clone().unwrap_or_default();
+    vec![
+        r.name_any(),
+        r.spec.stack.clone(),
+        format!("{:?}", r.spec.action),
+        format!("{:?}", status.phase),
+        r.spec.requested_at.to_string(),
+        status.message.unwrap_or_default(),
+    ]
+}
+
+fn environment_row(e: &Environment) -> Vec<String> {
+    let status = e.status.clone().unwrap_or_default();
+    vec![
+        e.name_any(),
+        e.spec
+            .docker
+            .as_ref()
+            .map(|d| d.host.clone())
+            .unwrap_or_default(),
+        status.reachable.map_or("unknown".into(), |r| r.to_string()),
+        status.engine_version.or(status.message).unwrap_or_default(),
+    ]
+}
+
 /// Prints stacks, deployment records or environments.
 pub async fn get(
     store: &Arc<dyn Store>,
@@ -31,61 +80,13 @@ pub async fn get(
     output: Option<Format>,
 ) -> Result<()> {
     let rows: Vec<(Value, Vec<String>)> = match what {
-        Listable::Stacks => store
-            .list::<Stack>(environment)
-            .await?
-            .iter()
-            .map(|s| {
-                let status = s.status.clone().unwrap_or_default();
-                let row = vec![
-                    s.name_any(),
-                    s.spec.environment.clone(),
-                    s.spec.product.clone(),
-                    status.deployed_version.unwrap_or_else(|| "-".into()),
-                    status.phase.map_or("Pending".into(), |p| format!("{p:?}")),
-                    status.message.unwrap_or_default(),
-                ];
-                encode(s).map(|v| (v, row))
-            })
-            .collect::<Result<_>>()?,
+        Listable::Stacks => rows(store.list::<Stack>(environment).await?, stack_row)?,
         Listable::Deployments => {
             let mut records = store.list::<DeploymentRecord>(environment).await?;
             records.sort_by_key(|r| r.spec.requested_at);
-            records
-                .iter()
-                .map(|r| {
-                    let status = r.status.clone().unwrap_or_default();
-                    let row = vec![
-                        r.name_any(),
-                        r.spec.stack.clone(),
-                        format!("{:?}", r.spec.action),
-                        format!("{:?}", status.phase),
-                        r.spec.requested_at.to_string(),
-                        status.message.unwrap_or_default(),
-                    ];
-                    encode(r).map(|v| (v, row))
-                })
-                .collect::<Result<_>>()?
+            rows(records, record_row)?
         }
-        Listable::Environments => store
-            .list::<Environment>(None)
-            .await?
-            .iter()
-            .map(|e| {
-                let status = e.status.clone().unwrap_or_default();
-                let row = vec![
-                    e.name_any(),
-                    e.spec
-                        .docker
-                        .as_ref()
-                        .map(|d| d.host.clone())
-                        .unwrap_or_default(),
-                    status.reachable.map_or("unknown".into(), |r| r.to_string()),
-                    status.engine_version.or(status.message).unwrap_or_default(),
-                ];
-                encode(e).map(|v| (v, row))
-            })
-            .collect::<Result<_>>()?,
+        Listable::Environments => rows(store.list::<Environment>(None).await?, environment_row)?,
     };
     let rows: Vec<_> = rows
         .into_iter()

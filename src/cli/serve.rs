@@ -149,61 +149,21 @@ async fn register_catalog(store: &Arc<dyn Store>, dir: &std::path::Path) -> Resu
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
-    // The controller's store and the hooks' store are one in SQLite; on Kubernetes they differ in
-    // the field manager their writes carry.
-    type Stores = (Arc<dyn Store>, Arc<dyn Store>, Option<kube::Client>);
-    let (store, hooks_store, client): Stores = match args.store {
-        StoreKind::Sqlite => {
-            let (store, sqlite) = super::open_sqlite_store(data_dir).await?;
-            let purged = sqlite.purge_tombstones(TOMBSTONE_REVISIONS).await?;
-            tracing::debug!(purged, "old deletion tombstones purged");
-            (store.clone(), store, None)
-        }
-        StoreKind::Kubernetes => {
-            let client = kube::Client::try_default().await.map_err(|e| {
-                Error::kube(
-                    "connecting to the cluster (in-cluster config or KUBECONFIG)",
-                    e,
-                )
-            })?;
-            (
-                Arc::new(KubeStore::new(client.clone(), CONTROLLER_MANAGER)),
-                Arc::new(KubeStore::new(client.clone(), HOOKS_MANAGER)),
-                Some(client),
-            )
-        }
-    };
+    let Stores {
+        controller: store,
+        hooks: hooks_store,
+        client,
+    } = open_stores(data_dir, args.store).await?;
     for dir in &args.catalogs {
         register_catalog(&store, dir).await?;
     }
     let catalog = Arc::new(SharedCatalog::default());
     let catalog_synced = Arc::new(tokio::sync::Notify::new());
-
-    // Sync whenever a CatalogSource's spec changes (including the first listing).
-    let sources = store
-        .clone()
-        .watch::<CatalogSource>()
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    tokio::spawn({
-        let (store, catalog, synced) = (store.clone(), catalog.clone(), catalog_synced.clone());
-        async move {
-            futures::pin_mut!(sources);
-            while let Some(source) = sources.next().await {
-                let name = source.as_ref().map(|s| s.name_any()).unwrap_or_default();
-                match sync::sync_all(&store, &catalog).await {
-                    Ok(report) => {
-                        for error in &report.errors {
-                            tracing::warn!(%error, "catalog problem");
-                        }
-                        tracing::info!(trigger = %name, versions = report.versions_loaded, "catalog synced");
-                    }
-                    Err(error) => tracing::error!(%error, "catalog sync failed"),
-                }
-                synced.notify_one();
-            }
-        }
-    });
+    tokio::spawn(sync_on_source_changes(
+        store.clone(),
+        catalog.clone(),
+        catalog_synced.clone(),
+    ));
 
     let resync = Duration::from_secs(args.resync_seconds.max(1));
     let mut ctx = Context::new(store.clone(), catalog.clone()).with_resync(resync);
@@ -241,16 +201,7 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     }
 
     let refusals = Arc::new(RefusalLog::default());
-    tokio::spawn({
-        let refusals = refusals.clone();
-        async move {
-            let mut every = tokio::time::interval(refusals::SUMMARY_PERIOD);
-            loop {
-                every.tick().await;
-                refusals.flush();
-            }
-        }
-    });
+    tokio::spawn(report_refusals(refusals.clone()));
     let limits = args.http_limits();
     let state = AppState {
         keys,
@@ -268,6 +219,79 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     crate::api::serve(listener, router(state), limits, shutdown_signal())
         .await
         .map_err(|e| Error::io("serving", e))
+}
+
+/// Where `serve` keeps its objects: one store for the reconciler and one for the hooks (the same
+/// one in SQLite; on Kubernetes they differ in the field manager their writes carry).
+struct Stores {
+    controller: Arc<dyn Store>,
+    hooks: Arc<dyn Store>,
+    client: Option<kube::Client>,
+}
+
+async fn open_stores(data_dir: &std::path::Path, kind: StoreKind) -> Result<Stores> {
+    match kind {
+        StoreKind::Sqlite => {
+            let (store, sqlite) = super::open_sqlite_store(data_dir).await?;
+            let purged = sqlite.purge_tombstones(TOMBSTONE_REVISIONS).await?;
+            tracing::debug!(purged, "old deletion tombstones purged");
+            Ok(Stores {
+                controller: store.clone(),
+                hooks: store,
+                client: None,
+            })
+        }
+        StoreKind::Kubernetes => {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                Error::kube(
+                    "connecting to the cluster (in-cluster config or KUBECONFIG)",
+                    e,
+                )
+            })?;
+            Ok(Stores {
+                controller: Arc::new(KubeStore::new(client.clone(), CONTROLLER_MANAGER)),
+                hooks: Arc::new(KubeStore::new(client.clone(), HOOKS_MANAGER)),
+                client: Some(client),
+            })
+        }
+    }
+}
+
+/// Syncs the catalog whenever a CatalogSource's spec changes (the first listing included), and
+/// wakes stacks waiting for a product.
+async fn sync_on_source_changes(
+    store: Arc<dyn Store>,
+    catalog: Arc<SharedCatalog>,
+    synced: Arc<tokio::sync::Notify>,
+) {
+    let sources = store
+        .clone()
+        .watch::<CatalogSource>()
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    futures::pin_mut!(sources);
+    while let Some(source) = sources.next().await {
+        let name = source.as_ref().map(|s| s.name_any()).unwrap_or_default();
+        match sync::sync_all(&store, &catalog).await {
+            Ok(report) => {
+                for error in &report.errors {
+                    tracing::warn!(%error, "catalog problem");
+                }
+                tracing::info!(trigger = %name, versions = report.versions_loaded, "catalog synced");
+            }
+            Err(error) => tracing::error!(%error, "catalog sync failed"),
+        }
+        synced.notify_one();
+    }
+}
+
+/// Logs the refusals counted since the last summary, once per period.
+async fn report_refusals(refusals: Arc<RefusalLog>) {
+    let mut every = tokio::time::interval(refusals::SUMMARY_PERIOD);
+    loop {
+        every.tick().await;
+        refusals.flush();
+    }
 }
 
 async fn shutdown_signal() {

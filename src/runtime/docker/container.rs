@@ -124,28 +124,11 @@ pub fn endpoint(container: &ContainerPlan) -> EndpointSettings {
     }
 }
 
-/// The create request of a service's container, on the networks and volumes of `resources`
-/// (its first network joined at creation; the others are connected after).
-pub fn create_body(
-    plan: &StackPlan,
-    container: &ContainerPlan,
-    resources: &StackResources,
-    provenance: Provenance<'_>,
-) -> Result<ContainerCreateBody, String> {
-    let mut labels = stack_labels(plan);
-    labels.extend(container.labels.clone());
-    labels.insert(LABEL_SERVICE.into(), container.service.clone());
-    labels.insert(LABEL_VERSION.into(), plan.version.clone());
-    labels.insert(LABEL_SPEC_HASH.into(), container.spec_hash.clone());
-    if let Some(deployment) = provenance.deployment {
-        labels.insert(LABEL_DEPLOYMENT.into(), deployment.to_owned());
-    }
-    if let Some(at) = provenance.restarted_at {
-        labels.insert(LABEL_RESTARTED_AT.into(), at.to_owned());
-    }
-    let mut port_bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
+/// Published ports, as Docker's `"80/tcp" -> [host bindings]`.
+fn port_bindings(container: &ContainerPlan) -> HashMap<String, Option<Vec<DockerPortBinding>>> {
+    let mut bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
     for port in &container.ports {
-        port_bindings
+        bindings
             .entry(format!(
                 "{}/{}",
                 port.container_port,
@@ -158,6 +141,14 @@ pub fn create_body(
                 host_port: port.host_port.map(|p| p.to_string()),
             });
     }
+    bindings
+}
+
+/// Mounts: named volumes by their Docker name in `resources`, host paths as binds.
+fn mounts(
+    container: &ContainerPlan,
+    resources: &StackResources,
+) -> Result<Vec<bollard::models::Mount>, String> {
     let mut mounts = Vec::new();
     for mount in &container.mounts {
         let (source, typ) = match &mount.source {
@@ -179,6 +170,30 @@ pub fn create_body(
             ..Default::default()
         });
     }
+    Ok(mounts)
+}
+
+/// The create request of a service's container, on the networks and volumes of `resources`
+/// (its first network joined at creation; the others are connected after).
+pub fn create_body(
+    plan: &StackPlan,
+    container: &ContainerPlan,
+    resources: &StackResources,
+    provenance: Provenance<'_>,
+) -> Result<ContainerCreateBody, String> {
+    let mut labels = stack_labels(plan);
+    labels.extend(container.labels.clone());
+    labels.insert(LABEL_SERVICE.into(), container.service.clone());
+    labels.insert(LABEL_VERSION.into(), plan.version.clone());
+    labels.insert(LABEL_SPEC_HASH.into(), container.spec_hash.clone());
+    if let Some(deployment) = provenance.deployment {
+        labels.insert(LABEL_DEPLOYMENT.into(), deployment.to_owned());
+    }
+    if let Some(at) = provenance.restarted_at {
+        labels.insert(LABEL_RESTARTED_AT.into(), at.to_owned());
+    }
+    let port_bindings = port_bindings(container);
+    let mounts = mounts(container, resources)?;
     let first = container
         .networks
         .first()

@@ -55,21 +55,7 @@ async fn apply_plan(
     let observed = runtime.observe(env, name).await?;
     let steps = steps::plan(plan, &observed, provenance.restarted_at);
 
-    let mut pulled = HashSet::new();
-    for step in &steps {
-        let index = match step {
-            Step::Create(i) | Step::Recreate(i, _) => *i,
-            _ => continue,
-        };
-        let image = &plan.containers[index].image;
-        if pulled.contains(image) {
-            continue;
-        }
-        if pull_fresh || runtime.image_id(image).await?.is_none() {
-            runtime.pull(image).await?;
-        }
-        pulled.insert(image.clone());
-    }
+    pull_images(runtime, plan, &steps, pull_fresh).await?;
 
     let resources = runtime.prepare(plan).await?;
     let mut results = Vec::new();
@@ -146,7 +132,42 @@ async fn apply_plan(
     runtime
         .remove_networks(env, name, &container::network_names(plan))
         .await?;
-    let running = runtime.observe(env, name).await?;
+    outcome(runtime, plan, results).await
+}
+
+/// Pulls the image of every service about to be (re)created: all of them, when `fresh`, else
+/// only those the engine lacks. Nothing has been stopped yet, so a failed pull changes nothing.
+async fn pull_images(
+    runtime: &DockerRuntime,
+    plan: &StackPlan,
+    steps: &[Step],
+    fresh: bool,
+) -> Result<()> {
+    let mut pulled = HashSet::new();
+    for step in steps {
+        let index = match step {
+            Step::Create(i) | Step::Recreate(i, _) => *i,
+            _ => continue,
+        };
+        let image = &plan.containers[index].image;
+        if pulled.contains(image) {
+            continue;
+        }
+        if fresh || runtime.image_id(image).await?.is_none() {
+            runtime.pull(image).await?;
+        }
+        pulled.insert(image.clone());
+    }
+    Ok(())
+}
+
+/// What runs after a rollout: each service's container and image, added to `results`.
+async fn outcome(
+    runtime: &DockerRuntime,
+    plan: &StackPlan,
+    mut results: Vec<ServiceResult>,
+) -> Result<Outcome> {
+    let running = runtime.observe(&plan.environment, &plan.stack).await?;
     let mut services = Vec::new();
     for want in &plan.containers {
         let have = running.iter().find(|c| c.service == want.service);
