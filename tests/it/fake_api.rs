@@ -93,6 +93,15 @@ fn status(code: u16, reason: &str, message: String) -> (u16, Value) {
     (code, body)
 }
 
+/// 404 for an object that does not exist.
+fn not_found(t: &Target, name: &str) -> (u16, Value) {
+    status(
+        404,
+        "NotFound",
+        format!("{} \"{name}\" not found", resource_name(t)),
+    )
+}
+
 /// Kinds whose status is a subresource: writes to the object leave it alone, and writes to
 /// `/status` change nothing else.
 fn has_status(plural: &str) -> bool {
@@ -347,11 +356,7 @@ impl State {
             }
             ("GET", Some(name)) => match self.shown(&key(name)) {
                 Some(object) => (200, object),
-                None => status(
-                    404,
-                    "NotFound",
-                    format!("{} \"{name}\" not found", resource_name(&t)),
-                ),
+                None => not_found(&t, name),
             },
             ("POST", None) => self.create(&t, manager, "Update", body.expect("a body")),
             ("PUT", Some(name)) => {
@@ -555,11 +560,7 @@ impl State {
         sent: Value,
     ) -> (u16, Value) {
         let Some(stored) = self.objects.get(key).cloned() else {
-            return status(
-                404,
-                "NotFound",
-                format!("{} \"{name}\" not found", resource_name(t)),
-            );
+            return not_found(t, name);
         };
         if let Err(refused) = self.check_version(t, name, &stored, &sent) {
             return refused;
@@ -608,11 +609,7 @@ impl State {
         let stored = match self.objects.get(key).cloned() {
             Some(stored) => stored,
             None if t.status => {
-                return status(
-                    404,
-                    "NotFound",
-                    format!("{} \"{name}\" not found", resource_name(t)),
-                );
+                return not_found(t, name);
             }
             None => {
                 let mut object = applied;
@@ -735,11 +732,7 @@ impl State {
         patch: Value,
     ) -> (u16, Value) {
         let Some(stored) = self.objects.get(key).cloned() else {
-            return status(
-                404,
-                "NotFound",
-                format!("{} \"{name}\" not found", resource_name(t)),
-            );
+            return not_found(t, name);
         };
         fn merge(target: &mut Value, patch: &Value) {
             match (target.as_object_mut(), patch) {
@@ -774,11 +767,7 @@ impl State {
     /// (deletionTimestamp); the last finalizer's removal deletes it.
     fn delete(&mut self, t: &Target, key: &Key, name: &str) -> (u16, Value) {
         let Some(mut stored) = self.objects.get(key).cloned() else {
-            return status(
-                404,
-                "NotFound",
-                format!("{} \"{name}\" not found", resource_name(t)),
-            );
+            return not_found(t, name);
         };
         if stored["metadata"]["finalizers"]
             .as_array()

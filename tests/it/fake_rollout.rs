@@ -79,6 +79,25 @@ async fn cluster() -> Cluster {
 }
 
 impl Cluster {
+    /// Creates the Stack `shop` at 1.0.0, as `kubectl apply` would.
+    async fn create_stack(&self) {
+        let stack = Stack {
+            metadata: ObjectMeta {
+                name: Some("shop".into()),
+                namespace: Some("prod".into()),
+                ..Default::default()
+            },
+            spec: StackSpec {
+                environment: "prod".into(),
+                product: "shop".into(),
+                version: Some("1.0.0".into()),
+                variables: Default::default(),
+            },
+            status: None,
+        };
+        self.hooks.store.create(&stack).await.unwrap();
+    }
+
     async fn reconcile(&self) -> rsgo::Result<Action> {
         let stack = self
             .hooks
@@ -134,21 +153,7 @@ fn managers(object: &Value) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_one_shot_service_runs_as_a_job_before_the_deployment_that_needs_it() {
     let c = cluster().await;
-    let stack = Stack {
-        metadata: ObjectMeta {
-            name: Some("shop".into()),
-            namespace: Some("prod".into()),
-            ..Default::default()
-        },
-        spec: StackSpec {
-            environment: "prod".into(),
-            product: "shop".into(),
-            version: Some("1.0.0".into()),
-            variables: Default::default(),
-        },
-        status: None,
-    };
-    c.hooks.store.create(&stack).await.unwrap();
+    c.create_stack().await;
 
     let action = c.reconcile().await.unwrap();
     assert_eq!(action, Action::requeue(std::time::Duration::from_secs(5)));
@@ -203,21 +208,7 @@ async fn a_one_shot_service_runs_as_a_job_before_the_deployment_that_needs_it() 
 #[tokio::test]
 async fn a_failing_one_shot_service_rolls_an_upgrade_back() {
     let c = cluster().await;
-    let stack = Stack {
-        metadata: ObjectMeta {
-            name: Some("shop".into()),
-            namespace: Some("prod".into()),
-            ..Default::default()
-        },
-        spec: StackSpec {
-            environment: "prod".into(),
-            product: "shop".into(),
-            version: Some("1.0.0".into()),
-            variables: Default::default(),
-        },
-        status: None,
-    };
-    c.hooks.store.create(&stack).await.unwrap();
+    c.create_stack().await;
     c.reconcile().await.unwrap();
     let first_job = format!("{JOBS}/{}", c.jobs()[0]);
     c.fake.set_status(&first_job, json!({"succeeded": 1}));

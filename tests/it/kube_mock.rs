@@ -927,8 +927,14 @@ impl Drop for Stopped {
     }
 }
 
-#[tokio::test]
-async fn a_leader_that_loses_its_lease_stops_reconciling() {
+/// Starts leader election as `pod-a` against a free Lease and waits until it reconciles. Returns
+/// the API server, the election, a signal sent when the work stops, and the Lease's path.
+async fn leading() -> (
+    ApiServer,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<()>,
+    String,
+) {
     let (client, mut server) = mock();
     let (started_tx, started) = tokio::sync::oneshot::channel();
     let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
@@ -952,6 +958,12 @@ async fn a_leader_that_loses_its_lease_stops_reconciling() {
         .expect_with("POST", LEASES, |sent| (201, sent.clone()))
         .await;
     started.await.expect("the leader starts reconciling");
+    (server, election, stopped, path)
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_stops_reconciling() {
+    let (mut server, election, stopped, path) = leading().await;
     // At the next renewal another replica holds the Lease: the work must stop at once.
     let other = lease("pod-b", Timestamp::now(), 1);
     server.expect("GET", &path, 200, other.clone()).await;
@@ -969,29 +981,7 @@ async fn a_leader_that_loses_its_lease_stops_reconciling() {
 #[tokio::test(start_paused = true)]
 async fn a_leader_that_cannot_renew_stops_before_its_lease_can_pass_on() {
     use rsgo::reconcile::leader::{LEASE_DURATION, RENEW_DEADLINE};
-    let (client, mut server) = mock();
-    let (started_tx, started) = tokio::sync::oneshot::channel();
-    let (stopped_tx, mut stopped) = tokio::sync::oneshot::channel();
-    let mut signals = Some((started_tx, stopped_tx));
-    let election = tokio::spawn(rsgo::reconcile::leader::lead(
-        lock(client, "pod-a"),
-        move || {
-            let (started_tx, stopped_tx) = signals.take().expect("work starts once in this test");
-            async move {
-                let _guard = Stopped(Some(stopped_tx));
-                let _ = started_tx.send(());
-                std::future::pending::<()>().await
-            }
-        },
-    ));
-    let path = format!("{LEASES}/rsgo-controller");
-    server
-        .expect("GET", &path, 404, status(404, "NotFound"))
-        .await;
-    server
-        .expect_with("POST", LEASES, |sent| (201, sent.clone()))
-        .await;
-    started.await.expect("the leader starts reconciling");
+    let (mut server, election, mut stopped, path) = leading().await;
     let renewed = tokio::time::Instant::now();
     let mut failed_renewals = 0;
     let stopped_after = loop {
