@@ -20,11 +20,10 @@ use super::request::{
 };
 use super::responses::{DeploymentResponse, RedeployResponse, SyncResponse, UpgradeResponse};
 use super::{ApiError, AppState};
-use crate::auth;
 use crate::catalog::{self, render, sync, variables};
 use crate::model::{
     DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
-    DeploymentRecordSpec, Environment, REDEPLOY_ANNOTATION, Stack,
+    DeploymentRecordSpec, Environment, Permission, REDEPLOY_ANNOTATION, Stack,
 };
 use crate::store::{Store, Write, encode};
 use crate::{Error, Result, retry};
@@ -169,7 +168,7 @@ pub async fn redeploy(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<RedeployResponse>, ApiError> {
-    let key = authenticate(&state, &headers, Some(auth::REDEPLOY)).await?;
+    let key = authenticate(&state, &headers, Some(Permission::Redeploy)).await?;
     let request: RedeployRequest = read_json(&state, &headers, body).await?;
     if request.stack_name.is_empty() {
         return Err(ApiError::bad_request("stackName must not be empty."));
@@ -238,7 +237,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<UpgradeResponse>, ApiError> {
-    let key = authenticate(&state, &headers, Some(auth::UPGRADE)).await?;
+    let key = authenticate(&state, &headers, Some(Permission::Upgrade)).await?;
     let request: UpgradeRequest = read_json(&state, &headers, body).await?;
     if request.stack_name.is_empty() {
         return Err(ApiError::bad_request("stackName must not be empty."));
@@ -372,7 +371,7 @@ pub async fn sync_sources(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<SyncResponse>, ApiError> {
-    authenticate(&state, &headers, Some(auth::SYNC_SOURCES)).await?;
+    authenticate(&state, &headers, Some(Permission::SyncSources)).await?;
     let report = sync::sync_all(&state.store, &state.catalog).await?;
     state.catalog_synced.notify_one();
     if report.errors.is_empty() {

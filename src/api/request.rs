@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState, MAX_BODY_BYTES};
 use crate::auth::{self, KeyRejection};
-use crate::model::{ApiKey, ApiKeyStatus, Environment};
+use crate::model::{ApiKey, ApiKeyStatus, Environment, Permission};
 use crate::store::Store;
 
 /// Header carrying the API key.
@@ -121,7 +121,7 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 pub(super) async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
-    permission: Option<&str>,
+    permission: Option<Permission>,
 ) -> Result<ApiKey, ApiError> {
     let presented = headers
         .get(API_KEY_HEADER)

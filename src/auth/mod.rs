@@ -15,7 +15,7 @@ use rand::rngs::SysRng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::model::ApiKey;
+use crate::model::{ApiKey, Permission};
 use crate::store::Store;
 
 /// Every key starts with this.
@@ -24,15 +24,6 @@ pub const KEY_PREFIX: &str = "rsgo_";
 pub const KEY_RANDOM_LEN: usize = 32;
 /// Characters of a key kept for display: the prefix and four random ones.
 pub const DISPLAY_PREFIX_LEN: usize = KEY_PREFIX.len() + 4;
-
-/// Permission to call `/api/hooks/redeploy`.
-pub const REDEPLOY: &str = "Hooks.Redeploy";
-/// Permission to call `/api/hooks/upgrade`.
-pub const UPGRADE: &str = "Hooks.Upgrade";
-/// Permission to call `/api/hooks/sync-sources`.
-pub const SYNC_SOURCES: &str = "Hooks.SyncSources";
-/// Every permission name a key may hold.
-pub const PERMISSIONS: [&str; 5] = [REDEPLOY, UPGRADE, SYNC_SOURCES, "Hooks.*", "*"];
 
 /// A newly generated key: the plaintext (shown once) and what is stored.
 pub struct NewKey {
@@ -81,31 +72,21 @@ pub fn is_well_formed(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Refuses permission names rsgo does not know.
-pub fn validate_permissions(permissions: &[String]) -> Result<(), String> {
+/// Refuses a key without permissions. Unknown permission names never get this far: they do not
+/// parse as a [`Permission`].
+pub fn validate_permissions(permissions: &[Permission]) -> Result<(), String> {
     if permissions.is_empty() {
         return Err(format!(
             "a key needs at least one permission; known permissions: {}",
-            PERMISSIONS.join(", ")
+            Permission::names(&Permission::ALL)
         ));
     }
-    match permissions
-        .iter()
-        .find(|p| !PERMISSIONS.contains(&p.as_str()))
-    {
-        Some(unknown) => Err(format!(
-            "unknown permission '{unknown}'; known permissions: {}",
-            PERMISSIONS.join(", ")
-        )),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// Whether the granted permissions include `wanted`, honouring `Hooks.*` and `*`.
-pub fn grants(granted: &[String], wanted: &str) -> bool {
-    granted
-        .iter()
-        .any(|p| p == "*" || p == wanted || (p == "Hooks.*" && wanted.starts_with("Hooks.")))
+pub fn grants(granted: &[Permission], wanted: Permission) -> bool {
+    granted.iter().any(|p| p.covers(wanted))
 }
 
 /// Why a presented key was refused.
@@ -265,22 +246,34 @@ mod tests {
 
     #[test]
     fn wildcards_grant_hook_permissions() {
-        let hooks = vec!["Hooks.*".to_string()];
-        assert!(grants(&hooks, UPGRADE));
-        assert!(grants(&["*".to_string()], SYNC_SOURCES));
-        assert!(grants(&[REDEPLOY.to_string()], REDEPLOY));
-        assert!(!grants(&[REDEPLOY.to_string()], UPGRADE));
+        use Permission::*;
+        assert!(grants(&[AllHooks], Upgrade));
+        assert!(grants(&[All], SyncSources));
+        assert!(grants(&[Redeploy], Redeploy));
+        assert!(!grants(&[Redeploy], Upgrade));
+        assert!(!grants(&[AllHooks], All), "Hooks.* is not everything");
+        assert!(grants(&[Redeploy, All], All));
     }
 
     #[test]
-    fn unknown_permissions_are_refused() {
-        assert!(validate_permissions(&["Hooks.Redeploy".into()]).is_ok());
-        let err = validate_permissions(&["Hooks.Deploy".into()]).unwrap_err();
+    fn permissions_keep_their_documented_names() {
+        for permission in Permission::ALL {
+            let json = serde_json::to_value(permission).unwrap();
+            assert_eq!(json, permission.name());
+            assert_eq!(
+                serde_json::from_value::<Permission>(json).unwrap(),
+                permission
+            );
+            assert_eq!(permission.name().parse::<Permission>(), Ok(permission));
+        }
+        let err = "Hooks.Deploy".parse::<Permission>().unwrap_err();
         assert!(
-            err.contains("Hooks.Deploy") && err.contains("Hooks.SyncSources"),
+            err.contains("'Hooks.Deploy'") && err.contains("Hooks.SyncSources"),
             "{err}"
         );
+        assert!(serde_json::from_value::<Permission>("Hooks.Deploy".into()).is_err());
         assert!(validate_permissions(&[]).is_err());
+        assert!(validate_permissions(&[Permission::Redeploy]).is_ok());
     }
 
     fn key(name: &str, hash: &str) -> ApiKey {

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{Format, out, print_as};
 use crate::auth;
-use crate::model::{ApiKey, ApiKeySpec, Environment, dns_label};
+use crate::model::{ApiKey, ApiKeySpec, Environment, Permission, dns_label};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -43,7 +43,7 @@ pub struct CreateArgs {
     name: String,
     /// Permission to grant; repeat for several.
     #[arg(long = "permission", required = true)]
-    permissions: Vec<String>,
+    permissions: Vec<Permission>,
     /// Limit the key to this environment.
     #[arg(long)]
     environment: Option<String>,
@@ -208,7 +208,7 @@ fn show_created(
     eprintln!(
         "Created API key '{name}' (id {id}, prefix {}) with {}. Copy it now: it is not shown again.",
         key.prefix,
-        permissions.join(", ")
+        Permission::names(permissions)
     );
     Ok(())
 }
@@ -247,7 +247,7 @@ async fn list(store: &Arc<dyn Store>, output: Option<Format>) -> Result<()> {
             "{:<28} {:<10} {:<36} {:<12} {:<8} {}",
             key.spec.display_name,
             key.spec.prefix,
-            key.spec.permissions.join(","),
+            Permission::names(&key.spec.permissions),
             key.spec.environment.as_deref().unwrap_or("*"),
             state,
             last_used.as_deref().unwrap_or("never")

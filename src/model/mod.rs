@@ -249,6 +249,84 @@ pub struct ServiceStatus {
     pub image_id: Option<String>,
 }
 
+/// What an API key may do. Serialized under the names the hooks' documentation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Permission {
+    /// Call `POST /api/hooks/redeploy`.
+    #[serde(rename = "Hooks.Redeploy")]
+    Redeploy,
+    /// Call `POST /api/hooks/upgrade`.
+    #[serde(rename = "Hooks.Upgrade")]
+    Upgrade,
+    /// Call `POST /api/hooks/sync-sources`.
+    #[serde(rename = "Hooks.SyncSources")]
+    SyncSources,
+    /// Call every hook.
+    #[serde(rename = "Hooks.*")]
+    AllHooks,
+    /// Everything a key can be granted.
+    #[serde(rename = "*")]
+    All,
+}
+
+impl Permission {
+    /// Every permission, in the order the documentation lists them.
+    pub const ALL: [Permission; 5] = [
+        Permission::Redeploy,
+        Permission::Upgrade,
+        Permission::SyncSources,
+        Permission::AllHooks,
+        Permission::All,
+    ];
+
+    /// The name keys, manifests and messages use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::Redeploy => "Hooks.Redeploy",
+            Permission::Upgrade => "Hooks.Upgrade",
+            Permission::SyncSources => "Hooks.SyncSources",
+            Permission::AllHooks => "Hooks.*",
+            Permission::All => "*",
+        }
+    }
+
+    /// The permissions' names, comma-separated.
+    pub fn names(permissions: &[Permission]) -> String {
+        let names: Vec<_> = permissions.iter().map(|p| p.name()).collect();
+        names.join(", ")
+    }
+
+    /// Whether holding this permission allows what `wanted` allows. Every hook permission is
+    /// covered by `Hooks.*`, and everything by `*`.
+    pub fn covers(self, wanted: Permission) -> bool {
+        self == wanted
+            || self == Permission::All
+            || (self == Permission::AllHooks && wanted != Permission::All)
+    }
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Permission {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Permission::ALL
+            .into_iter()
+            .find(|p| p.name() == text)
+            .ok_or_else(|| {
+                format!(
+                    "unknown permission '{text}'; known permissions: {}",
+                    Permission::names(&Permission::ALL)
+                )
+            })
+    }
+}
+
 /// A key that lets a pipeline call the hooks. Only its SHA-256 is stored.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -270,7 +348,7 @@ pub struct ApiKeySpec {
     /// First characters of the key, to recognise it in listings.
     pub prefix: String,
     /// Granted permissions: `Hooks.Redeploy`, `Hooks.Upgrade`, `Hooks.SyncSources`, `Hooks.*` or `*`.
-    pub permissions: Vec<String>,
+    pub permissions: Vec<Permission>,
     /// When set, the key only works for this environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,

@@ -10,7 +10,7 @@ use rsgo::catalog::Catalog;
 use rsgo::catalog::sync::SharedCatalog;
 use rsgo::model::{
     ApiKey, ApiKeySpec, CONTROLLER_MANAGER, Environment, EnvironmentSpec, HOOKS_MANAGER,
-    KubernetesTarget, Stack, StackSpec,
+    KubernetesTarget, Permission, Stack, StackSpec,
 };
 use rsgo::reconcile::{Context, reconcile};
 use rsgo::store::{KubeStore, Store};
@@ -224,7 +224,7 @@ async fn a_failing_one_shot_service_rolls_an_upgrade_back() {
             display_name: "CI".into(),
             key_hash: key.hash.clone(),
             prefix: key.prefix.clone(),
-            permissions: vec!["Hooks.Upgrade".into()],
+            permissions: vec![Permission::Upgrade],
             ..Default::default()
         },
     );

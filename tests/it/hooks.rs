@@ -12,10 +12,10 @@ use rsgo::auth;
 use rsgo::catalog::sync::SharedCatalog;
 use rsgo::model::{
     ApiKey, ApiKeySpec, CatalogSource, CatalogSourceSpec, DEPLOYMENT_ANNOTATION, DeploymentRecord,
-    DirectorySource, DockerEndpoint, Environment, EnvironmentSpec, REDEPLOY_ANNOTATION, Stack,
-    StackSpec,
+    DirectorySource, DockerEndpoint, Environment, EnvironmentSpec, Permission, REDEPLOY_ANNOTATION,
+    Stack, StackSpec,
 };
-use rsgo::store::{KubeStore, SqliteStore, Store};
+use rsgo::store::{KubeStore, SqliteStore, Store, Write, encode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -155,7 +155,7 @@ impl Fixture {
             display_name: format!("key {}", key.prefix),
             key_hash: key.hash.clone(),
             prefix: key.prefix.clone(),
-            permissions: permissions.iter().map(|p| p.to_string()).collect(),
+            permissions: permissions.iter().map(|p| p.parse().unwrap()).collect(),
             ..Default::default()
         };
         customize(&mut spec);
@@ -704,15 +704,21 @@ async fn names_and_specs_are_checked_at_the_store_boundary(backend: Backend) {
             display_name: "weak".into(),
             key_hash: "not-a-hash".into(),
             prefix: "rsgo_abcd".into(),
-            permissions: vec!["Hooks.Redeploy".into()],
+            permissions: vec![Permission::Redeploy],
             ..Default::default()
         },
     );
     let refused = store.create(&key).await.unwrap_err().to_string();
     assert!(refused.contains("SHA-256"), "{refused}");
     key.spec.key_hash = auth::hash("rsgo_x");
-    key.spec.permissions = vec!["Hooks.Everything".into()];
-    assert!(store.create(&key).await.is_err(), "unknown permissions");
+    let mut unknown = encode(&key).unwrap();
+    unknown["spec"]["permissions"] = json!(["Hooks.Everything"]);
+    let refused = store
+        .write(vec![Write::Create(unknown)])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("Hooks.Everything"), "{refused}");
     assert_eq!(
         store.list::<Stack>(None).await.unwrap().len(),
         1,
