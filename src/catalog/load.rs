@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use semver::Version;
 
-use super::{Loaded, Manifest, ProductVersion, check_manifest_name, parse_version};
+use super::{
+    Loaded, Manifest, ManifestError, ManifestProblem, ProductVersion, check_manifest_name,
+    parse_version,
+};
 use crate::{Error, Result};
 
 /// Largest manifest file rsgo reads.
@@ -19,44 +22,66 @@ pub const MAX_SOURCE_FILES: usize = 10_000;
 const MAX_DEPTH: usize = 32;
 
 /// Parses one manifest. `Ok(None)` is a fragment (no `productVersion`), not an error. Errors
-/// name the line, column and kind of problem, never the file's contents.
-pub fn parse_manifest(path: &Path, text: &str) -> Result<Option<ProductVersion>, String> {
+/// name the line and column or the field, and the kind of problem, never the file's contents.
+pub fn parse_manifest(path: &Path, text: &str) -> Result<Option<ProductVersion>, ManifestError> {
+    parse(path, text).map_err(|problem| ManifestError {
+        file: path.to_owned(),
+        problem,
+    })
+}
+
+fn parse(path: &Path, text: &str) -> Result<Option<ProductVersion>, ManifestProblem> {
     let manifest: Manifest = serde_yaml_ng::from_str(text).map_err(|e| describe_yaml_error(&e))?;
     if let Some(format) = &manifest.version
         && !(format.0 == "1" || format.0.starts_with("1."))
     {
-        return Err(format!(
-            "unsupported manifest format version '{}'; rsgo reads 1.x",
-            format.0
+        return Err(ManifestProblem::field(
+            "version",
+            format!(
+                "manifest format '{}' is not supported; rsgo reads 1.x",
+                format.0
+            ),
         ));
     }
     let Some(raw_version) = &manifest.metadata.product_version else {
         return Ok(None);
     };
-    let version =
-        parse_version(&raw_version.0).map_err(|e| format!("metadata.productVersion {e}"))?;
+    let version = parse_version(&raw_version.0)
+        .map_err(|e| ManifestProblem::field("metadata.productVersion", e))?;
     if manifest.stacks.is_some() {
-        return Err(
-            "multi-stack products (`stacks:`) are not supported yet; use top-level `services`"
-                .into(),
-        );
+        return Err(ManifestProblem::field(
+            "stacks",
+            "multi-stack products are not supported yet; use top-level `services`",
+        ));
     }
     if manifest.services.is_empty() {
-        return Err("the manifest defines no services".into());
+        return Err(ManifestProblem::field(
+            "services",
+            "the manifest defines no services",
+        ));
     }
-    for name in manifest.services.keys() {
-        check_manifest_name("service", name)?;
-    }
-    for name in manifest.volumes.keys() {
-        check_manifest_name("volume", name)?;
-    }
-    for name in manifest.networks.keys() {
-        check_manifest_name("network", name)?;
+    let names = [
+        (
+            "services",
+            "service",
+            manifest.services.keys().collect::<Vec<_>>(),
+        ),
+        ("volumes", "volume", manifest.volumes.keys().collect()),
+        ("networks", "network", manifest.networks.keys().collect()),
+    ];
+    for (field, what, keys) in names {
+        for name in keys {
+            check_manifest_name(what, name).map_err(|e| ManifestProblem::field(field, e))?;
+        }
     }
     for (name, variable) in &manifest.variables {
         if let Some(pattern) = &variable.pattern {
-            regex::Regex::new(pattern)
-                .map_err(|e| format!("variable '{name}' has an invalid pattern: {e}"))?;
+            regex::Regex::new(pattern).map_err(|e| {
+                ManifestProblem::field(
+                    format!("variables.{name}.pattern"),
+                    format!("not a valid pattern: {e}"),
+                )
+            })?;
         }
     }
     let product = manifest
@@ -74,7 +99,7 @@ pub fn parse_manifest(path: &Path, text: &str) -> Result<Option<ProductVersion>,
 
 /// A YAML error as `line L, column C: reason`, with every value the parser quoted left out, so a
 /// file that is not a manifest (a secret, say) is never echoed into logs, statuses or responses.
-fn describe_yaml_error(error: &serde_yaml_ng::Error) -> String {
+fn describe_yaml_error(error: &serde_yaml_ng::Error) -> ManifestProblem {
     let text = error.to_string();
     let text = match (error.location(), text.rfind(" at line ")) {
         (Some(_), Some(at)) => &text[..at],
@@ -87,10 +112,9 @@ fn describe_yaml_error(error: &serde_yaml_ng::Error) -> String {
         Some(name) if identifier.is_match(name.as_str()) => format!(" '{}'", name.as_str()),
         _ => String::new(),
     });
-    let reason: String = reason.chars().take(400).collect();
-    match error.location() {
-        Some(at) => format!("line {}, column {}: {reason}", at.line(), at.column()),
-        None => reason,
+    ManifestProblem::Syntax {
+        at: error.location().map(|at| (at.line(), at.column())),
+        reason: reason.chars().take(400).collect(),
     }
 }
 
@@ -124,10 +148,15 @@ pub fn load_directory(dir: &Path) -> Result<Loaded> {
     let mut total = 0u64;
     let mut seen: BTreeMap<(String, Version), PathBuf> = BTreeMap::new();
     for (relative, path) in files {
-        let outcome = read_capped(&path).and_then(|text| {
-            total += text.len() as u64;
-            parse_manifest(&relative, &text)
-        });
+        let outcome = read_capped(&path)
+            .map_err(|reason| ManifestError {
+                file: relative.clone(),
+                problem: ManifestProblem::NotRead(reason),
+            })
+            .and_then(|text| {
+                total += text.len() as u64;
+                parse_manifest(&relative, &text)
+            });
         if total > MAX_SOURCE_BYTES {
             return Err(Error::Invalid(format!(
                 "the source's manifests add up to more than {} MiB, the most rsgo reads from one source",
@@ -138,25 +167,34 @@ pub fn load_directory(dir: &Path) -> Result<Loaded> {
             Ok(Some(pv)) => {
                 let key = (pv.product.clone(), pv.version.clone());
                 if let Some(first) = seen.get(&key) {
-                    errors.push(format!(
-                        "{}: {} {} is already defined in {}",
-                        relative.display(),
-                        pv.product,
-                        pv.version,
-                        first.display()
-                    ));
+                    errors.push(ManifestError {
+                        file: relative.clone(),
+                        problem: ManifestProblem::Duplicate {
+                            product: pv.product,
+                            version: pv.version,
+                            first: first.clone(),
+                        },
+                    });
                 } else {
                     seen.insert(key, relative.clone());
                     loaded.versions.push(pv);
                 }
             }
             Ok(None) => {}
-            Err(reason) => errors.push(format!("{}: {reason}", relative.display())),
+            Err(error) => errors.push(error),
         }
     }
-    errors.sort();
+    errors.sort_by(|a, b| a.file.cmp(&b.file));
     loaded.errors = errors;
     Ok(loaded)
+}
+
+/// Why a file over [`MAX_MANIFEST_BYTES`] is not read.
+fn too_large() -> String {
+    format!(
+        "is larger than {} KiB, the most rsgo reads from one manifest",
+        MAX_MANIFEST_BYTES / 1024
+    )
 }
 
 /// Reads a file of at most [`MAX_MANIFEST_BYTES`].
@@ -171,10 +209,7 @@ fn read_capped(path: &Path) -> Result<String, String> {
             _ => format!("cannot be read: {e}"),
         })?;
     if text.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(format!(
-            "is larger than {} KiB, the most rsgo reads from one manifest",
-            MAX_MANIFEST_BYTES / 1024
-        ));
+        return Err(too_large());
     }
     Ok(text)
 }
@@ -184,12 +219,20 @@ struct Walk {
     root: PathBuf,
     /// (path relative to the root, path to read).
     files: Vec<(PathBuf, PathBuf)>,
-    errors: Vec<String>,
+    errors: Vec<ManifestError>,
     /// Directories already read, by real path, so links cannot make loops.
     visited: Vec<PathBuf>,
 }
 
 impl Walk {
+    /// Reports a file or directory that is not read.
+    fn not_read(&mut self, relative: &Path, reason: impl Into<String>) {
+        self.errors.push(ManifestError {
+            file: relative.to_owned(),
+            problem: ManifestProblem::NotRead(reason.into()),
+        });
+    }
+
     fn directory(&mut self, dir: &Path, relative: &Path, depth: usize) -> Result<()> {
         let reading = |e| Error::io(format!("reading catalog directory {}", dir.display()), e);
         let mut entries = std::fs::read_dir(dir)
@@ -218,17 +261,16 @@ impl Walk {
                     },
                     Ok(_) => {
                         if is_manifest || path.is_dir() {
-                            self.errors.push(format!(
-                                "{}: is a symbolic link that leads out of the source; not read",
-                                relative.display()
-                            ));
+                            self.not_read(
+                                &relative,
+                                "is a symbolic link that leads out of the source; not read",
+                            );
                         }
                         continue;
                     }
                     Err(_) => {
                         if is_manifest {
-                            self.errors
-                                .push(format!("{}: is a broken symbolic link", relative.display()));
+                            self.not_read(&relative, "is a broken symbolic link");
                         }
                         continue;
                     }
@@ -244,26 +286,19 @@ impl Walk {
                     continue;
                 }
                 if depth + 1 > MAX_DEPTH {
-                    self.errors.push(format!(
-                        "{}: nested deeper than {MAX_DEPTH} directories; not read",
-                        relative.display()
-                    ));
+                    self.not_read(
+                        &relative,
+                        format!("nested deeper than {MAX_DEPTH} directories; not read"),
+                    );
                     continue;
                 }
                 self.visited.push(real.clone());
                 self.directory(&real, &relative, depth + 1)?;
             } else if is_manifest {
                 if !meta.is_file() {
-                    self.errors.push(format!(
-                        "{}: is not a regular file; not read",
-                        relative.display()
-                    ));
+                    self.not_read(&relative, "is not a regular file; not read");
                 } else if meta.len() > MAX_MANIFEST_BYTES {
-                    self.errors.push(format!(
-                        "{}: is larger than {} KiB, the most rsgo reads from one manifest",
-                        relative.display(),
-                        MAX_MANIFEST_BYTES / 1024
-                    ));
+                    self.not_read(&relative, too_large());
                 } else {
                     self.files.push((relative, real));
                 }
@@ -283,9 +318,15 @@ mod tests {
     #[test]
     fn parse_errors_never_echo_the_file() {
         let secret = "root:x:0:0:root:/root:/bin/bash\nadmin-token: s3cr3t-value-123\n";
-        let err = parse_manifest(Path::new("passwd.yaml"), secret).unwrap_err();
+        let err = parse_manifest(Path::new("passwd.yaml"), secret)
+            .unwrap_err()
+            .problem
+            .to_string();
         assert!(!err.contains("root:x") && !err.contains("s3cr3t"), "{err}");
-        let err = parse_manifest(Path::new("t.yaml"), "{\"token\": \"s3cr3t\"}").unwrap_err();
+        let err = parse_manifest(Path::new("t.yaml"), "{\"token\": \"s3cr3t\"}")
+            .unwrap_err()
+            .problem
+            .to_string();
         assert!(!err.contains("s3cr3t"), "{err}");
         assert!(
             err.starts_with("line 1, column 2: unknown field 'token'"),
@@ -295,24 +336,36 @@ mod tests {
             Path::new("s.yaml"),
             "metadata: {name: x}\nservices: {web: {image: x, ports: [[\"s3cr3t\"]]}}\n",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .problem
+        .to_string();
         assert!(!err.contains("s3cr3t") && err.contains("line 2"), "{err}");
         let err = parse_manifest(Path::new("n.yaml"), "metadata: {name: x}\nvolumes: 12345\n")
-            .unwrap_err();
+            .unwrap_err()
+            .problem
+            .to_string();
         assert!(!err.contains("12345"), "{err}");
     }
 
     #[test]
     fn manifest_names_must_suit_every_runtime() {
         let bad = "metadata: {name: x, productVersion: '1.0.0'}\nservices:\n  'we b': {image: x}\n";
-        let err = parse_manifest(Path::new("b.yaml"), bad).unwrap_err();
+        let err = parse_manifest(Path::new("b.yaml"), bad)
+            .unwrap_err()
+            .problem
+            .to_string();
         assert!(err.contains("service name 'we b'"), "{err}");
         let bad = "metadata: {name: x, productVersion: '1.0.0'}\nservices:\n  web: {image: x}\nvolumes:\n  '../up': {}\n";
         assert!(
             parse_manifest(Path::new("b.yaml"), bad)
                 .unwrap_err()
+                .to_string()
                 .contains("volume name")
         );
+    }
+
+    fn lines(loaded: &Loaded) -> Vec<String> {
+        loaded.errors.iter().map(ToString::to_string).collect()
     }
 
     fn write(path: &Path, text: &str) {
@@ -340,9 +393,16 @@ mod tests {
         link(source.path(), "loop");
         let loaded = load_directory(source.path()).unwrap();
         assert_eq!(loaded.versions.len(), 1, "{:?}", loaded.errors);
-        let errors = loaded.errors.join("\n");
+        let lines = lines(&loaded);
+        let errors = lines.join("\n");
+        assert!(
+            loaded
+                .errors
+                .iter()
+                .all(|e| matches!(e.problem, ManifestProblem::NotRead(_)))
+        );
         assert_eq!(
-            loaded.errors,
+            lines,
             [
                 "escape: is a symbolic link that leads out of the source; not read",
                 "passwd.yml: is a symbolic link that leads out of the source; not read",
@@ -371,7 +431,7 @@ mod tests {
         let loaded = load_directory(source.path()).unwrap();
         assert_eq!(loaded.versions.len(), 1);
         assert_eq!(
-            loaded.errors,
+            lines(&loaded),
             [
                 "big.yaml: is larger than 1024 KiB, the most rsgo reads from one manifest",
                 "pipe.yaml: is not a regular file; not read",
@@ -396,7 +456,10 @@ mod tests {
             let refs = vec![format!("*{prev}"); 9].join(",");
             text.push_str(&format!("  {next}: &{next} [{refs}]\n"));
         }
-        let err = parse_manifest(Path::new("bomb.yaml"), &text).unwrap_err();
+        let err = parse_manifest(Path::new("bomb.yaml"), &text)
+            .unwrap_err()
+            .problem
+            .to_string();
         assert!(err.contains("repetition limit exceeded"), "{err}");
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use semver::Version;
 
-pub use error::RenderError;
+pub use error::{ManifestError, ManifestProblem, RenderError};
 pub use load::{
     MAX_MANIFEST_BYTES, MAX_SOURCE_BYTES, MAX_SOURCE_FILES, load_directory, parse_manifest,
 };
@@ -68,8 +68,8 @@ pub struct ProductVersion {
 pub struct Loaded {
     /// Product versions that parsed.
     pub versions: Vec<ProductVersion>,
-    /// One line per file that did not, naming the file and the reason.
-    pub errors: Vec<String>,
+    /// The files that did not, each with what is wrong with it.
+    pub errors: Vec<ManifestError>,
 }
 
 /// The products of every source, by source name. A failed sync leaves a source's last good set.
@@ -205,13 +205,25 @@ mod tests {
             "metadata: {name: x, productVersion: banana}\n",
         )
         .unwrap_err();
-        assert!(bad.contains("not a SemVer version"), "{bad}");
+        assert_eq!(bad.file, Path::new("b.yaml"));
+        assert!(
+            matches!(&bad.problem, ManifestProblem::Field { field, reason } if field == "metadata.productVersion" && reason.contains("not a SemVer version")),
+            "{bad}"
+        );
         let unknown =
             parse_manifest(Path::new("u.yaml"), "metadata: {name: x}\nservicez: {}\n").unwrap_err();
-        assert!(unknown.contains("servicez"), "{unknown}");
+        assert!(
+            matches!(&unknown.problem, ManifestProblem::Syntax { at: Some((2, _)), reason } if reason.contains("servicez")),
+            "{unknown}"
+        );
         let format = parse_manifest(Path::new("v.yaml"), "version: '2.0'\nmetadata: {name: x}\n")
             .unwrap_err();
-        assert!(format.contains("2.0"), "{format}");
+        assert!(
+            matches!(&format.problem, ManifestProblem::Field { field, .. } if field == "version"),
+            "{format}"
+        );
+        assert!(format.to_string().starts_with("v.yaml: version: "));
+        assert!(format.to_string().contains("2.0"), "{format}");
     }
 
     #[test]

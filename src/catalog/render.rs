@@ -525,7 +525,8 @@ volumes:
                 .unwrap_err()
                 .to_string();
             assert!(
-                err.starts_with("line 3, column") && err.contains(&format!("services.a.{field}")),
+                err.starts_with("h.yaml: line 3, column")
+                    && err.contains(&format!("services.a.{field}")),
                 "{err}"
             );
         }

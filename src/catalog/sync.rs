@@ -141,12 +141,12 @@ async fn sync_in_turn(
                     last_sync_at: Some(Timestamp::now()),
                     products_loaded: products.len() as u32,
                     versions_loaded: versions.len() as u32,
-                    errors: errors.clone(),
+                    errors: errors.iter().map(ToString::to_string).collect(),
                 };
                 catalog.write()?.replace_source(&name, versions);
                 report
                     .errors
-                    .extend(errors.into_iter().map(|e| format!("source '{name}': {e}")));
+                    .extend(errors.iter().map(|e| format!("source '{name}': {e}")));
                 status
             }
             Err(error) => {

@@ -221,8 +221,12 @@ impl Runtime for KubeRuntime {
     ) -> BoxFuture<'a, crate::Result<Progress>> {
         async move {
             let (stack, plan) = (rollout.stack, rollout.plan);
-            let workloads = workloads(stack, plan, rollout.restarted_at).map_err(|reason| {
-                crate::Error::Invalid(format!("{} {}: {reason}", stack.spec.product, plan.version))
+            let workloads = workloads(stack, plan, rollout.restarted_at).map_err(|source| {
+                crate::Error::Render {
+                    product: stack.spec.product.clone(),
+                    version: plan.version.clone(),
+                    source,
+                }
             })?;
             match self.apply(&stack.name_any(), &workloads).await? {
                 Rollout::Complete => Ok(Progress::Done(outcome(stack, plan, rollout.restarted_at))),

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
+use crate::catalog::RenderError;
 use crate::catalog::plan::{ContainerPlan, HealthPlan, MountSource, Probe, StackPlan};
 use crate::model::{Stack, dns_label};
 
@@ -94,15 +95,20 @@ pub fn deployment_name(stack: &str, service: &str) -> String {
     dns_label(&format!("{stack}-{service}"))
 }
 
-fn security_context(user: Option<&str>) -> Result<Option<PodSecurityContext>, String> {
-    let Some(user) = user else { return Ok(None) };
+fn security_context(container: &ContainerPlan) -> Result<Option<PodSecurityContext>, RenderError> {
+    let Some(user) = container.user.as_deref() else {
+        return Ok(None);
+    };
     let (uid, gid) = match user.split_once(':') {
         Some((uid, gid)) => (uid, Some(gid)),
         None => (user, None),
     };
     let number = |v: &str| {
-        v.parse::<i64>()
-            .map_err(|_| format!("user '{user}' must be numeric (uid or uid:gid) on Kubernetes"))
+        v.parse::<i64>().map_err(|_| RenderError::Service {
+            service: container.service.clone(),
+            field: "user",
+            reason: format!("user '{user}' must be numeric (uid or uid:gid) on Kubernetes"),
+        })
     };
     Ok(Some(PodSecurityContext {
         run_as_user: Some(number(uid)?),
@@ -118,7 +124,7 @@ fn pod_template(
     container: &ContainerPlan,
     version: &str,
     restarted_at: Option<&str>,
-) -> Result<PodTemplateSpec, String> {
+) -> Result<PodTemplateSpec, RenderError> {
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     for (index, mount) in container.mounts.iter().enumerate() {
@@ -198,7 +204,7 @@ fn pod_template(
                 ..Default::default()
             }],
             volumes: (!volumes.is_empty()).then_some(volumes),
-            security_context: security_context(container.user.as_deref())?,
+            security_context: security_context(container)?,
             // A one-shot service runs once: a failure fails the rollout instead of retrying.
             restart_policy: container.is_init().then(|| "Never".to_owned()),
             ..Default::default()
@@ -211,7 +217,7 @@ fn deployment(
     container: &ContainerPlan,
     version: &str,
     restarted_at: Option<&str>,
-) -> Result<Deployment, String> {
+) -> Result<Deployment, RenderError> {
     Ok(Deployment {
         metadata: ObjectMeta {
             name: Some(deployment_name(&stack.name_any(), &container.service)),
@@ -267,7 +273,7 @@ fn job(
     container: &ContainerPlan,
     version: &str,
     restarted_at: Option<&str>,
-) -> Result<Job, String> {
+) -> Result<Job, RenderError> {
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(job_name(&stack.name_any(), container, restarted_at)),
@@ -388,7 +394,7 @@ pub fn workloads(
     stack: &Stack,
     plan: &StackPlan,
     restarted_at: Option<&str>,
-) -> Result<Workloads, String> {
+) -> Result<Workloads, RenderError> {
     let version = plan.version.as_str();
     let mut workloads = Workloads::default();
     let mut names = BTreeMap::new();
@@ -396,10 +402,14 @@ pub fn workloads(
         // Kubernetes names are DNS labels: two services must not map onto one.
         let label = dns_label(&container.service);
         if let Some(other) = names.insert(label.clone(), container.service.clone()) {
-            return Err(format!(
-                "services '{other}' and '{}' both become '{label}' on Kubernetes; rename one",
-                container.service
-            ));
+            return Err(RenderError::Service {
+                service: container.service.clone(),
+                field: "services",
+                reason: format!(
+                    "services '{other}' and '{}' both become '{label}' on Kubernetes; rename one",
+                    container.service
+                ),
+            });
         }
         if container.is_init() {
             workloads
@@ -784,18 +794,35 @@ volumes:
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
         let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
         let err = workloads(&stack(), &plan, None).unwrap_err();
-        assert!(err.contains("both become 'web-1'"), "{err}");
+        assert!(
+            matches!(&err, RenderError::Service { field: "services", reason, .. } if reason.contains("both become 'web-1'")),
+            "{err}"
+        );
     }
 
     #[test]
     fn names_become_dns_labels_and_users_must_be_numeric() {
         assert_eq!(dns_label("My_Stack.v2"), "my-stack-v2");
         assert_eq!(dns_label(&"a".repeat(70)).len(), 63);
+        let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  web: {image: a, user: www-data}\n  api: {image: b, user: '1000:1000'}\n  db: {image: c}\n";
+        let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
+        let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
+        let context = |service: &str| {
+            security_context(
+                plan.containers
+                    .iter()
+                    .find(|c| c.service == service)
+                    .unwrap(),
+            )
+        };
         assert!(
-            security_context(Some("www-data"))
-                .unwrap_err()
-                .contains("numeric")
+            matches!(context("web"), Err(RenderError::Service { ref service, field: "user", ref reason }) if service == "web" && reason.contains("numeric")),
         );
-        assert_eq!(security_context(None).unwrap(), None);
+        let api = context("api").unwrap().unwrap();
+        assert_eq!(
+            (api.run_as_user, api.run_as_group),
+            (Some(1000), Some(1000))
+        );
+        assert_eq!(context("db").unwrap(), None);
     }
 }
