@@ -104,7 +104,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// Lower-case name, as Docker writes it (`80/tcp`).
+    /// Lower-case name, as manifests write it (`53/udp`).
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",

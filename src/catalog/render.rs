@@ -148,6 +148,22 @@ fn dependency_order(pv: &ProductVersion) -> Result<Vec<&str>, String> {
 }
 
 /// Renders one service.
+/// The service's networks: the stack's default one first, then those it names, which the
+/// manifest must declare.
+fn networks(
+    service: &super::manifest::Service,
+    pv: &ProductVersion,
+) -> Result<Vec<String>, String> {
+    let mut networks = vec![DEFAULT_NETWORK.to_owned()];
+    for extra in service.networks.iter().filter(|n| *n != DEFAULT_NETWORK) {
+        if !pv.manifest.networks.contains_key(extra) {
+            return Err(format!("network '{extra}' is not declared under networks"));
+        }
+        networks.push(extra.clone());
+    }
+    Ok(networks)
+}
+
 fn container(
     name: &str,
     service: &super::manifest::Service,
@@ -184,15 +200,7 @@ fn container(
         }
         mounts.push(mount);
     }
-    let mut networks = vec![DEFAULT_NETWORK.to_owned()];
-    for extra in service.networks.iter().filter(|n| *n != DEFAULT_NETWORK) {
-        if !pv.manifest.networks.contains_key(extra) {
-            return Err(field("networks")(format!(
-                "network '{extra}' is not declared under networks"
-            )));
-        }
-        networks.push(extra.clone());
-    }
+    let networks = networks(service, pv).map_err(field("networks"))?;
     let mut labels = BTreeMap::new();
     for (key, value) in &service.labels {
         if RESERVED_LABEL_PREFIXES.iter().any(|p| key.starts_with(p)) {
@@ -205,6 +213,7 @@ fn container(
     let optional =
         |f: &'static str, t: &Option<String>| t.as_deref().map(|t| text(f, t)).transpose();
     let lifecycle = service.lifecycle.unwrap_or_default();
+    let health = service.health_check.as_ref();
     let mut plan = ContainerPlan {
         service: name.to_owned(),
         image,
@@ -221,9 +230,7 @@ fn container(
             Lifecycle::Service => service.restart.unwrap_or_default(),
         },
         lifecycle,
-        health: service
-            .health_check
-            .as_ref()
+        health: health
             .map(|c| health_plan(c, vars))
             .transpose()
             .map_err(field("healthCheck"))?,

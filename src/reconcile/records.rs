@@ -49,80 +49,97 @@ pub(super) async fn finish(
     done: Done,
     result: Result<&Outcome, &Error>,
 ) -> Result<()> {
-    let Done {
-        mut status,
-        record,
-        version,
-    } = done;
-    let from = old_status.deployed_version.clone();
     let update = match result {
-        Ok(outcome) => {
-            status.phase = Some(StackPhase::Running);
-            status.services = outcome.services.clone();
-            status.message = None;
-            status.deployed_version = version.clone().or(status.deployed_version);
-            write_status(ctx, stack, old_status, &status).await?;
-            let Some(record) = &record else {
-                return Ok(());
-            };
-            let to = version.clone().unwrap_or_default();
-            RecordUpdate {
-                message: Some(describe_success(&record.spec.stack, from.as_deref(), &to)),
-                services: outcome.results.clone(),
-                version: version.clone(),
-                ..RecordUpdate::phase(DeploymentPhase::Succeeded)
-            }
-        }
-        Err(error) => {
-            // The version a failed upgrade goes back to.
-            let previous = record.as_ref().and_then(|r| match r.spec.action {
-                DeploymentAction::Upgrade => r.spec.from_version.clone(),
-                DeploymentAction::Redeploy => None,
-            });
-            let target = record
-                .as_ref()
-                .and_then(|r| r.spec.to_version.clone())
-                .unwrap_or_default();
-            // A failed upgrade is not a failed stack yet: it is on its way back.
-            (status.phase, status.message) = match &previous {
-                Some(previous) => (
-                    Some(StackPhase::Deploying),
-                    Some(format!(
-                        "Upgrade to {target} failed: {error}; rolling back to {previous}."
-                    )),
-                ),
-                None => (Some(StackPhase::Failed), Some(error.to_string())),
-            };
-            write_status(ctx, stack, old_status, &status).await?;
-            let Some(record) = &record else {
-                return Ok(());
-            };
-            match previous {
-                Some(previous) => {
-                    roll_back(ctx, stack, record, &previous).await?;
-                    RecordUpdate {
-                        message: Some(format!(
-                            "Upgrade to {target} failed: {error}. Rolled back to {previous}."
-                        )),
-                        version: from,
-                        ..RecordUpdate::phase(DeploymentPhase::RolledBack)
-                    }
-                }
-                None => RecordUpdate {
-                    message: Some(error.to_string()),
-                    version: from,
-                    ..RecordUpdate::phase(DeploymentPhase::Failed)
-                },
-            }
-        }
+        Ok(outcome) => succeeded(ctx, stack, old_status, &done, outcome).await?,
+        Err(error) => failed(ctx, stack, old_status, &done, error).await?,
     };
-    let Some(record) = &record else {
+    let (Some(record), Some(update)) = (&done.record, update) else {
         return Ok(());
     };
     let (phase, message) = (update.phase, update.message.clone().unwrap_or_default());
     let record = set_record(ctx, record, update).await?;
     ctx.record_event(stack, phase, message).await;
     settle_records(ctx, stack, &record).await
+}
+
+/// Records a finished rollout in the stack's status, and says what its record should become.
+async fn succeeded(
+    ctx: &Context,
+    stack: &Stack,
+    old_status: &StackStatus,
+    done: &Done,
+    outcome: &Outcome,
+) -> Result<Option<RecordUpdate>> {
+    let from = old_status.deployed_version.clone();
+    let mut status = done.status.clone();
+    status.phase = Some(StackPhase::Running);
+    status.services = outcome.services.clone();
+    status.message = None;
+    status.deployed_version = done.version.clone().or(status.deployed_version);
+    write_status(ctx, stack, old_status, &status).await?;
+    let Some(record) = &done.record else {
+        return Ok(None);
+    };
+    let to = done.version.clone().unwrap_or_default();
+    Ok(Some(RecordUpdate {
+        message: Some(describe_success(&record.spec.stack, from.as_deref(), &to)),
+        services: outcome.results.clone(),
+        version: done.version.clone(),
+        ..RecordUpdate::phase(DeploymentPhase::Succeeded)
+    }))
+}
+
+/// Records a failed rollout in the stack's status, rolls a failed upgrade back, and says what
+/// the record should become.
+async fn failed(
+    ctx: &Context,
+    stack: &Stack,
+    old_status: &StackStatus,
+    done: &Done,
+    error: &Error,
+) -> Result<Option<RecordUpdate>> {
+    let from = old_status.deployed_version.clone();
+    let record = done.record.as_ref();
+    // The version a failed upgrade goes back to.
+    let previous = record.and_then(|r| match r.spec.action {
+        DeploymentAction::Upgrade => r.spec.from_version.clone(),
+        DeploymentAction::Redeploy => None,
+    });
+    let target = record
+        .and_then(|r| r.spec.to_version.clone())
+        .unwrap_or_default();
+    let mut status = done.status.clone();
+    // A failed upgrade is not a failed stack yet: it is on its way back.
+    (status.phase, status.message) = match &previous {
+        Some(previous) => (
+            Some(StackPhase::Deploying),
+            Some(format!(
+                "Upgrade to {target} failed: {error}; rolling back to {previous}."
+            )),
+        ),
+        None => (Some(StackPhase::Failed), Some(error.to_string())),
+    };
+    write_status(ctx, stack, old_status, &status).await?;
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    Ok(Some(match previous {
+        Some(previous) => {
+            roll_back(ctx, stack, record, &previous).await?;
+            RecordUpdate {
+                message: Some(format!(
+                    "Upgrade to {target} failed: {error}. Rolled back to {previous}."
+                )),
+                version: from,
+                ..RecordUpdate::phase(DeploymentPhase::RolledBack)
+            }
+        }
+        None => RecordUpdate {
+            message: Some(error.to_string()),
+            version: from,
+            ..RecordUpdate::phase(DeploymentPhase::Failed)
+        },
+    }))
 }
 
 async fn roll_back(

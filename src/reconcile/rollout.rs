@@ -24,27 +24,12 @@ const ROLLOUT_POLL: Duration = Duration::from_secs(5);
 
 /// Moves a stack one step towards its plan and records the outcome.
 pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
-    let namespace = stack.namespace().unwrap_or_default();
     let old_status = stack.status.clone().unwrap_or_default();
-    let requested = stack.annotations().get(REDEPLOY_ANNOTATION).cloned();
-    let redeploy = requested.is_some() && requested != old_status.last_handled_redeploy_at;
-    let spec_changed = old_status.observed_generation != stack.metadata.generation;
-    let changed = redeploy || spec_changed;
-    // A new request names its record in the annotation; an unfinished rollout keeps reporting
-    // to the record it started with.
-    let deployment_id = if changed {
-        stack.annotations().get(DEPLOYMENT_ANNOTATION).cloned()
-    } else {
-        old_status.last_deployment.clone()
-    };
-    let deployment = match deployment_id {
-        Some(id) => ctx
-            .store
-            .get::<DeploymentRecord>(&namespace, &id)
-            .await?
-            .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_terminal())),
-        None => None,
-    };
+    let Pending {
+        requested,
+        changed,
+        deployment,
+    } = pending(stack, &old_status, ctx).await?;
     // The redeploy request counts as handled only once the rollout ends: a rollout cut short by
     // a crash is taken up again, and containers it already recreated carry the request's label.
     let mut status = StackStatus {
@@ -114,6 +99,43 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
     };
     finish(ctx, stack, &status_before, done, result.as_ref()).await?;
     result.map(|_| Action::await_change())
+}
+
+/// What a pass over a stack is asked to do.
+struct Pending {
+    /// The redeploy request in the stack's annotation, if any.
+    requested: Option<String>,
+    /// Whether the spec changed or a new redeploy was asked for since the last pass.
+    changed: bool,
+    /// The unfinished deployment record the pass reports to.
+    deployment: Option<DeploymentRecord>,
+}
+
+async fn pending(stack: &Stack, old_status: &StackStatus, ctx: &Context) -> Result<Pending> {
+    let requested = stack.annotations().get(REDEPLOY_ANNOTATION).cloned();
+    let redeploy = requested.is_some() && requested != old_status.last_handled_redeploy_at;
+    let spec_changed = old_status.observed_generation != stack.metadata.generation;
+    let changed = redeploy || spec_changed;
+    // A new request names its record in the annotation; an unfinished rollout keeps reporting
+    // to the record it started with.
+    let deployment_id = if changed {
+        stack.annotations().get(DEPLOYMENT_ANNOTATION).cloned()
+    } else {
+        old_status.last_deployment.clone()
+    };
+    let deployment = match deployment_id {
+        Some(id) => ctx
+            .store
+            .get::<DeploymentRecord>(&stack.namespace().unwrap_or_default(), &id)
+            .await?
+            .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_terminal())),
+        None => None,
+    };
+    Ok(Pending {
+        requested,
+        changed,
+        deployment,
+    })
 }
 
 /// Resolves the environment, its runtime, the product version and the rendered plan of a

@@ -9,9 +9,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use kube::ResourceExt;
 
-use super::DockerRuntime;
 use super::container::{self, Provenance, StackResources};
 use super::steps::{self, Step};
+use super::{DockerRuntime, ObservedContainer};
 use crate::catalog::{ContainerPlan, StackPlan};
 use crate::model::{ServiceAction, ServiceResult, ServiceStatus, Stack};
 use crate::runtime::{Outcome, Progress, Rollout, Runtime};
@@ -60,79 +60,88 @@ async fn apply_plan(
     let resources = runtime.prepare(plan).await?;
     let mut results = Vec::new();
     for step in steps {
-        let (service, action) = match step {
-            Step::Remove(have) => {
-                runtime.remove(&have.id, &have.name).await?;
-                results.push(ServiceResult {
-                    service: have.service,
-                    action: ServiceAction::Removed,
-                    image_id: None,
-                });
-                continue;
-            }
-            Step::Create(i) => {
-                run_to_plan(runtime, plan, &plan.containers[i], &resources, provenance).await?;
-                (&plan.containers[i].service, ServiceAction::Created)
-            }
-            Step::Recreate(i, have) => {
-                runtime.remove(&have.id, &have.name).await?;
-                run_to_plan(runtime, plan, &plan.containers[i], &resources, provenance).await?;
-                (&plan.containers[i].service, ServiceAction::Recreated)
-            }
-            Step::Start(i, have) => {
-                runtime.start(&have.id, &have.name).await?;
-                wait_ready(runtime, &plan.containers[i], &have.id, &have.name).await?;
-                // Created by this very rollout before it was interrupted.
-                let ours = provenance.deployment.is_some_and(|d| d == have.deployment);
-                (
-                    &plan.containers[i].service,
-                    if ours {
-                        ServiceAction::Recreated
-                    } else {
-                        ServiceAction::Started
-                    },
-                )
-            }
-            Step::Keep(i, have) => {
-                // A service that runs but fails its health check is not running as specified.
-                if have.healthy == Some(false) {
-                    return Err(Error::Rollout(format!(
-                        "container {} is unhealthy",
-                        have.name
-                    )));
-                }
-                // A one-shot container that failed stays failed until its spec changes or a redeploy.
-                if plan.containers[i].is_init() && !have.running && have.exit_code != Some(0) {
-                    return Err(Error::Rollout(format!(
-                        "init service container {} exited with code {}",
-                        have.name,
-                        have.exit_code
-                            .map_or("unknown".to_owned(), |c| c.to_string())
-                    )));
-                }
-                // Recreated by this very rollout before it was interrupted.
-                let ours = provenance.deployment.is_some_and(|d| d == have.deployment);
-                (
-                    &plan.containers[i].service,
-                    if ours {
-                        ServiceAction::Recreated
-                    } else {
-                        ServiceAction::Unchanged
-                    },
-                )
-            }
-        };
-        results.push(ServiceResult {
-            service: service.clone(),
-            action,
-            image_id: None,
-        });
+        results.push(take_step(runtime, plan, step, &resources, provenance).await?);
     }
     // Networks the stack no longer uses (or used under an older naming) go once nothing is on them.
     runtime
         .remove_networks(env, name, &container::network_names(plan))
         .await?;
     outcome(runtime, plan, results).await
+}
+
+/// Carries out one step and says what it did to the service.
+async fn take_step(
+    runtime: &DockerRuntime,
+    plan: &StackPlan,
+    step: Step,
+    resources: &StackResources,
+    provenance: Provenance<'_>,
+) -> Result<ServiceResult> {
+    // A container this very rollout made before it was interrupted counts as recreated.
+    let ours = |have: &ObservedContainer| provenance.deployment == Some(have.deployment.as_str());
+    let (index, action) = match step {
+        Step::Remove(have) => {
+            runtime.remove(&have.id, &have.name).await?;
+            return Ok(ServiceResult {
+                service: have.service,
+                action: ServiceAction::Removed,
+                image_id: None,
+            });
+        }
+        Step::Create(i) => {
+            run_to_plan(runtime, plan, &plan.containers[i], resources, provenance).await?;
+            (i, ServiceAction::Created)
+        }
+        Step::Recreate(i, have) => {
+            runtime.remove(&have.id, &have.name).await?;
+            run_to_plan(runtime, plan, &plan.containers[i], resources, provenance).await?;
+            (i, ServiceAction::Recreated)
+        }
+        Step::Start(i, have) => {
+            runtime.start(&have.id, &have.name).await?;
+            wait_ready(runtime, &plan.containers[i], &have.id, &have.name).await?;
+            let action = if ours(&have) {
+                ServiceAction::Recreated
+            } else {
+                ServiceAction::Started
+            };
+            (i, action)
+        }
+        Step::Keep(i, have) => {
+            check_kept(&plan.containers[i], &have)?;
+            let action = if ours(&have) {
+                ServiceAction::Recreated
+            } else {
+                ServiceAction::Unchanged
+            };
+            (i, action)
+        }
+    };
+    Ok(ServiceResult {
+        service: plan.containers[index].service.clone(),
+        action,
+        image_id: None,
+    })
+}
+
+/// A kept container must still do its job: a running one must not fail its health check, and a
+/// one-shot one that failed stays failed until its spec changes or a redeploy.
+fn check_kept(service: &ContainerPlan, have: &ObservedContainer) -> Result<()> {
+    if have.healthy == Some(false) {
+        return Err(Error::Rollout(format!(
+            "container {} is unhealthy",
+            have.name
+        )));
+    }
+    if service.is_init() && !have.running && have.exit_code != Some(0) {
+        return Err(Error::Rollout(format!(
+            "init service container {} exited with code {}",
+            have.name,
+            have.exit_code
+                .map_or("unknown".to_owned(), |c| c.to_string())
+        )));
+    }
+    Ok(())
 }
 
 /// Pulls the image of every service about to be (re)created: all of them, when `fresh`, else

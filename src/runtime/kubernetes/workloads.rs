@@ -19,7 +19,7 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::RenderError;
-use crate::catalog::plan::{ContainerPlan, HealthPlan, MountSource, Probe, StackPlan};
+use crate::catalog::plan::{ContainerPlan, HealthPlan, MountSource, Probe, Protocol, StackPlan};
 use crate::model::{Stack, dns_label};
 
 /// Pod-template annotation that a redeploy changes, which rolls the pods like `kubectl rollout restart`.
@@ -117,14 +117,17 @@ fn security_context(container: &ContainerPlan) -> Result<Option<PodSecurityConte
     }))
 }
 
-/// The pod template of one service: its container, volumes and user. `restarted_at` is the
-/// redeploy request the pods must reflect.
-fn pod_template(
-    stack: &Stack,
-    container: &ContainerPlan,
-    version: &str,
-    restarted_at: Option<&str>,
-) -> Result<PodTemplateSpec, RenderError> {
+/// Kubernetes' name of a protocol.
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+    }
+}
+
+/// The pod's volumes and the container's mounts of them: claims for named volumes, host paths
+/// for the others.
+fn volumes(stack: &Stack, container: &ContainerPlan) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     for (index, mount) in container.mounts.iter().enumerate() {
@@ -158,6 +161,18 @@ fn pod_template(
             ..Default::default()
         });
     }
+    (volumes, mounts)
+}
+
+/// The pod template of one service: its container, volumes and user. `restarted_at` is the
+/// redeploy request the pods must reflect.
+fn pod_template(
+    stack: &Stack,
+    container: &ContainerPlan,
+    version: &str,
+    restarted_at: Option<&str>,
+) -> Result<PodTemplateSpec, RenderError> {
+    let (volumes, mounts) = volumes(stack, container);
     let env: Vec<EnvVar> = container
         .env
         .iter()
@@ -172,7 +187,7 @@ fn pod_template(
         .iter()
         .map(|p| ContainerPort {
             container_port: i32::from(p.container_port),
-            protocol: Some(p.protocol.as_str().to_uppercase()),
+            protocol: Some(protocol_name(p.protocol).to_owned()),
             ..Default::default()
         })
         .collect();
@@ -342,7 +357,7 @@ fn service(stack: &Stack, container: &ContainerPlan, version: &str) -> Option<Se
             )),
             port: i32::from(p.host_port.unwrap_or(p.container_port)),
             target_port: Some(IntOrString::Int(i32::from(p.container_port))),
-            protocol: Some(p.protocol.as_str().to_uppercase()),
+            protocol: Some(protocol_name(p.protocol).to_owned()),
             ..Default::default()
         })
         .collect();
