@@ -2,8 +2,8 @@
 //! plan to the runtime of its environment, and writes status and deployment records back.
 //!
 //! [`run`] wires kube-runtime's controller to the store's change feed; [`reconcile`] handles one
-//! stack ([`rollout`] for one that should run, [`finalize`] for one being deleted); [`records`]
-//! and [`status`] write what came of it; [`environments`] keeps a runtime per Environment.
+//! stack (`rollout` for one that should run, `finalize` for one being deleted); `records` and
+//! `status` write what came of it; `environments` keeps a runtime per Environment.
 
 mod environments;
 pub mod leader;

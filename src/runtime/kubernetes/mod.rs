@@ -1,6 +1,8 @@
-//! The Kubernetes runtime: a stack's workloads ([`workloads`]) applied server-side to its
-//! Environment's namespace, and their rollout read as `kubectl rollout status` reads it.
+//! The Kubernetes runtime: a stack's workloads ([`workloads`], each service's pod built by `pod`)
+//! applied server-side to its Environment's namespace, and their rollout read as
+//! `kubectl rollout status` reads it.
 
+mod pod;
 mod workloads;
 
 use std::collections::BTreeSet;

@@ -7,9 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HostPathVolumeSource, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServicePort, ServiceSpec,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -18,8 +16,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
+use super::pod::{pod_template, protocol_name};
 use crate::catalog::RenderError;
-use crate::catalog::plan::{ContainerPlan, HealthPlan, MountSource, Probe, Protocol, StackPlan};
+use crate::catalog::plan::{ContainerPlan, MountSource, StackPlan};
 use crate::model::{Stack, dns_label};
 
 /// Pod-template annotation that a redeploy changes, which rolls the pods like `kubectl rollout restart`.
@@ -53,7 +52,7 @@ fn owner(stack: &Stack) -> Option<OwnerReference> {
     stack.controller_owner_ref(&())
 }
 
-fn selector_labels(stack: &Stack, service: &str) -> BTreeMap<String, String> {
+pub(super) fn selector_labels(stack: &Stack, service: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/instance".to_owned(),
@@ -63,7 +62,11 @@ fn selector_labels(stack: &Stack, service: &str) -> BTreeMap<String, String> {
     ])
 }
 
-fn object_labels(stack: &Stack, service: Option<&str>, version: &str) -> BTreeMap<String, String> {
+pub(super) fn object_labels(
+    stack: &Stack,
+    service: Option<&str>,
+    version: &str,
+) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         ("app.kubernetes.io/managed-by".to_owned(), "rsgo".to_owned()),
         (
@@ -93,138 +96,6 @@ pub fn claim_name(stack: &str, volume: &str) -> String {
 /// Name of the Deployment of one service.
 pub fn deployment_name(stack: &str, service: &str) -> String {
     dns_label(&format!("{stack}-{service}"))
-}
-
-fn security_context(container: &ContainerPlan) -> Result<Option<PodSecurityContext>, RenderError> {
-    let Some(user) = container.user.as_deref() else {
-        return Ok(None);
-    };
-    let (uid, gid) = match user.split_once(':') {
-        Some((uid, gid)) => (uid, Some(gid)),
-        None => (user, None),
-    };
-    let number = |v: &str| {
-        v.parse::<i64>().map_err(|_| RenderError::Service {
-            service: container.service.clone(),
-            field: "user",
-            reason: format!("user '{user}' must be numeric (uid or uid:gid) on Kubernetes"),
-        })
-    };
-    Ok(Some(PodSecurityContext {
-        run_as_user: Some(number(uid)?),
-        run_as_group: gid.map(number).transpose()?,
-        ..Default::default()
-    }))
-}
-
-/// Kubernetes' name of a protocol.
-fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "TCP",
-        Protocol::Udp => "UDP",
-    }
-}
-
-/// The pod's volumes and the container's mounts of them: claims for named volumes, host paths
-/// for the others.
-fn volumes(stack: &Stack, container: &ContainerPlan) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let mut volumes = Vec::new();
-    let mut mounts = Vec::new();
-    for (index, mount) in container.mounts.iter().enumerate() {
-        let name = format!("v{index}");
-        let (claim, host) = match &mount.source {
-            MountSource::Volume(volume) => (
-                Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim_name(&stack.name_any(), volume),
-                    read_only: None,
-                }),
-                None,
-            ),
-            MountSource::Host(path) => (
-                None,
-                Some(HostPathVolumeSource {
-                    path: path.clone(),
-                    type_: None,
-                }),
-            ),
-        };
-        volumes.push(Volume {
-            name: name.clone(),
-            persistent_volume_claim: claim,
-            host_path: host,
-            ..Default::default()
-        });
-        mounts.push(VolumeMount {
-            name,
-            mount_path: mount.target.clone(),
-            read_only: mount.read_only.then_some(true),
-            ..Default::default()
-        });
-    }
-    (volumes, mounts)
-}
-
-/// The pod template of one service: its container, volumes and user. `restarted_at` is the
-/// redeploy request the pods must reflect.
-fn pod_template(
-    stack: &Stack,
-    container: &ContainerPlan,
-    version: &str,
-    restarted_at: Option<&str>,
-) -> Result<PodTemplateSpec, RenderError> {
-    let (volumes, mounts) = volumes(stack, container);
-    let env: Vec<EnvVar> = container
-        .env
-        .iter()
-        .map(|(name, value)| EnvVar {
-            name: name.clone(),
-            value: Some(value.clone()),
-            value_from: None,
-        })
-        .collect();
-    let ports: Vec<ContainerPort> = container
-        .ports
-        .iter()
-        .map(|p| ContainerPort {
-            container_port: i32::from(p.container_port),
-            protocol: Some(protocol_name(p.protocol).to_owned()),
-            ..Default::default()
-        })
-        .collect();
-    let mut annotations =
-        BTreeMap::from([(SPEC_HASH_ANNOTATION.to_owned(), container.spec_hash.clone())]);
-    if let Some(at) = restarted_at {
-        annotations.insert(RESTARTED_AT_ANNOTATION.into(), at.to_owned());
-    }
-    let mut labels = object_labels(stack, Some(&container.service), version);
-    labels.extend(selector_labels(stack, &container.service));
-    Ok(PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels),
-            annotations: Some(annotations),
-            ..Default::default()
-        }),
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: dns_label(&container.service),
-                image: Some(container.image.clone()),
-                image_pull_policy: Some("Always".into()),
-                command: container.entrypoint.clone(),
-                args: container.command.clone(),
-                working_dir: container.working_dir.clone(),
-                env: (!env.is_empty()).then_some(env),
-                ports: (!ports.is_empty()).then_some(ports),
-                volume_mounts: (!mounts.is_empty()).then_some(mounts),
-                readiness_probe: container.health.as_ref().map(probe),
-                ..Default::default()
-            }],
-            volumes: (!volumes.is_empty()).then_some(volumes),
-            security_context: security_context(container)?,
-            // A one-shot service runs once: a failure fails the rollout instead of retrying.
-            restart_policy: container.is_init().then(|| "Never".to_owned()),
-            ..Default::default()
-        }),
-    })
 }
 
 fn deployment(
@@ -304,42 +175,6 @@ fn job(
         }),
         status: None,
     })
-}
-
-/// A health check as a readiness probe: a Deployment is rolled out once its pods pass it.
-fn probe(health: &HealthPlan) -> k8s_openapi::api::core::v1::Probe {
-    use k8s_openapi::api::core::v1::{ExecAction, HTTPGetAction, TCPSocketAction};
-    let seconds = |d: std::time::Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
-    let mut probe = k8s_openapi::api::core::v1::Probe {
-        period_seconds: Some(seconds(health.interval)),
-        timeout_seconds: Some(seconds(health.timeout)),
-        failure_threshold: Some(health.retries.max(1) as i32),
-        initial_delay_seconds: Some(seconds(health.start_period)),
-        ..Default::default()
-    };
-    let exec = |command: Vec<String>| {
-        Some(ExecAction {
-            command: Some(command),
-        })
-    };
-    match &health.probe {
-        Probe::Exec(args) => probe.exec = exec(args.clone()),
-        Probe::Shell(line) => probe.exec = exec(vec!["sh".into(), "-c".into(), line.clone()]),
-        Probe::Http { port, path } => {
-            probe.http_get = Some(HTTPGetAction {
-                path: Some(path.clone()),
-                port: IntOrString::Int(i32::from(*port)),
-                ..Default::default()
-            });
-        }
-        Probe::Tcp { port } => {
-            probe.tcp_socket = Some(TCPSocketAction {
-                port: IntOrString::Int(i32::from(*port)),
-                host: None,
-            });
-        }
-    }
-    probe
 }
 
 fn service(stack: &Stack, container: &ContainerPlan, version: &str) -> Option<Service> {
@@ -473,6 +308,7 @@ pub fn workloads(
 
 #[cfg(test)]
 mod tests {
+    use super::super::pod::security_context;
     use super::*;
     use crate::catalog::{parse_manifest, render};
     use crate::model::StackSpec;
