@@ -1,0 +1,364 @@
+//! Measurements against the local Docker engine: a 10-service redeploy beside docker-compose,
+//! starting many stacks beside the engine's own create rate, and what a resync pass costs.
+//! Everything they create carries a `rsgo-bench` name or label and is removed at the end.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::server::{Server, free_port, http};
+use crate::{ROUNDS, fixtures};
+
+const SOCKET: &str = "/var/run/docker.sock";
+
+fn registry() -> String {
+    std::env::var("RSGO_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into())
+}
+
+/// Runs a command, failing the benchmark when it fails; returns trimmed stdout.
+fn run(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn docker(args: &[&str]) -> String {
+    run(Command::new("docker").args(args))
+}
+
+/// Builds the benchmark image (busybox FROM scratch, a shell that exits on TERM) and pushes it
+/// to the local registry under each of `tags`.
+pub fn push_images(tags: &[String]) {
+    let dir = tempfile::TempDir::new().expect("a temporary directory");
+    let busybox = std::env::var("RSGO_TEST_BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into());
+    std::fs::copy(&busybox, dir.path().join("busybox")).expect("busybox-static is installed");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         CMD [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n",
+    )
+    .expect("writing a Dockerfile");
+    let first = &tags[0];
+    run(Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", first])
+        .arg(dir.path()));
+    for tag in tags {
+        docker(&["tag", first, tag]);
+        docker(&["push", "-q", tag]);
+    }
+}
+
+/// Removes every container and network of the environment `environment`, and the compose
+/// project's.
+fn clean_up(environment: &str) {
+    let label = format!("label=io.rsgo.environment={environment}");
+    let ids = docker(&["ps", "-aq", "--filter", &label]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    for chunk in ids.chunks(100) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(chunk);
+        docker(&args);
+    }
+    docker(&["network", "prune", "-f", "--filter", &label]);
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// A 10-service stack redeployed with fresh images (pull, then recreate), by rsgo and by
+/// docker-compose on the same images, interleaved.
+pub fn redeploy_beside_compose() {
+    let registry = registry();
+    let images: Vec<String> = (0..10)
+        .map(|n| format!("{registry}/rsgo-bench/svc{n}:1"))
+        .collect();
+    push_images(&images);
+    let catalog = tempfile::TempDir::new().expect("a temporary directory");
+    fixtures::write_manifest(catalog.path(), "ten", &images, 10);
+    let environment = "rsgobenchten";
+    let objects = format!(
+        "{}{}{}",
+        fixtures::environment(environment, &format!("unix://{SOCKET}")),
+        fixtures::keys(1),
+        fixtures::stacks(environment, "ten", 1)
+    );
+    let server = Server::start(&objects, catalog.path(), &[]);
+    let compose = tempfile::TempDir::new().expect("a temporary directory");
+    let mut yaml = String::from("version: '2.4'\nservices:\n");
+    for (n, image) in images.iter().enumerate() {
+        yaml.push_str(&format!("  svc{n}:\n    image: {image}\n"));
+    }
+    std::fs::write(compose.path().join("docker-compose.yml"), yaml).expect("a compose file");
+    let compose_cmd = |args: &[&str]| {
+        run(Command::new("docker-compose")
+            .args(["-p", "rsgobench"])
+            .args(args)
+            .current_dir(compose.path()))
+    };
+    let redeploy = || {
+        let body =
+            format!(r#"{{"stackName": "s-0", "environmentId": "{environment}", "wait": true}}"#);
+        let (status, answer) = http(
+            server.addr,
+            "POST",
+            "/api/hooks/redeploy",
+            Some(&fixtures::key(0)),
+            &body,
+        )
+        .expect("rsgo answers");
+        assert_eq!(status, 200, "the redeploy failed: {answer}");
+    };
+    // Both start from a running stack.
+    redeploy();
+    compose_cmd(&["up", "-d", "-t", "10"]);
+    let (mut rsgo_times, mut compose_times) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        redeploy();
+        rsgo_times.push(start.elapsed());
+        let start = Instant::now();
+        compose_cmd(&["pull", "-q"]);
+        compose_cmd(&["up", "-d", "--force-recreate", "-t", "10"]);
+        compose_times.push(start.elapsed());
+    }
+    compose_cmd(&["down", "-t", "1"]);
+    drop(server);
+    clean_up(environment);
+    let (rsgo, compose) = (median(rsgo_times), median(compose_times));
+    println!("\n## 10-service redeploy (pull, then recreate)");
+    println!("| rsgo | docker-compose | rsgo / docker-compose |");
+    println!("|---|---|---|");
+    println!(
+        "| {} | {} | {:.2}× |",
+        secs(rsgo),
+        secs(compose),
+        rsgo.as_secs_f64() / compose.as_secs_f64()
+    );
+}
+
+/// Counts the requests a client makes to the engine: an HTTP proxy on 127.0.0.1 in front of
+/// the engine's socket.
+#[derive(Clone, Default)]
+struct CallCounter {
+    calls: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl CallCounter {
+    /// Starts the proxy; returns its address.
+    fn start(&self, runtime: &tokio::runtime::Runtime) -> SocketAddr {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("an address");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .expect("binding the proxy");
+        let counter = self.clone();
+        runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move { counter.serve(client).await });
+            }
+        });
+        addr
+    }
+
+    async fn serve(self, client: tokio::net::TcpStream) {
+        let Ok(engine) = tokio::net::UnixStream::connect(SOCKET).await else {
+            return;
+        };
+        let Ok((sender, connection)) =
+            hyper::client::conn::http1::handshake(TokioIo::new(engine)).await
+        else {
+            return;
+        };
+        tokio::spawn(connection);
+        let sender = Arc::new(tokio::sync::Mutex::new(sender));
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let (sender, counter) = (sender.clone(), self.clone());
+            async move {
+                counter.count(request.method().as_str(), request.uri().path());
+                sender.lock().await.send_request(request).await
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(client), service)
+            .await;
+    }
+
+    /// Counts a call under its method and path, with the API version and ids left out.
+    fn count(&self, method: &str, path: &str) {
+        let path: Vec<&str> = path
+            .split('/')
+            .filter(|part| !part.is_empty())
+            .enumerate()
+            .filter(|(i, part)| !(*i == 0 && part.starts_with("v1.")))
+            .map(|(_, part)| {
+                if part.len() >= 24 || part.contains('_') {
+                    "{id}"
+                } else {
+                    part
+                }
+            })
+            .collect();
+        let key = format!("{method} /{}", path.join("/"));
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default() += 1;
+    }
+
+    fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.calls.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Starts `count` containers of `image` straight through the engine, `parallel` at a time: the
+/// engine's own rate, to set rsgo's beside.
+fn engine_rate(image: &str, count: usize, parallel: usize) -> Duration {
+    let label = "label=rsgo-bench-direct=true";
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for worker in 0..parallel {
+            scope.spawn(move || {
+                for n in (worker..count).step_by(parallel) {
+                    docker(&[
+                        "run",
+                        "-d",
+                        "--label",
+                        "rsgo-bench-direct=true",
+                        "--name",
+                        &format!("rsgo-bench-direct-{n}"),
+                        image,
+                    ]);
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    let ids = docker(&["ps", "-aq", "--filter", label]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    for chunk in ids.chunks(100) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(chunk);
+        docker(&args);
+    }
+    elapsed
+}
+
+/// Running containers of an environment.
+fn running(environment: &str) -> usize {
+    docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.rsgo.environment={environment}"),
+    ])
+    .lines()
+    .count()
+}
+
+/// Starting `stacks` new one-service stacks beside the engine's own rate for as many
+/// containers, then the Docker calls and CPU time of a resync pass over them.
+fn resync_at(runtime: &tokio::runtime::Runtime, catalog: &Path, image: &str, stacks: usize) {
+    let environment = format!("rsgobench{stacks}");
+    let counter = CallCounter::default();
+    let proxy = counter.start(runtime);
+    let direct = engine_rate(image, stacks, 4);
+    let objects = format!(
+        "{}{}",
+        fixtures::environment(&environment, &format!("tcp://{proxy}")),
+        fixtures::stacks(&environment, "bench", stacks)
+    );
+    let period = 10u64;
+    let start = Instant::now();
+    let server = Server::start(
+        &objects,
+        catalog,
+        &["--resync-seconds", &period.to_string()],
+    );
+    while running(&environment) < stacks {
+        assert!(
+            start.elapsed() < Duration::from_secs(1800),
+            "{stacks} stacks did not all start: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let started = start.elapsed();
+    let failures = server
+        .log()
+        .lines()
+        .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+        .count();
+    server.settle(Duration::from_secs(300));
+    // Whole resync periods of a steady state.
+    let passes = 3;
+    counter.take();
+    let cpu = server.cpu();
+    std::thread::sleep(Duration::from_secs(period * passes));
+    let cpu = server.cpu() - cpu;
+    let calls = counter.take();
+    drop(server);
+    clean_up(&environment);
+    let total: u64 = calls.values().sum();
+    println!("\n### {stacks} stacks");
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| start {stacks} new stacks: rsgo / the engine's own `docker run` ×{stacks} (4 at a time) | {} / {} = {:.2}× |",
+        secs(started),
+        secs(direct),
+        started.as_secs_f64() / direct.as_secs_f64()
+    );
+    println!("| warnings and errors logged while starting | {failures} |");
+    println!(
+        "| Docker calls per resync pass | {:.1} |",
+        total as f64 / passes as f64
+    );
+    for (call, count) in &calls {
+        println!("| … {call} | {:.1} |", *count as f64 / passes as f64);
+    }
+    println!(
+        "| CPU per resync pass | {:.1} ms |",
+        cpu.as_secs_f64() * 1000.0 / passes as f64
+    );
+}
+
+/// Resync costs at 100 and 1 000 running stacks.
+pub fn resync() {
+    let image = format!("{}/rsgo-bench/app:1", registry());
+    push_images(std::slice::from_ref(&image));
+    let catalog = tempfile::TempDir::new().expect("a temporary directory");
+    fixtures::write_manifest(catalog.path(), "bench", std::slice::from_ref(&image), 1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    println!("\n## Starting stacks and resync passes");
+    for stacks in [100, 1_000] {
+        resync_at(&runtime, catalog.path(), &image, stacks);
+    }
+}

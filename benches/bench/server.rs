@@ -1,0 +1,191 @@
+//! An `rsgo serve` started for a measurement: its own data directory, catalog and port, and
+//! what the operating system says about its memory and CPU.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// Runs the rsgo binary on `data_dir`, failing the benchmark when it fails.
+pub fn rsgo(data_dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_rsgo"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RSGO_LOG", "warn")
+        .output()
+        .expect("running rsgo");
+    assert!(
+        output.status.success(),
+        "rsgo {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A running `rsgo serve`.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    _data: TempDir,
+}
+
+impl Server {
+    /// Applies `objects` (YAML documents) to a new data directory, then starts `rsgo serve` on
+    /// it with `catalog` and `extra` arguments, and waits until it is ready.
+    pub fn start(objects: &str, catalog: &Path, extra: &[&str]) -> Server {
+        let data = TempDir::new().expect("a temporary directory");
+        let data_dir = data.path().to_owned();
+        let file = data_dir.join("objects.yaml");
+        std::fs::write(&file, objects).expect("writing the objects");
+        rsgo(
+            &data_dir,
+            &["apply", "-f", file.to_str().expect("a UTF-8 path")],
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("an address");
+        let log = std::fs::File::create(data_dir.join("serve.log")).expect("a log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_rsgo"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["serve", "--listen", &addr.to_string(), "--catalog"])
+            .arg(catalog)
+            .args(extra)
+            .env("RSGO_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting rsgo serve");
+        let server = Server {
+            child,
+            addr,
+            data_dir,
+            _data: data,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if http_get(self.addr, "/readyz").is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("rsgo serve did not become ready: {}", self.log());
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("serve.log")).unwrap_or_default()
+    }
+
+    /// Resident memory in bytes.
+    pub fn rss(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmRSS:") * 1024
+    }
+
+    /// CPU time used so far (user and system).
+    pub fn cpu(&self) -> Duration {
+        cpu_time(self.child.id())
+    }
+
+    /// Waits until the server has used less than 2 % of a core for a second (it has finished
+    /// what starting up asked of it), at most `limit`.
+    pub fn settle(&self, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let before = self.cpu();
+            std::thread::sleep(Duration::from_secs(1));
+            if self.cpu() - before < Duration::from_millis(20) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time of a process, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // Linux reports in clock ticks of 1/100 s on every platform rsgo runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// A blocking GET on 127.0.0.1: the status and body, or `None` when nothing answers.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http(addr, "GET", path, None, "")
+}
+
+/// A blocking request with an optional API key: the status and body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(900)))
+        .ok()?;
+    let key = key
+        .map(|k| format!("X-Api-Key: {k}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{key}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
