@@ -446,9 +446,9 @@ pub async fn deployment(
     }))
 }
 
-/// `GET /readyz`: ready when the store answers and the key index (if any) is loaded.
+/// `GET /readyz`: ready when the store answers and the key index is loaded.
 pub async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.keys.as_ref().is_some_and(|index| !index.is_ready()) {
+    if !state.keys.is_ready() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "API keys are still loading.",

@@ -42,9 +42,8 @@ pub struct AppState {
     pub default_environment: String,
     /// Called after sync-sources reloaded the catalog, so stacks waiting for a product act.
     pub catalog_synced: Arc<tokio::sync::Notify>,
-    /// In-memory keys (Kubernetes store); `None` reads keys from the store on each request,
-    /// which the embedded store answers locally and exactly.
-    pub keys: Option<crate::auth::KeyIndex>,
+    /// The API keys, indexed by hash.
+    pub keys: crate::auth::KeyIndex,
     /// Limits on clients; the hooks enforce the body deadline.
     pub http: HttpLimits,
     /// Refused requests, logged without flooding the log.

@@ -132,10 +132,7 @@ pub(super) async fn authenticate(
         ApiError::new(StatusCode::UNAUTHORIZED, rejection.message())
     };
     let wanted = auth::presented_hash(presented).map_err(unauthorized)?;
-    let candidates = match &state.keys {
-        Some(index) => index.lookup(&wanted).into_iter().collect(),
-        None => state.store.list::<ApiKey>(None).await?,
-    };
+    let candidates = state.keys.lookup(&wanted).await?.into_iter().collect();
     let now = Timestamp::now();
     let key = auth::verify(&wanted, candidates, now).map_err(unauthorized)?;
     if let Some(permission) = permission

@@ -162,18 +162,63 @@ pub fn verify(
     Ok(key)
 }
 
-/// ApiKey objects held in memory and indexed by hash, kept current from the store's watch, so
-/// checking a key costs no API round trip.
+/// ApiKey objects held in memory and indexed by hash (and by name, for updates), so checking a
+/// key costs one hash lookup however many keys exist.
+///
+/// On a store with a change log (SQLite) every lookup first reads the changes since the last
+/// one, a single indexed query, so a key created, changed or revoked by another process counts
+/// from the very next request. On Kubernetes the index follows a watch, as a kube-runtime
+/// reflector would.
 #[derive(Clone, Default)]
 pub struct KeyIndex {
-    by_hash: Arc<RwLock<HashMap<String, ApiKey>>>,
-    listing: Arc<RwLock<Option<HashMap<String, ApiKey>>>>,
+    keys: Arc<RwLock<Keys>>,
+    /// The store whose change log is read before each lookup; `None` when a watch feeds the index.
+    log: Option<Arc<dyn Store>>,
     ready: Arc<AtomicBool>,
 }
 
+#[derive(Default)]
+struct Keys {
+    by_hash: HashMap<String, ApiKey>,
+    /// Object name to key hash.
+    hash_of: HashMap<String, String>,
+    /// The store revision the index reflects (change-log mode).
+    revision: u64,
+    /// A watch's initial listing, until it is complete.
+    listing: Option<Vec<ApiKey>>,
+}
+
+impl Keys {
+    fn insert(&mut self, key: ApiKey) {
+        self.remove(&key.name_any());
+        self.hash_of.insert(key.name_any(), key.spec.key_hash.clone());
+        self.by_hash.insert(key.spec.key_hash.clone(), key);
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(hash) = self.hash_of.remove(name) {
+            self.by_hash.remove(&hash);
+        }
+    }
+}
+
+fn kind() -> String {
+    <ApiKey as kube::Resource>::kind(&()).into_owned()
+}
+
 impl KeyIndex {
-    /// An index that follows the ApiKeys of `store` until the process ends.
-    pub fn follow(store: Arc<dyn Store>) -> Self {
+    /// An index of the ApiKeys in `store`, kept current until the process ends: from the
+    /// store's change log when it has one, else from a watch.
+    pub async fn follow(store: Arc<dyn Store>) -> crate::Result<Self> {
+        if store.changes_raw(kind(), 0).await?.is_some() {
+            let index = Self {
+                log: Some(store),
+                ..Self::default()
+            };
+            index.catch_up().await?;
+            index.ready.store(true, Ordering::Release);
+            return Ok(index);
+        }
         let index = Self::default();
         let events = store.watch::<ApiKey>();
         let updated = index.clone();
@@ -183,36 +228,74 @@ impl KeyIndex {
                 updated.apply(event);
             }
         });
-        index
+        Ok(index)
+    }
+
+    /// Reads the change log since the revision the index reflects and applies it.
+    async fn catch_up(&self) -> crate::Result<()> {
+        let Some(store) = &self.log else {
+            return Ok(());
+        };
+        let since = self.read().revision;
+        let Some(log) = store.changes_raw(kind(), since).await? else {
+            return Ok(());
+        };
+        let mut keys = self.write();
+        // A concurrent lookup may have applied a newer reading already.
+        if log.revision <= keys.revision {
+            return Ok(());
+        }
+        for change in log.changes {
+            let name = change.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            match serde_json::from_value::<ApiKey>(change.object) {
+                Ok(key) if !change.deleted => keys.insert(key),
+                Ok(_) => keys.remove(&name),
+                Err(error) => {
+                    tracing::warn!(%error, key = %name, "skipping an undecodable stored ApiKey");
+                    keys.remove(&name);
+                }
+            }
+        }
+        keys.revision = log.revision;
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Keys> {
+        self.keys.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies one watch event.
     pub fn apply(&self, event: watcher::Event<ApiKey>) {
-        let mut by_hash = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
-        let mut listing = self.listing.write().unwrap_or_else(|e| e.into_inner());
-        let insert = |map: &mut HashMap<String, ApiKey>, key: ApiKey| {
-            map.retain(|_, k| k.name_any() != key.name_any());
-            map.insert(key.spec.key_hash.clone(), key);
-        };
+        let mut keys = self.write();
         match event {
-            watcher::Event::Init => *listing = Some(HashMap::new()),
-            watcher::Event::InitApply(key) => insert(listing.get_or_insert_default(), key),
+            watcher::Event::Init => keys.listing = Some(Vec::new()),
+            watcher::Event::InitApply(key) => keys.listing.get_or_insert_default().push(key),
             watcher::Event::InitDone => {
-                *by_hash = listing.take().unwrap_or_default();
+                let listing = keys.listing.take().unwrap_or_default();
+                keys.by_hash.clear();
+                keys.hash_of.clear();
+                for key in listing {
+                    keys.insert(key);
+                }
                 self.ready.store(true, Ordering::Release);
             }
-            watcher::Event::Apply(key) => insert(&mut by_hash, key),
-            watcher::Event::Delete(key) => by_hash.retain(|_, k| k.name_any() != key.name_any()),
+            watcher::Event::Apply(key) => keys.insert(key),
+            watcher::Event::Delete(key) => keys.remove(&key.name_any()),
         }
     }
 
-    /// The key with this hash, if any.
-    pub fn lookup(&self, hash: &str) -> Option<ApiKey> {
-        self.by_hash
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(hash)
-            .cloned()
+    /// The key with this hash, if any, as the store holds it now (change-log mode) or as the
+    /// watch last reported it.
+    pub async fn lookup(&self, hash: &str) -> crate::Result<Option<ApiKey>> {
+        self.catch_up().await?;
+        Ok(self.read().by_hash.get(hash).cloned())
     }
 
     /// Whether the first full listing has arrived.
@@ -282,37 +365,37 @@ mod tests {
         key
     }
 
-    #[test]
-    fn the_index_follows_listings_changes_and_deletions() {
+    #[tokio::test]
+    async fn the_index_follows_listings_changes_and_deletions() {
         let index = KeyIndex::default();
         assert!(!index.is_ready());
         index.apply(watcher::Event::Init);
         index.apply(watcher::Event::InitApply(key("a", "h1")));
         assert!(
-            index.lookup("h1").is_none(),
+            index.lookup("h1").await.unwrap().is_none(),
             "a listing counts only once complete"
         );
         index.apply(watcher::Event::InitDone);
         assert!(index.is_ready());
-        assert_eq!(index.lookup("h1").unwrap().name_any(), "a");
+        assert_eq!(index.lookup("h1").await.unwrap().unwrap().name_any(), "a");
         let mut revoked = key("a", "h1");
         revoked.spec.revoked = true;
         index.apply(watcher::Event::Apply(revoked));
         assert!(
-            index.lookup("h1").unwrap().spec.revoked,
+            index.lookup("h1").await.unwrap().unwrap().spec.revoked,
             "changes replace the old copy"
         );
         index.apply(watcher::Event::Apply(key("a", "h2")));
         assert!(
-            index.lookup("h1").is_none(),
+            index.lookup("h1").await.unwrap().is_none(),
             "a rehashed key loses its old hash"
         );
         index.apply(watcher::Event::Delete(key("a", "h2")));
-        assert!(index.lookup("h2").is_none());
+        assert!(index.lookup("h2").await.unwrap().is_none());
         index.apply(watcher::Event::Init);
         index.apply(watcher::Event::InitApply(key("b", "h3")));
         index.apply(watcher::Event::InitDone);
-        assert!(index.lookup("h3").is_some());
+        assert!(index.lookup("h3").await.unwrap().is_some());
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
         ctx = ctx.with_kubernetes(client.clone(), &identity);
     }
     let ctx = Arc::new(ctx);
-    let keys = client.is_some().then(|| KeyIndex::follow(store.clone()));
+    let keys = KeyIndex::follow(store.clone()).await?;
     match client {
         None => {
             let run = reconcile::run(ctx, resync, catalog_synced.clone());

@@ -14,7 +14,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Store, Write, check_writes, identity, text};
+use super::{Changes, Store, Write, check_writes, identity, text};
 use crate::model::{ApiKey, CatalogSource, DeploymentRecord, Environment, Stack};
 use crate::{Error, Result};
 
@@ -286,6 +286,11 @@ impl Store for KubeStore {
     }
 
     /// The API server answers for itself; there is nothing local to fill up.
+    /// Changes arrive by watch only.
+    fn changes_raw(&self, _kind: String, _since: u64) -> BoxFuture<'_, Result<Option<Changes>>> {
+        std::future::ready(Ok(None)).boxed()
+    }
+
     fn writable(&self) -> BoxFuture<'_, Result<()>> {
         std::future::ready(Ok(())).boxed()
     }

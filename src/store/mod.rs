@@ -90,6 +90,27 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// Whether the store can take writes now; readiness fails while it cannot.
     fn writable(&self) -> BoxFuture<'_, Result<()>>;
+    /// The changes of a kind after revision `since`, read now, oldest first. `None` when the
+    /// store keeps no change log to read on demand and changes arrive by watch only.
+    fn changes_raw(&self, kind: String, since: u64) -> BoxFuture<'_, Result<Option<Changes>>>;
+}
+
+/// One entry of a store's change log.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The object as written; for a deletion, as it was last.
+    pub object: Value,
+    /// Whether the object was deleted.
+    pub deleted: bool,
+}
+
+/// Changes of one kind, and the store revision they bring a reader up to.
+#[derive(Debug, Clone)]
+pub struct Changes {
+    /// Oldest first.
+    pub changes: Vec<Change>,
+    /// The newest revision of the store when they were read.
+    pub revision: u64,
 }
 
 /// The string at `pointer` in a document, or an empty string.

@@ -3,25 +3,35 @@
 //! Every write takes the next value of a global revision counter inside its transaction, so
 //! revisions are totally ordered across processes and a watcher that remembers the newest
 //! revision it saw never misses a commit. Deletions leave a tombstone row for the feed.
+//!
+//! Writes go to one writer thread, which commits the batches that arrive together in one
+//! transaction with one fsync (group commit). Each batch runs in its own savepoint, so one that
+//! fails changes nothing and does not fail the others, and no batch is answered before the
+//! commit that holds it is durable. Reads use a small pool of their own connections and never
+//! wait for a commit.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use kube::runtime::watcher;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, oneshot, watch};
 
-use super::{Store, Write, check_writes, identity, text};
+use super::{Change, Changes, Store, Write, check_writes, identity, text};
 use crate::{Error, Result};
 
 /// How often watchers look for writes made by other processes.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Most reads served at once, each on its own connection.
+const READERS: usize = 4;
+/// Most write batches committed together.
+const MAX_GROUP: usize = 256;
 
 /// Name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "rsgo.db";
@@ -29,10 +39,35 @@ pub const DATABASE_FILE: &str = "rsgo.db";
 /// [`Store`] on an embedded SQLite database.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    readers: Arc<Readers>,
+    writer: mpsc::Sender<Job>,
     written: Arc<watch::Sender<u64>>,
     /// Set when a write failed for lack of space; cleared by the next write that succeeds.
     full: Arc<AtomicBool>,
+}
+
+/// Connections for reads, opened as needed and kept, at most [`READERS`] in use at once.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+/// Work for the writer thread.
+enum Job {
+    /// A batch of writes, applied atomically; answered once committed.
+    Write {
+        writes: Vec<Write>,
+        reply: oneshot::Sender<Result<(Vec<Value>, u64)>>,
+    },
+    /// Something that needs the write connection to itself (maintenance, probes).
+    Alone(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    Ok(conn)
 }
 
 impl SqliteStore {
@@ -41,8 +76,7 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| Error::io(format!("creating data directory {}", data_dir.display()), e))?;
         let path = data_dir.join(DATABASE_FILE);
-        let conn = Connection::open(&path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        let conn = connect(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL syncs the WAL on every commit: an acknowledged write survives a crash of the
         // process and of the machine.
@@ -62,9 +96,19 @@ impl SqliteStore {
             CREATE TABLE IF NOT EXISTS revision (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
             INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);",
         )?;
+        let (writer, jobs) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("rsgo-store-writer".into())
+            .spawn(move || write_loop(conn, jobs))
+            .map_err(|e| Error::io("starting the store's writer thread", e))?;
         let (written, _) = watch::channel(0);
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::new(Readers {
+                path,
+                idle: Mutex::new(Vec::new()),
+                permits: Semaphore::new(READERS),
+            }),
+            writer,
             written: Arc::new(written),
             full: Arc::new(AtomicBool::new(false)),
         })
@@ -73,7 +117,7 @@ impl SqliteStore {
     /// Drops deletion tombstones more than `keep` revisions old; returns how many went. Watchers
     /// that far behind start over with a full listing anyway, so nothing they need is lost.
     pub async fn purge_tombstones(&self, keep: u64) -> Result<usize> {
-        self.run(move |conn| {
+        self.alone(move |conn| {
             let purged = conn.execute(
                 "DELETE FROM objects WHERE deleted = 1
                  AND revision < (SELECT value FROM revision WHERE id = 0) - ?1",
@@ -84,18 +128,49 @@ impl SqliteStore {
         .await
     }
 
-    fn run<T, F>(&self, work: F) -> BoxFuture<'_, Result<T>>
+    /// Runs `work` on the write connection, between two groups of writes.
+    async fn alone<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(Job::Alone(Box::new(move |conn| {
+                let _ = reply.send(work(conn));
+            })))
+            .map_err(|_| Error::Task("the store's writer thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Task("the store's writer thread has stopped".into()))?
+    }
+
+    /// Runs `work` on a read connection.
+    fn read<T, F>(&self, work: F) -> BoxFuture<'_, Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
         async move {
+            let _permit = readers
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| Error::Task("the store is closed".into()))?;
+            let pool = readers.clone();
             tokio::task::spawn_blocking(move || {
-                let mut conn = conn
+                let idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let conn = match idle {
+                    Some(conn) => conn,
+                    None => connect(&pool.path)?,
+                };
+                let result = work(&conn);
+                pool.idle
                     .lock()
-                    .map_err(|_| Error::Task("store connection poisoned".into()))?;
-                work(&mut conn)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn);
+                result
             })
             .await
             .map_err(|e| Error::Task(e.to_string()))?
@@ -104,11 +179,95 @@ impl SqliteStore {
     }
 }
 
+/// The writer thread: takes every job that is waiting, commits the write batches among them
+/// together, and answers each once its commit is durable. Ends when the store is dropped.
+fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut batches = Vec::new();
+        for job in group {
+            match job {
+                Job::Write { writes, reply } => batches.push((writes, reply)),
+                Job::Alone(work) => {
+                    commit_group(&mut conn, std::mem::take(&mut batches));
+                    work(&mut conn);
+                }
+            }
+        }
+        commit_group(&mut conn, batches);
+    }
+}
+
+/// What the writer answers for one batch: the stored objects and the revision of the commit.
+type Reply = oneshot::Sender<Result<(Vec<Value>, u64)>>;
+
+/// Applies each batch in its own savepoint of one transaction, commits once, then answers.
+fn commit_group(conn: &mut Connection, batches: Vec<(Vec<Write>, Reply)>) {
+    if batches.is_empty() {
+        return;
+    }
+    let (batches, replies): (Vec<_>, Vec<_>) = batches.into_iter().unzip();
+    let mut outcomes = Vec::with_capacity(batches.len());
+    let committed = (|| -> Result<u64> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for writes in batches {
+            let mut savepoint = tx.savepoint()?;
+            let applied = writes
+                .into_iter()
+                .map(|write| apply_write(&savepoint, write))
+                .collect::<Result<Vec<_>>>();
+            match applied {
+                Ok(stored) => {
+                    savepoint.commit()?;
+                    outcomes.push(Ok(stored.into_iter().flatten().collect()));
+                }
+                Err(error) => {
+                    savepoint.rollback()?;
+                    outcomes.push(Err(error));
+                }
+            }
+        }
+        let revision: i64 =
+            tx.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
+        tx.commit()?;
+        Ok(revision as u64)
+    })();
+    match committed {
+        Ok(revision) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome.map(|stored: Vec<Value>| (stored, revision)));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(for_each_batch(&error)));
+            }
+        }
+    }
+}
+
+/// The error of a failed commit, for each batch it held: SQLite's own code is kept (a full disk
+/// must still read as one), anything else becomes its message.
+fn for_each_batch(error: &Error) -> Error {
+    match error {
+        Error::Sqlite(rusqlite::Error::SqliteFailure(code, message)) => {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(*code, message.clone()))
+        }
+        other => Error::Task(format!("committing to the store: {other}")),
+    }
+}
+
 fn parse(body: &str) -> Result<Value> {
     serde_json::from_str(body).map_err(|e| Error::json("decoding a stored object", e))
 }
 
-fn next_revision(tx: &Transaction) -> Result<u64> {
+fn next_revision(tx: &Connection) -> Result<u64> {
     let value: i64 = tx.query_row(
         "UPDATE revision SET value = value + 1 WHERE id = 0 RETURNING value",
         [],
@@ -117,7 +276,7 @@ fn next_revision(tx: &Transaction) -> Result<u64> {
     Ok(value as u64)
 }
 
-fn load(tx: &Transaction, kind: &str, namespace: &str, name: &str) -> Result<Option<Value>> {
+fn load(tx: &Connection, kind: &str, namespace: &str, name: &str) -> Result<Option<Value>> {
     tx.query_row(
         "SELECT body FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND deleted = 0",
         params![kind, namespace, name],
@@ -129,7 +288,7 @@ fn load(tx: &Transaction, kind: &str, namespace: &str, name: &str) -> Result<Opt
 }
 
 fn save(
-    tx: &Transaction,
+    tx: &Connection,
     kind: &str,
     namespace: &str,
     name: &str,
@@ -151,7 +310,7 @@ fn has_finalizers(doc: &Value) -> bool {
         .is_some_and(|f| !f.is_empty())
 }
 
-fn load_existing(tx: &Transaction, kind: &str, namespace: &str, name: &str) -> Result<Value> {
+fn load_existing(tx: &Connection, kind: &str, namespace: &str, name: &str) -> Result<Value> {
     load(tx, kind, namespace, name)?.ok_or_else(|| Error::NotFound {
         kind: kind.to_owned(),
         name: name.to_owned(),
@@ -160,7 +319,7 @@ fn load_existing(tx: &Transaction, kind: &str, namespace: &str, name: &str) -> R
 
 /// Gives `doc` the next revision and saves it (as a tombstone when `deleted`).
 fn store_revision(
-    tx: &Transaction,
+    tx: &Connection,
     kind: &str,
     namespace: &str,
     name: &str,
@@ -172,7 +331,7 @@ fn store_revision(
     save(tx, kind, namespace, name, revision, deleted, doc)
 }
 
-fn apply_write(tx: &Transaction, write: Write) -> Result<Option<Value>> {
+fn apply_write(tx: &Connection, write: Write) -> Result<Option<Value>> {
     match write {
         Write::Create(mut doc) => {
             let (kind, namespace, name) = identity(&doc)?;
@@ -250,10 +409,7 @@ impl Store for SqliteStore {
         namespace: String,
         name: String,
     ) -> BoxFuture<'_, Result<Option<Value>>> {
-        self.run(move |conn| {
-            let tx = conn.transaction()?;
-            load(&tx, &kind, &namespace, &name)
-        })
+        self.read(move |conn| load(conn, &kind, &namespace, &name))
     }
 
     fn list_raw(
@@ -261,7 +417,7 @@ impl Store for SqliteStore {
         kind: String,
         namespace: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<Value>>> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT body FROM objects WHERE kind = ?1 AND deleted = 0 AND (?2 IS NULL OR namespace = ?2)
                  ORDER BY namespace, name",
@@ -272,7 +428,7 @@ impl Store for SqliteStore {
     }
 
     fn find_raw(&self, kind: String, name: String) -> BoxFuture<'_, Result<Option<Value>>> {
-        self.run(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT body FROM objects WHERE kind = ?1 AND name = ?2 AND deleted = 0 LIMIT 1",
             )?;
@@ -289,19 +445,14 @@ impl Store for SqliteStore {
         }
         let written = self.written.clone();
         let full = self.full.clone();
-        let result = self.run(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut stored = Vec::with_capacity(writes.len());
-            for write in writes {
-                stored.extend(apply_write(&tx, write)?);
-            }
-            let revision: i64 =
-                tx.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
-            tx.commit()?;
-            Ok((stored, revision as u64))
-        });
+        let (reply, answer) = oneshot::channel();
+        let sent = self.writer.send(Job::Write { writes, reply });
         async move {
-            let (stored, revision) = result.await.inspect_err(|e| {
+            sent.map_err(|_| Error::Task("the store's writer thread has stopped".into()))?;
+            let result = answer
+                .await
+                .map_err(|_| Error::Task("the store's writer thread has stopped".into()))?;
+            let (stored, revision) = result.inspect_err(|e| {
                 if e.is_storage_full() {
                     full.store(true, Ordering::Release);
                 }
@@ -360,6 +511,15 @@ impl Store for SqliteStore {
         self.written.subscribe()
     }
 
+    fn changes_raw(&self, kind: String, since: u64) -> BoxFuture<'_, Result<Option<Changes>>> {
+        let changes = self.changes_since(kind, since);
+        async move {
+            let (changes, revision) = changes.await?;
+            Ok(Some(Changes { changes, revision }))
+        }
+        .boxed()
+    }
+
     /// After a write failed for lack of space, a probe write tells whether there is room again:
     /// a row of 64 KiB written and deleted in one committed transaction, which leaves nothing.
     fn writable(&self) -> BoxFuture<'_, Result<()>> {
@@ -367,7 +527,7 @@ impl Store for SqliteStore {
             return std::future::ready(Ok(())).boxed();
         }
         let full = self.full.clone();
-        let probe = self.run(|conn| {
+        let probe = self.alone(|conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
                 "INSERT INTO objects (kind, namespace, name, revision, deleted, body) \
@@ -387,12 +547,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// One entry of the change feed.
-struct Change {
-    object: Value,
-    deleted: bool,
-}
-
 impl SqliteStore {
     /// Changes of a kind after `revision`, oldest first, with the newest revision seen.
     fn changes_since(
@@ -400,8 +554,9 @@ impl SqliteStore {
         kind: String,
         revision: u64,
     ) -> BoxFuture<'_, Result<(Vec<Change>, u64)>> {
-        self.run(move |conn| {
-            let tx = conn.transaction()?;
+        self.read(move |conn| {
+            // One read transaction: the rows and the newest revision are of one snapshot.
+            let tx = conn.unchecked_transaction()?;
             let newest: i64 = tx.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
             let mut stmt = tx.prepare_cached(
                 "SELECT body, deleted FROM objects WHERE kind = ?1 AND revision > ?2 AND revision <= ?3

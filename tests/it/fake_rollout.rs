@@ -66,12 +66,13 @@ async fn cluster() -> Cluster {
     let ctx = Arc::new(
         Context::new(controller, catalog.clone()).with_kubernetes(fake.client.clone(), "rsgo-0"),
     );
+    let keys = crate::support::key_index(&hooks).await;
     let hooks = AppState {
         store: hooks,
         catalog,
         default_environment: "prod".into(),
         catalog_synced: Default::default(),
-        keys: None,
+        keys,
         http: Default::default(),
         refusals: Default::default(),
     };

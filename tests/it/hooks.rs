@@ -124,6 +124,7 @@ pub async fn fixture(backend: Backend) -> Fixture {
         "{:?}",
         report.errors
     );
+    let keys = crate::support::key_index(&store).await;
     Fixture {
         state: AppState {
             store,
@@ -132,7 +133,7 @@ pub async fn fixture(backend: Backend) -> Fixture {
             catalog_synced: Default::default(),
             http: Default::default(),
             refusals: Default::default(),
-            keys: None,
+            keys,
         },
         catalog_dir: manifests,
         _dir: dir,
@@ -168,6 +169,12 @@ impl Fixture {
             status: None,
         };
         self.state.store.create(&record).await.unwrap();
+        // On Kubernetes the index learns of the key from its watch.
+        let start = std::time::Instant::now();
+        while self.state.keys.lookup(&key.hash).await.unwrap().is_none() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(10));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         key.plaintext
     }
 

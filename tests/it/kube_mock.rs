@@ -270,7 +270,7 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
     ));
     keys.apply(kube::runtime::watcher::Event::InitDone);
     let state = AppState {
-        keys: Some(keys),
+        keys,
         store: Arc::new(KubeStore::new(client, rsgo::model::HOOKS_MANAGER)) as Arc<dyn Store>,
         catalog: Arc::new(SharedCatalog::default()),
         default_environment: "prod".into(),
@@ -791,7 +791,7 @@ async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_recor
     ));
     keys.apply(kube::runtime::watcher::Event::InitDone);
     let state = AppState {
-        keys: Some(keys),
+        keys,
         store: Arc::new(KubeStore::new(client, rsgo::model::HOOKS_MANAGER)) as Arc<dyn Store>,
         catalog: Arc::new(SharedCatalog::new(catalog)),
         default_environment: "prod".into(),

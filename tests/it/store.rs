@@ -8,7 +8,7 @@ use kube::api::ObjectMeta;
 use kube::runtime::watcher::Event;
 use rsgo::Error;
 use rsgo::model::{Environment, Stack, StackSpec, StackStatus};
-use rsgo::store::{SqliteStore, Store};
+use rsgo::store::{SqliteStore, Store, Write, encode};
 use tempfile::TempDir;
 
 use crate::support::{Server, curl, rsgo_ok, unique};
@@ -28,6 +28,56 @@ fn stack(name: &str) -> Stack {
         },
         status: None,
     }
+}
+
+/// Many writers at once share commits, yet every batch stays all-or-nothing: a batch that fails
+/// (its second object exists already) leaves no trace, and the batches beside it all land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_batches_commit_together_and_fail_alone() {
+    let dir = TempDir::new().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    store.create(&stack("taken")).await.unwrap();
+    let writers = (0..200).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let second = if n % 3 == 0 {
+                "taken".to_owned()
+            } else {
+                format!("b-{n}")
+            };
+            let batch = vec![
+                Write::Create(encode(&stack(&format!("a-{n}"))).unwrap()),
+                Write::Create(encode(&stack(&second)).unwrap()),
+            ];
+            (n, store.write(batch).await)
+        })
+    });
+    let results = futures::future::join_all(writers).await;
+    let mut revisions = std::collections::BTreeSet::new();
+    for result in results {
+        let (n, outcome) = result.unwrap();
+        let first = store.get::<Stack>("local", &format!("a-{n}")).await.unwrap();
+        if n % 3 == 0 {
+            assert!(
+                matches!(outcome, Err(Error::AlreadyExists { .. })),
+                "batch {n}: {outcome:?}"
+            );
+            assert!(first.is_none(), "batch {n} failed, yet its first object was stored");
+        } else {
+            let stored = outcome.unwrap();
+            assert_eq!(stored.len(), 2);
+            assert!(first.is_some(), "batch {n} was acknowledged but is missing");
+            for object in stored {
+                revisions.insert(object["metadata"]["resourceVersion"].to_string());
+            }
+        }
+    }
+    assert_eq!(
+        revisions.len(),
+        2 * (200 - 67),
+        "every stored object has its own revision"
+    );
+    assert_eq!(store.list::<Stack>(None).await.unwrap().len(), 1 + 2 * (200 - 67));
 }
 
 #[tokio::test]

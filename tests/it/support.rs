@@ -69,6 +69,17 @@ pub fn build_and_push(image: &str, marker: &str) -> String {
     docker(&["image", "inspect", "-f", "{{.Id}}", image])
 }
 
+/// The key index of `store`, once its first listing is complete.
+pub async fn key_index(store: &std::sync::Arc<dyn rsgo::store::Store>) -> rsgo::auth::KeyIndex {
+    let index = rsgo::auth::KeyIndex::follow(store.clone()).await.unwrap();
+    let start = Instant::now();
+    while !index.is_ready() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the key index never loaded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    index
+}
+
 /// Polls `check` until it returns `Some`, or fails the test after `limit`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
