@@ -23,7 +23,7 @@ use super::{ApiError, AppState};
 use crate::catalog::{self, render, sync, variables};
 use crate::model::{
     DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
-    DeploymentRecordSpec, Environment, Permission, REDEPLOY_ANNOTATION, Stack,
+    DeploymentRecordSpec, Environment, Permission, REDEPLOY_ANNOTATION, STACK_LABEL, Stack,
 };
 use crate::store::{Store, Write, encode};
 use crate::{Error, Result, retry};
@@ -40,13 +40,33 @@ fn status_url(id: &str) -> String {
     format!("/api/deployments/{id}")
 }
 
+/// The deployment a request may join instead of making its own: the stack's latest request, when
+/// it asks for the same `action` and the reconciler has not taken it up yet. Joining it serves the
+/// new request fully: nothing of that rollout has happened yet, images included.
+async fn pending_request(
+    store: &std::sync::Arc<dyn Store>,
+    stack: &Stack,
+    action: DeploymentAction,
+) -> Result<Option<DeploymentRecord>> {
+    let Some(id) = stack.annotations().get(DEPLOYMENT_ANNOTATION) else {
+        return Ok(None);
+    };
+    let namespace = stack.namespace().unwrap_or_default();
+    Ok(store
+        .get::<DeploymentRecord>(&namespace, id)
+        .await?
+        .filter(|record| record.status.is_none() && record.spec.action == action))
+}
+
 /// Reads the stack, lets `change` derive the desired stack and the record, and stores both in one
-/// atomic write, retrying from a fresh read when another writer changed the stack meanwhile.
+/// atomic write, retrying from a fresh read when another writer changed the stack meanwhile. With
+/// `join`, a request of that action that the stack already has waiting is answered instead.
 async fn request_rollout<F>(
     store: &std::sync::Arc<dyn Store>,
     env: &Environment,
     stack_name: &str,
     requested_by: &str,
+    join: Option<DeploymentAction>,
     change: F,
 ) -> Result<(Stack, DeploymentRecord), ApiError>
 where
@@ -61,6 +81,11 @@ where
                 "Stack '{stack_name}' not found in environment '{environment}'."
             ))));
         };
+        if let Some(action) = join
+            && let Some(waiting) = pending_request(store, &stack, action).await?
+        {
+            return Ok(Ok((stack, waiting)));
+        }
         let (mut desired, mut spec) = match change(&stack) {
             Ok(changed) => changed,
             Err(refused) => return Ok(Err(refused)),
@@ -74,6 +99,7 @@ where
             metadata: ObjectMeta {
                 name: Some(id),
                 namespace: Some(namespace.clone()),
+                labels: Some([(STACK_LABEL.to_owned(), stack.name_any())].into()),
                 // Owned by the stack: deleting the stack deletes its history.
                 owner_references: stack.owner_ref(&()).map(|owner| vec![owner]),
                 ..Default::default()
@@ -180,6 +206,7 @@ pub async fn redeploy(
         &env,
         &request.stack_name,
         &key.spec.display_name,
+        Some(DeploymentAction::Redeploy),
         |stack| {
             let mut desired = stack.clone();
             desired
@@ -265,6 +292,7 @@ pub async fn upgrade(
         &env,
         &request.stack_name,
         &key.spec.display_name,
+        None,
         |stack| upgraded(&state, &env, &request, &target, stack),
     )
     .await?;

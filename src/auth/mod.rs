@@ -191,7 +191,8 @@ struct Keys {
 impl Keys {
     fn insert(&mut self, key: ApiKey) {
         self.remove(&key.name_any());
-        self.hash_of.insert(key.name_any(), key.spec.key_hash.clone());
+        self.hash_of
+            .insert(key.name_any(), key.spec.key_hash.clone());
         self.by_hash.insert(key.spec.key_hash.clone(), key);
     }
 

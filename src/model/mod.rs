@@ -22,6 +22,9 @@ pub const API_VERSION: &str = "rsgo.io/v1alpha1";
 pub const REDEPLOY_ANNOTATION: &str = "rsgo.io/redeploy-requested-at";
 /// Annotation naming the deployment record the next rollout of a stack reports to.
 pub const DEPLOYMENT_ANNOTATION: &str = "rsgo.io/deployment-id";
+/// Label holding the stack's name: on every object rsgo creates in a cluster, and on every
+/// DeploymentRecord, so a stack's history is listed without reading anyone else's.
+pub const STACK_LABEL: &str = "rsgo.io/stack";
 /// Finalizer that keeps a Stack until its workloads are removed.
 pub const CLEANUP_FINALIZER: &str = "rsgo.io/cleanup";
 /// Field manager of the reconciler's writes to a Kubernetes API server: stack and record status,

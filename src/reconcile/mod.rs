@@ -139,6 +139,14 @@ fn rollout_trigger(stack: &Stack) -> Option<u64> {
 /// Runs the controller until the process ends: every Stack change, every `resync` period, and
 /// every catalog sync (`catalog_synced`) reconciles.
 pub async fn run(ctx: Arc<Context>, resync: Duration, catalog_synced: Arc<tokio::sync::Notify>) {
+    match records::label_history(&ctx.store).await {
+        Ok(0) => {}
+        Ok(labelled) => tracing::info!(
+            labelled,
+            "labelled older deployment records with their stack"
+        ),
+        Err(error) => tracing::warn!(%error, "could not label older deployment records"),
+    }
     let synced = futures::stream::unfold(catalog_synced, |notify| async move {
         notify.notified().await;
         Some(((), notify))

@@ -1,6 +1,8 @@
 //! Deployment records: how a rollout ended, in the record that asked for it; rolling a failed
 //! upgrade back; superseding the requests a rollout served; trimming the history.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -9,10 +11,10 @@ use super::status::write_status;
 use crate::catalog;
 use crate::model::{
     DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
-    DeploymentRecordStatus, ServiceResult, Stack, StackPhase, StackStatus,
+    DeploymentRecordStatus, STACK_LABEL, ServiceResult, Stack, StackPhase, StackStatus,
 };
 use crate::runtime::Outcome;
-use crate::store::{Write, encode};
+use crate::store::{Store, Write, encode};
 use crate::{Error, Result};
 
 /// How a reconcile ended: the stack's new status, the record it reports to, and the version it
@@ -273,7 +275,10 @@ pub fn settle(
 /// record history, in one write.
 async fn settle_records(ctx: &Context, stack: &Stack, done: &DeploymentRecord) -> Result<()> {
     let namespace = stack.namespace().unwrap_or_default();
-    let records = ctx.store.list::<DeploymentRecord>(Some(&namespace)).await?;
+    let records = ctx
+        .store
+        .list_labelled::<DeploymentRecord>(&namespace, STACK_LABEL, &stack.name_any())
+        .await?;
     let now = Timestamp::now();
     let (superseded, expired) = settle(&records, done, now);
     let mut writes = Vec::new();
@@ -302,6 +307,36 @@ async fn settle_records(ctx: &Context, stack: &Stack, done: &DeploymentRecord) -
         Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Labels the DeploymentRecords written before records carried their stack's label, so that
+/// trimming a stack's history finds them. Runs when the reconciler starts; a record already
+/// labelled is not written again. Returns how many were labelled.
+pub(super) async fn label_history(store: &Arc<dyn Store>) -> Result<usize> {
+    let unlabelled: Vec<DeploymentRecord> = store
+        .list::<DeploymentRecord>(None)
+        .await?
+        .into_iter()
+        .filter(|r| !r.labels().contains_key(STACK_LABEL))
+        .collect();
+    for chunk in unlabelled.chunks(500) {
+        let writes = chunk
+            .iter()
+            .map(|record| {
+                let mut labelled = record.clone();
+                labelled
+                    .labels_mut()
+                    .insert(STACK_LABEL.into(), record.spec.stack.clone());
+                encode(&labelled).map(Write::Update)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        match store.write(writes).await {
+            // Changed or gone meanwhile: the next start labels what is left.
+            Ok(_) | Err(Error::Conflict { .. } | Error::NotFound { .. }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(unlabelled.len())
 }
 
 #[cfg(test)]
@@ -416,5 +451,42 @@ mod tests {
             t1,
         );
         assert_eq!((done.started_at, done.finished_at), (Some(t0), Some(t1)));
+    }
+
+    #[tokio::test]
+    async fn older_records_get_their_stack_label_once() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(dir.path()).unwrap());
+        for (name, stack, labelled) in [
+            ("a", "shop", false),
+            ("b", "shop", true),
+            ("c", "blog", false),
+        ] {
+            let mut record = record(name, stack, 1, None);
+            record.metadata.namespace = Some("local".into());
+            if labelled {
+                record.labels_mut().insert(STACK_LABEL.into(), stack.into());
+            }
+            store.create(&record).await.unwrap();
+        }
+        let listed = |stack: &'static str| {
+            let store = store.clone();
+            async move {
+                let records = store
+                    .list_labelled::<DeploymentRecord>("local", STACK_LABEL, stack)
+                    .await
+                    .unwrap();
+                records.iter().map(|r| r.name_any()).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(listed("shop").await, ["b"]);
+        assert_eq!(label_history(&store).await.unwrap(), 2);
+        assert_eq!(listed("shop").await, ["a", "b"]);
+        assert_eq!(listed("blog").await, ["c"]);
+        assert_eq!(
+            label_history(&store).await.unwrap(),
+            0,
+            "nothing is written twice"
+        );
     }
 }

@@ -14,7 +14,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Changes, Store, Write, check_writes, identity, text};
+use super::{Changes, Label, Store, Write, check_writes, identity, text};
 use crate::model::{ApiKey, CatalogSource, DeploymentRecord, Environment, Stack};
 use crate::{Error, Result};
 
@@ -184,11 +184,18 @@ impl Store for KubeStore {
         &self,
         kind: String,
         namespace: Option<String>,
+        label: Option<Label>,
     ) -> BoxFuture<'_, Result<Vec<Value>>> {
         async move {
             let api = self.api(&kind, namespace.as_deref())?;
+            let params = match &label {
+                Some(label) => {
+                    ListParams::default().labels(&format!("{}={}", label.key, label.value))
+                }
+                None => ListParams::default(),
+            };
             let list = api
-                .list(&ListParams::default())
+                .list(&params)
                 .await
                 .map_err(|e| api_error(e, &kind, "*", false))?;
             list.items.into_iter().map(to_value).collect()

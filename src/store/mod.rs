@@ -71,11 +71,13 @@ pub trait Store: Send + Sync + 'static {
         namespace: String,
         name: String,
     ) -> BoxFuture<'_, Result<Option<Value>>>;
-    /// Lists the objects of a kind, in one namespace or in all.
+    /// Lists the objects of a kind, in one namespace or in all; with `label`, only those that
+    /// carry that label with that value (an index lookup, not a scan).
     fn list_raw(
         &self,
         kind: String,
         namespace: Option<String>,
+        label: Option<Label>,
     ) -> BoxFuture<'_, Result<Vec<Value>>>;
     /// The object of a kind with this name, in whichever namespace it is (names such as
     /// deployment ids are unique across namespaces). One lookup, never a listing.
@@ -93,6 +95,15 @@ pub trait Store: Send + Sync + 'static {
     /// The changes of a kind after revision `since`, read now, oldest first. `None` when the
     /// store keeps no change log to read on demand and changes arrive by watch only.
     fn changes_raw(&self, kind: String, since: u64) -> BoxFuture<'_, Result<Option<Changes>>>;
+}
+
+/// A label and the value an object must carry for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    /// The label's key, such as `rsgo.io/stack`.
+    pub key: String,
+    /// The value.
+    pub value: String,
 }
 
 /// One entry of a store's change log.
@@ -196,7 +207,25 @@ impl dyn Store {
 
     /// Lists objects of type `K`, in one namespace or in all.
     pub async fn list<K: Object>(&self, namespace: Option<&str>) -> Result<Vec<K>> {
-        self.list_raw(kind_of::<K>(), namespace.map(Into::into))
+        self.list_raw(kind_of::<K>(), namespace.map(Into::into), None)
+            .await?
+            .into_iter()
+            .map(decode)
+            .collect()
+    }
+
+    /// Lists the objects of type `K` in `namespace` that carry label `key` = `value`.
+    pub async fn list_labelled<K: Object>(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<K>> {
+        let label = Label {
+            key: key.into(),
+            value: value.into(),
+        };
+        self.list_raw(kind_of::<K>(), Some(namespace.into()), Some(label))
             .await?
             .into_iter()
             .map(decode)

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, oneshot, watch};
 
-use super::{Change, Changes, Store, Write, check_writes, identity, text};
+use super::{Change, Changes, Label, Store, Write, check_writes, identity, text};
 use crate::{Error, Result};
 
 /// How often watchers look for writes made by other processes.
@@ -96,6 +96,7 @@ impl SqliteStore {
             CREATE TABLE IF NOT EXISTS revision (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
             INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);",
         )?;
+        migrate(&conn)?;
         let (writer, jobs) = mpsc::channel();
         std::thread::Builder::new()
             .name("rsgo-store-writer".into())
@@ -263,6 +264,34 @@ fn for_each_batch(error: &Error) -> Error {
     }
 }
 
+/// Brings an older database to this version's schema, once, in one transaction:
+/// 1. the `labels` table, which indexes every live object's labels for labelled listings.
+fn migrate(conn: &Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version >= 1 {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS labels (
+             kind TEXT NOT NULL,
+             namespace TEXT NOT NULL,
+             name TEXT NOT NULL,
+             key TEXT NOT NULL,
+             value TEXT NOT NULL,
+             PRIMARY KEY (kind, namespace, name, key)
+         );
+         CREATE INDEX IF NOT EXISTS labels_by_value ON labels (kind, key, value, namespace);
+         INSERT OR REPLACE INTO labels (kind, namespace, name, key, value)
+             SELECT o.kind, o.namespace, o.name, l.key, l.value
+             FROM objects o, json_each(o.body, '$.metadata.labels') l
+             WHERE o.deleted = 0 AND l.type = 'text';
+         PRAGMA user_version = 1;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
 fn parse(body: &str) -> Result<Value> {
     serde_json::from_str(body).map_err(|e| Error::json("decoding a stored object", e))
 }
@@ -301,6 +330,18 @@ fn save(
          ON CONFLICT (kind, namespace, name) DO UPDATE SET revision = ?4, deleted = ?5, body = ?6",
         params![kind, namespace, name, revision as i64, deleted, doc.to_string()],
     )?;
+    tx.prepare_cached("DELETE FROM labels WHERE kind = ?1 AND namespace = ?2 AND name = ?3")?
+        .execute(params![kind, namespace, name])?;
+    if let (false, Some(labels)) = (deleted, doc["metadata"]["labels"].as_object()) {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO labels (kind, namespace, name, key, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for (key, value) in labels {
+            if let Some(value) = value.as_str() {
+                insert.execute(params![kind, namespace, name, key, value])?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -416,13 +457,27 @@ impl Store for SqliteStore {
         &self,
         kind: String,
         namespace: Option<String>,
+        label: Option<Label>,
     ) -> BoxFuture<'_, Result<Vec<Value>>> {
         self.read(move |conn| {
+            let Some(label) = label else {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT body FROM objects WHERE kind = ?1 AND deleted = 0 AND (?2 IS NULL OR namespace = ?2)
+                     ORDER BY namespace, name",
+                )?;
+                let rows = stmt.query_map(params![kind, namespace], |r| r.get::<_, String>(0))?;
+                return rows.map(|body| parse(&body?)).collect();
+            };
             let mut stmt = conn.prepare_cached(
-                "SELECT body FROM objects WHERE kind = ?1 AND deleted = 0 AND (?2 IS NULL OR namespace = ?2)
-                 ORDER BY namespace, name",
+                "SELECT o.body FROM labels l JOIN objects o
+                   ON o.kind = l.kind AND o.namespace = l.namespace AND o.name = l.name
+                 WHERE l.kind = ?1 AND l.key = ?2 AND l.value = ?3 AND (?4 IS NULL OR l.namespace = ?4)
+                   AND o.deleted = 0
+                 ORDER BY o.namespace, o.name",
             )?;
-            let rows = stmt.query_map(params![kind, namespace], |r| r.get::<_, String>(0))?;
+            let rows = stmt.query_map(params![kind, label.key, label.value, namespace], |r| {
+                r.get::<_, String>(0)
+            })?;
             rows.map(|body| parse(&body?)).collect()
         })
     }

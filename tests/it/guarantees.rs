@@ -306,16 +306,22 @@ fn coalesced_waiters_get_the_outcome_of_the_rollout_that_served_them_and_ids_kee
         })
         .collect();
     let replies: Vec<(u16, Value)> = calls.into_iter().map(|c| c.join().unwrap()).collect();
-    let mut served_by_others = 0;
+    let mut ids = std::collections::BTreeSet::new();
     for (status, reply) in &replies {
         assert_eq!(*status, 200, "{reply}");
         assert_eq!(reply["success"], true);
         if let Some(carrier) = reply["servedBy"].as_str() {
             assert_ne!(carrier, reply["deploymentId"]);
-            served_by_others += 1;
         }
+        ids.insert(reply["deploymentId"].as_str().unwrap().to_owned());
     }
-    assert!(served_by_others > 0, "some requests were coalesced");
+    // Requests that found one waiting joined it: far fewer deployments than requests.
+    assert!(
+        ids.len() < replies.len() / 2,
+        "{} deployments for {} requests",
+        ids.len(),
+        replies.len()
+    );
     // One more rollout; every id returned before still resolves, and a superseded one names
     // the deployment that carried it.
     let (status, last) = server.hook("/api/hooks/redeploy", &key, Some(&body));
@@ -628,14 +634,19 @@ fn a_full_data_disk_is_reported_as_such_and_readiness_follows_it() {
     );
     let _mounted = Mounted(server.data_dir().to_owned());
     let key = server.key(&["Hooks.Redeploy"]);
-    let stack = unique("st");
+    let (stack, other) = (unique("st"), unique("st"));
     server.apply(&stack_yaml(&stack, &server.environment, "nothing"));
-    let body = format!(
-        "{{\"stackName\": \"{stack}\", \"environmentId\": \"{}\"}}",
-        server.environment
-    );
-    let (status, reply) = server.hook("/api/hooks/redeploy", &key, Some(&body));
+    server.apply(&stack_yaml(&other, &server.environment, "nothing"));
+    let request = |stack: &str| {
+        format!(
+            "{{\"stackName\": \"{stack}\", \"environmentId\": \"{}\"}}",
+            server.environment
+        )
+    };
+    let (status, reply) = server.hook("/api/hooks/redeploy", &key, Some(&request(&stack)));
     assert_eq!(status, 200, "{reply}");
+    // A request for the other stack has no waiting deployment to join: it needs a write.
+    let body = request(&other);
 
     let filler = server.data_dir().join("filler");
     let _ = std::process::Command::new("dd")
@@ -662,6 +673,10 @@ fn a_full_data_disk_is_reported_as_such_and_readiness_follows_it() {
         records.lines().count(),
         2,
         "only the first request was recorded: {records}"
+    );
+    assert!(
+        records.contains(&stack) && !records.contains(&other),
+        "{records}"
     );
 
     std::fs::remove_file(&filler).unwrap();

@@ -56,13 +56,19 @@ async fn concurrent_batches_commit_together_and_fail_alone() {
     let mut revisions = std::collections::BTreeSet::new();
     for result in results {
         let (n, outcome) = result.unwrap();
-        let first = store.get::<Stack>("local", &format!("a-{n}")).await.unwrap();
+        let first = store
+            .get::<Stack>("local", &format!("a-{n}"))
+            .await
+            .unwrap();
         if n % 3 == 0 {
             assert!(
                 matches!(outcome, Err(Error::AlreadyExists { .. })),
                 "batch {n}: {outcome:?}"
             );
-            assert!(first.is_none(), "batch {n} failed, yet its first object was stored");
+            assert!(
+                first.is_none(),
+                "batch {n} failed, yet its first object was stored"
+            );
         } else {
             let stored = outcome.unwrap();
             assert_eq!(stored.len(), 2);
@@ -77,7 +83,56 @@ async fn concurrent_batches_commit_together_and_fail_alone() {
         2 * (200 - 67),
         "every stored object has its own revision"
     );
-    assert_eq!(store.list::<Stack>(None).await.unwrap().len(), 1 + 2 * (200 - 67));
+    assert_eq!(
+        store.list::<Stack>(None).await.unwrap().len(),
+        1 + 2 * (200 - 67)
+    );
+}
+
+/// A database from before labels were indexed gets its index on first open, and labelled
+/// listings find exactly the objects carrying the label, also after relabelling and deletion.
+#[tokio::test]
+async fn labelled_listings_use_an_index_built_for_older_databases_too() {
+    let dir = TempDir::new().unwrap();
+    {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        for (name, team) in [("a", "red"), ("b", "blue"), ("c", "red")] {
+            let mut labelled = stack(name);
+            labelled.metadata.labels = Some([("team".to_owned(), team.to_owned())].into());
+            store.create(&labelled).await.unwrap();
+        }
+    }
+    // As an older rsgo left it: no label index, schema version 0.
+    let db = rusqlite::Connection::open(dir.path().join("rsgo.db")).unwrap();
+    db.execute_batch("DROP TABLE labels; PRAGMA user_version = 0;")
+        .unwrap();
+    drop(db);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let names = |stacks: Vec<Stack>| -> Vec<String> {
+        stacks
+            .into_iter()
+            .map(|s| s.metadata.name.unwrap())
+            .collect()
+    };
+    let red = store
+        .list_labelled::<Stack>("local", "team", "red")
+        .await
+        .unwrap();
+    assert_eq!(names(red), ["a", "c"]);
+    let mut moved = store.require::<Stack>("local", "c").await.unwrap();
+    moved.metadata.labels = Some([("team".to_owned(), "blue".to_owned())].into());
+    store.update(&moved).await.unwrap();
+    store.delete::<Stack>("local", "b").await.unwrap();
+    let blue = store
+        .list_labelled::<Stack>("local", "team", "blue")
+        .await
+        .unwrap();
+    assert_eq!(names(blue), ["c"]);
+    let red = store
+        .list_labelled::<Stack>("local", "team", "red")
+        .await
+        .unwrap();
+    assert_eq!(names(red), ["a"]);
 }
 
 #[tokio::test]

@@ -74,7 +74,10 @@ pub async fn key_index(store: &std::sync::Arc<dyn rsgo::store::Store>) -> rsgo::
     let index = rsgo::auth::KeyIndex::follow(store.clone()).await.unwrap();
     let start = Instant::now();
     while !index.is_ready() {
-        assert!(start.elapsed() < Duration::from_secs(10), "the key index never loaded");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the key index never loaded"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     index

@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::Service;
 use kube::{Resource, ResourceExt};
 
 pub use workloads::{
-    RESTARTED_AT_ANNOTATION, SERVICE_LABEL, SPEC_HASH_ANNOTATION, STACK_LABEL, Workloads,
-    claim_name, deployment_name, job_name, workloads,
+    RESTARTED_AT_ANNOTATION, SERVICE_LABEL, SPEC_HASH_ANNOTATION, Workloads, claim_name,
+    deployment_name, job_name, workloads,
 };
 
 use futures::FutureExt;
@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 
 use super::{Outcome, Progress, Rollout as RuntimeRollout, Runtime};
 use crate::catalog::StackPlan;
-use crate::model::{ServiceAction, ServiceResult, ServiceStatus, Stack, dns_label};
+use crate::model::{STACK_LABEL, ServiceAction, ServiceResult, ServiceStatus, Stack, dns_label};
 
 /// How far the Deployments of a stack have rolled out.
 #[derive(Debug, Clone, PartialEq, Eq)]

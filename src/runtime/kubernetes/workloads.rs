@@ -19,14 +19,12 @@ use sha2::{Digest, Sha256};
 use super::pod::{pod_template, protocol_name};
 use crate::catalog::RenderError;
 use crate::catalog::plan::{ContainerPlan, MountSource, StackPlan};
-use crate::model::{Stack, dns_label};
+use crate::model::{STACK_LABEL, Stack, dns_label};
 
 /// Pod-template annotation that a redeploy changes, which rolls the pods like `kubectl rollout restart`.
 pub const RESTARTED_AT_ANNOTATION: &str = "rsgo.io/restarted-at";
 /// Annotation with the hash of the rendered service spec.
 pub const SPEC_HASH_ANNOTATION: &str = "rsgo.io/spec-hash";
-/// Label holding the stack name on every object rsgo creates in a cluster.
-pub const STACK_LABEL: &str = "rsgo.io/stack";
 /// Label holding the service name.
 pub const SERVICE_LABEL: &str = "rsgo.io/service";
 /// Size requested for each named volume.
