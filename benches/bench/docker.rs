@@ -62,9 +62,20 @@ pub fn push_images(tags: &[String]) {
     }
 }
 
-/// Removes every container and network of the environment `environment`, and the compose
-/// project's.
-fn clean_up(environment: &str) {
+/// The one-service benchmark image, built and pushed once per run.
+pub fn bench_image() -> String {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let image = format!("{}/rsgo-bench/app:1", registry());
+            push_images(std::slice::from_ref(&image));
+            image
+        })
+        .clone()
+}
+
+/// Removes every container and network rsgo made for the environment `environment`.
+pub fn clean_up(environment: &str) {
     let label = format!("label=io.rsgo.environment={environment}");
     let ids = docker(&["ps", "-aq", "--filter", &label]);
     let ids: Vec<&str> = ids.split_whitespace().collect();
@@ -100,7 +111,7 @@ pub fn redeploy_beside_compose() {
         "{}{}{}",
         fixtures::environment(environment, &format!("unix://{SOCKET}")),
         fixtures::keys(1),
-        fixtures::stacks(environment, "ten", 1)
+        fixtures::stacks(environment, "ten", "s", 1)
     );
     let server = Server::start(&objects, catalog.path(), &[]);
     let compose = tempfile::TempDir::new().expect("a temporary directory");
@@ -289,7 +300,7 @@ fn resync_at(runtime: &tokio::runtime::Runtime, catalog: &Path, image: &str, sta
     let objects = format!(
         "{}{}",
         fixtures::environment(&environment, &format!("tcp://{proxy}")),
-        fixtures::stacks(&environment, "bench", stacks)
+        fixtures::stacks(&environment, "bench", "s", stacks)
     );
     let period = 10u64;
     let start = Instant::now();
@@ -348,8 +359,7 @@ fn resync_at(runtime: &tokio::runtime::Runtime, catalog: &Path, image: &str, sta
 
 /// Resync costs at 100 and 1 000 running stacks.
 pub fn resync() {
-    let image = format!("{}/rsgo-bench/app:1", registry());
-    push_images(std::slice::from_ref(&image));
+    let image = bench_image();
     let catalog = tempfile::TempDir::new().expect("a temporary directory");
     fixtures::write_manifest(catalog.path(), "bench", std::slice::from_ref(&image), 1);
     let runtime = tokio::runtime::Builder::new_multi_thread()

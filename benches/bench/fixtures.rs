@@ -41,13 +41,13 @@ pub fn environment(name: &str, host: &str) -> String {
     )
 }
 
-/// Stacks `s-0` to `s-{count-1}` of `product` 1.0.0 in `environment`.
-pub fn stacks(environment: &str, product: &str, count: usize) -> String {
+/// Stacks `{prefix}-0` to `{prefix}-{count-1}` of `product` 1.0.0 in `environment`.
+pub fn stacks(environment: &str, product: &str, prefix: &str, count: usize) -> String {
     let mut yaml = String::new();
     for n in 0..count {
         let _ = write!(
             yaml,
-            "---\napiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: s-{n}}}\n\
+            "---\napiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: {prefix}-{n}}}\n\
              spec: {{environment: {environment}, product: {product}, version: \"1.0.0\"}}\n"
         );
     }

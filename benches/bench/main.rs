@@ -128,18 +128,28 @@ fn catalog(image: &str) -> tempfile::TempDir {
     dir
 }
 
-/// A server whose stacks live in an Environment whose engine refuses connections: the
-/// reconciler backs off from it, so the figures are the hook path's own.
-fn hook_server(catalog: &std::path::Path, keys: usize, stacks: usize) -> Server {
-    let host = format!("tcp://127.0.0.1:{}", free_port());
+/// Stacks the hook measurements redeploy.
+const BUSY_STACKS: usize = 10;
+
+/// A server with `keys` keys and `stacks` stacks in the Environment `environment` on the local
+/// engine. The first [`BUSY_STACKS`] run the `bench` product and are redeployed for real; the
+/// others name a product no catalog has, so they wait for a change and cost the reconciler
+/// nothing, yet they are there for every lookup and listing.
+fn hook_server(catalog: &std::path::Path, environment: &str, keys: usize, stacks: usize) -> Server {
     let objects = format!(
-        "{}{}{}",
-        fixtures::environment("bench", &host),
+        "{}{}{}{}",
+        fixtures::environment(environment, "unix:///var/run/docker.sock"),
         fixtures::keys(keys),
-        fixtures::stacks("bench", "bench", stacks)
+        fixtures::stacks(environment, "bench", "s", BUSY_STACKS.min(stacks)),
+        fixtures::stacks(
+            environment,
+            "absent",
+            "idle",
+            stacks.saturating_sub(BUSY_STACKS)
+        )
     );
     let server = Server::start(&objects, catalog, &[]);
-    server.settle(Duration::from_secs(120));
+    server.settle(Duration::from_secs(300));
     server
 }
 
@@ -185,19 +195,20 @@ fn ms(d: Duration) -> String {
 /// Hook requests per second and latency: the 401 path beside the ceiling, the accepted path,
 /// at 4 and 32 connections, with 10 and 10 000 keys and stacks.
 async fn hooks() {
-    let catalog = catalog("127.0.0.1:5000/rsgo-bench/app:1");
+    let catalog = catalog(&docker::bench_image());
     let ceiling = Ceiling::start();
     let servers = [
-        ("10 keys, 10 stacks", hook_server(catalog.path(), 10, 10)),
+        ("10 keys, 10 stacks", "rsgobenchh1", 10, 10),
+        ("10 000 keys, 10 stacks", "rsgobenchh2", 10_000, 10),
+        ("10 keys, 10 000 stacks", "rsgobenchh3", 10, 10_000),
+    ]
+    .map(|(name, environment, keys, stacks)| {
         (
-            "10 000 keys, 10 stacks",
-            hook_server(catalog.path(), 10_000, 10),
-        ),
-        (
-            "10 keys, 10 000 stacks",
-            hook_server(catalog.path(), 10, 10_000),
-        ),
-    ];
+            name,
+            environment,
+            hook_server(catalog.path(), environment, keys, stacks),
+        )
+    });
     let refused = |key: String| -> MakeRequest {
         Arc::new(move |_, _| {
             Request::post("/api/hooks/redeploy")
@@ -218,7 +229,7 @@ async fn hooks() {
             make: refused(fixtures::unknown_key()),
         });
     }
-    for (name, server) in &servers {
+    for (name, environment, server) in &servers {
         for connections in [4, 32] {
             cases.push(Case {
                 label: format!("unknown key (401), {name}, {connections} connections"),
@@ -232,7 +243,7 @@ async fn hooks() {
                 addr: server.addr,
                 connections,
                 expect: StatusCode::OK,
-                make: redeploy_request(fixtures::key(0), "bench".into(), 10),
+                make: redeploy_request(fixtures::key(0), environment.to_string(), BUSY_STACKS),
             });
         }
     }
@@ -283,20 +294,21 @@ async fn hooks() {
             );
         }
     }
-    for (name, server) in &servers {
+    for (name, environment, server) in &servers {
         println!(
             "| RSS after the runs, {name} | {:.1} MiB |",
             server.rss() as f64 / 1048576.0
         );
+        docker::clean_up(environment);
     }
 }
 
 /// Resident memory: idle, then after bursts, with 1 000 stacks and 10 000 keys.
 async fn memory() {
-    let catalog = catalog("127.0.0.1:5000/rsgo-bench/app:1");
-    let small = hook_server(catalog.path(), 1, 1);
+    let catalog = catalog(&docker::bench_image());
+    let small = hook_server(catalog.path(), "rsgobenchm1", 1, 1);
     let idle_small = small.rss();
-    let big = hook_server(catalog.path(), 10_000, 1_000);
+    let big = hook_server(catalog.path(), "rsgobenchm2", 10_000, 1_000);
     let idle_big = big.rss();
     for _ in 0..ROUNDS {
         for connections in [32, 256] {
@@ -305,7 +317,7 @@ async fn memory() {
                 connections,
                 RUN,
                 StatusCode::OK,
-                redeploy_request(fixtures::key(0), "bench".into(), 1_000),
+                redeploy_request(fixtures::key(0), "rsgobenchm2".into(), BUSY_STACKS),
             )
             .await;
         }
@@ -324,4 +336,7 @@ async fn memory() {
         mib(burst_big)
     );
     println!("| settled after the bursts | {} |", mib(after_big));
+    drop((small, big));
+    docker::clean_up("rsgobenchm1");
+    docker::clean_up("rsgobenchm2");
 }
