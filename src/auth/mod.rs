@@ -203,6 +203,9 @@ impl Keys {
     }
 }
 
+/// Most changes the index reads from the change log at once.
+const LOG_PAGE: usize = 256;
+
 fn kind() -> String {
     <ApiKey as kube::Resource>::kind(&()).into_owned()
 }
@@ -211,7 +214,7 @@ impl KeyIndex {
     /// An index of the ApiKeys in `store`, kept current until the process ends: from the
     /// store's change log when it has one, else from a watch.
     pub async fn follow(store: Arc<dyn Store>) -> crate::Result<Self> {
-        if store.changes_raw(kind(), 0).await?.is_some() {
+        if store.changes_raw(kind(), 0, 1).await?.is_some() {
             let index = Self {
                 log: Some(store),
                 ..Self::default()
@@ -232,19 +235,32 @@ impl KeyIndex {
         Ok(index)
     }
 
-    /// Reads the change log since the revision the index reflects and applies it.
+    /// Reads the change log since the revision the index reflects and applies it, a page at a
+    /// time.
     async fn catch_up(&self) -> crate::Result<()> {
         let Some(store) = &self.log else {
             return Ok(());
         };
-        let since = self.read().revision;
-        let Some(log) = store.changes_raw(kind(), since).await? else {
-            return Ok(());
-        };
+        loop {
+            let since = self.read().revision;
+            let Some(log) = store.changes_raw(kind(), since, LOG_PAGE).await? else {
+                return Ok(());
+            };
+            let (more, target) = (log.changes.len() == LOG_PAGE, log.revision);
+            self.apply_log(since, log);
+            // Done once the index reflects at least what this reading saw; a concurrent lookup
+            // may have applied an older reading meanwhile, and then this one reads again.
+            if !more && self.read().revision >= target {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies changes read from revision `since`, unless a concurrent lookup moved on meanwhile.
+    fn apply_log(&self, since: u64, log: crate::store::Changes) {
         let mut keys = self.write();
-        // A concurrent lookup may have applied a newer reading already.
-        if log.revision <= keys.revision {
-            return Ok(());
+        if keys.revision != since || log.revision <= since {
+            return;
         }
         for change in log.changes {
             let name = change.object["metadata"]["name"]
@@ -261,7 +277,6 @@ impl KeyIndex {
             }
         }
         keys.revision = log.revision;
-        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {

@@ -294,7 +294,12 @@ impl Store for KubeStore {
 
     /// The API server answers for itself; there is nothing local to fill up.
     /// Changes arrive by watch only.
-    fn changes_raw(&self, _kind: String, _since: u64) -> BoxFuture<'_, Result<Option<Changes>>> {
+    fn changes_raw(
+        &self,
+        _kind: String,
+        _since: u64,
+        _limit: usize,
+    ) -> BoxFuture<'_, Result<Option<Changes>>> {
         std::future::ready(Ok(None)).boxed()
     }
 

@@ -92,9 +92,16 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> watch::Receiver<u64>;
     /// Whether the store can take writes now; readiness fails while it cannot.
     fn writable(&self) -> BoxFuture<'_, Result<()>>;
-    /// The changes of a kind after revision `since`, read now, oldest first. `None` when the
-    /// store keeps no change log to read on demand and changes arrive by watch only.
-    fn changes_raw(&self, kind: String, since: u64) -> BoxFuture<'_, Result<Option<Changes>>>;
+    /// At most `limit` changes of a kind after revision `since`, read now, oldest first (a full
+    /// page means there may be more: read again from the revision it brings the reader to).
+    /// `None` when the store keeps no change log to read on demand and changes arrive by watch
+    /// only.
+    fn changes_raw(
+        &self,
+        kind: String,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Option<Changes>>>;
 }
 
 /// A label and the value an object must carry for it.

@@ -32,6 +32,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const READERS: usize = 4;
 /// Most write batches committed together.
 const MAX_GROUP: usize = 256;
+/// Most changes the change feed reads at once.
+const PAGE: usize = 256;
 
 /// Name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "rsgo.db";
@@ -519,32 +521,43 @@ impl Store for SqliteStore {
         .boxed()
     }
 
+    /// The first listing and every later change are read a page at a time and handed over
+    /// through a bounded channel, so a slow consumer holds the feed back instead of letting it
+    /// pile up in memory.
     fn watch_raw(self: Arc<Self>, kind: String) -> BoxStream<'static, watcher::Event<Value>> {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(PAGE);
         tokio::spawn(async move {
             let mut wake = self.written.subscribe();
             let mut revision = 0;
             let mut listed = false;
+            if tx.send(watcher::Event::Init).await.is_err() {
+                return;
+            }
             loop {
-                match self.changes_since(kind.clone(), revision).await {
-                    Ok((changes, newest)) => {
-                        if !listed {
-                            let _ = tx.send(watcher::Event::Init);
-                        }
-                        for change in changes {
+                match self.changes_since(kind.clone(), revision, PAGE).await {
+                    Ok(page) => {
+                        let more = page.changes.len() == PAGE;
+                        for change in page.changes {
                             let event = match (listed, change.deleted) {
                                 (false, true) => continue,
                                 (false, false) => watcher::Event::InitApply(change.object),
                                 (true, true) => watcher::Event::Delete(change.object),
                                 (true, false) => watcher::Event::Apply(change.object),
                             };
-                            let _ = tx.send(event);
+                            if tx.send(event).await.is_err() {
+                                return;
+                            }
+                        }
+                        revision = page.revision;
+                        if more {
+                            continue;
                         }
                         if !listed {
-                            let _ = tx.send(watcher::Event::InitDone);
+                            if tx.send(watcher::Event::InitDone).await.is_err() {
+                                return;
+                            }
                             listed = true;
                         }
-                        revision = newest;
                     }
                     Err(error) => {
                         tracing::warn!(%error, %kind, "reading the change feed failed; retrying")
@@ -566,13 +579,14 @@ impl Store for SqliteStore {
         self.written.subscribe()
     }
 
-    fn changes_raw(&self, kind: String, since: u64) -> BoxFuture<'_, Result<Option<Changes>>> {
-        let changes = self.changes_since(kind, since);
-        async move {
-            let (changes, revision) = changes.await?;
-            Ok(Some(Changes { changes, revision }))
-        }
-        .boxed()
+    fn changes_raw(
+        &self,
+        kind: String,
+        since: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Option<Changes>>> {
+        let changes = self.changes_since(kind, since, limit);
+        async move { Ok(Some(changes.await?)) }.boxed()
     }
 
     /// After a write failed for lack of space, a probe write tells whether there is room again:
@@ -603,34 +617,44 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Changes of a kind after `revision`, oldest first, with the newest revision seen.
+    /// At most `limit` changes of a kind after `revision`, oldest first. The revision returned
+    /// is the store's newest when fewer than `limit` came back, else the last one's: read again
+    /// from there for the rest.
     fn changes_since(
         &self,
         kind: String,
         revision: u64,
-    ) -> BoxFuture<'_, Result<(Vec<Change>, u64)>> {
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Changes>> {
         self.read(move |conn| {
             // One read transaction: the rows and the newest revision are of one snapshot.
             let tx = conn.unchecked_transaction()?;
             let newest: i64 = tx.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
             let mut stmt = tx.prepare_cached(
-                "SELECT body, deleted FROM objects WHERE kind = ?1 AND revision > ?2 AND revision <= ?3
-                 ORDER BY revision",
+                "SELECT body, deleted, revision FROM objects
+                 WHERE kind = ?1 AND revision > ?2 AND revision <= ?3
+                 ORDER BY revision LIMIT ?4",
             )?;
-            let rows = stmt.query_map(params![kind, revision as i64, newest], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
-            })?;
-            let changes = rows
-                .map(|row| {
-                    let (body, deleted) = row?;
-                    Ok(Change {
-                        object: parse(&body)?,
-                        deleted,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let rows = stmt.query_map(
+                params![kind, revision as i64, newest, limit as i64],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?)),
+            )?;
+            let mut changes = Vec::new();
+            let mut last = newest;
+            for row in rows {
+                let (body, deleted, revision) = row?;
+                changes.push(Change {
+                    object: parse(&body)?,
+                    deleted,
+                });
+                last = revision;
+            }
             drop(stmt);
-            Ok((changes, newest as u64))
+            let revision = if changes.len() < limit { newest } else { last };
+            Ok(Changes {
+                changes,
+                revision: revision as u64,
+            })
         })
     }
 }

@@ -135,6 +135,44 @@ async fn labelled_listings_use_an_index_built_for_older_databases_too() {
     assert_eq!(names(red), ["a"]);
 }
 
+/// The change log is read a page at a time, and a watch lists everything through pages before
+/// it says the listing is done.
+#[tokio::test]
+async fn the_change_log_and_the_watch_read_in_pages() {
+    let dir = TempDir::new().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let writes: Vec<Write> = (0..600)
+        .map(|n| Write::Create(encode(&stack(&format!("s{n}"))).unwrap()))
+        .collect();
+    store.write(writes).await.unwrap();
+    let mut since = 0;
+    let mut pages = Vec::new();
+    loop {
+        let page = store
+            .changes_raw("Stack".into(), since, 256)
+            .await
+            .unwrap()
+            .expect("SQLite keeps a change log");
+        assert!(page.revision > since);
+        pages.push(page.changes.len());
+        since = page.revision;
+        if page.changes.len() < 256 {
+            break;
+        }
+    }
+    assert_eq!(pages, [256, 256, 88]);
+    let events: Vec<_> = store
+        .clone()
+        .watch::<Stack>()
+        .take(602)
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert!(matches!(events[0], Event::Init));
+    assert!(events[1..601].iter().all(|e| matches!(e, Event::InitApply(_))));
+    assert!(matches!(events[601], Event::InitDone));
+}
+
 #[tokio::test]
 async fn stale_writes_conflict_and_generation_follows_the_spec() {
     let dir = TempDir::new().unwrap();
