@@ -629,16 +629,21 @@ impl SqliteStore {
         self.read(move |conn| {
             // One read transaction: the rows and the newest revision are of one snapshot.
             let tx = conn.unchecked_transaction()?;
-            let newest: i64 = tx.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
+            let newest: i64 =
+                tx.query_row("SELECT value FROM revision WHERE id = 0", [], |r| r.get(0))?;
             let mut stmt = tx.prepare_cached(
                 "SELECT body, deleted, revision FROM objects
                  WHERE kind = ?1 AND revision > ?2 AND revision <= ?3
                  ORDER BY revision LIMIT ?4",
             )?;
-            let rows = stmt.query_map(
-                params![kind, revision as i64, newest, limit as i64],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?)),
-            )?;
+            let rows =
+                stmt.query_map(params![kind, revision as i64, newest, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?;
             let mut changes = Vec::new();
             let mut last = newest;
             for row in rows {

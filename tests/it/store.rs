@@ -169,7 +169,11 @@ async fn the_change_log_and_the_watch_read_in_pages() {
         .collect()
         .await;
     assert!(matches!(events[0], Event::Init));
-    assert!(events[1..601].iter().all(|e| matches!(e, Event::InitApply(_))));
+    assert!(
+        events[1..601]
+            .iter()
+            .all(|e| matches!(e, Event::InitApply(_)))
+    );
     assert!(matches!(events[601], Event::InitDone));
 }
 
