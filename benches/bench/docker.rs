@@ -2,18 +2,12 @@
 //! starting many stacks beside the engine's own create rate, and what a resync pass costs.
 //! Everything they create carries a `rsgo-bench` name or label and is removed at the end.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::Request;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-
-use crate::server::{Server, free_port, http};
+use crate::engine_proxy::EngineProxy;
+use crate::server::{Server, http};
 use crate::{ROUNDS, fixtures};
 
 const SOCKET: &str = "/var/run/docker.sock";
@@ -167,84 +161,6 @@ pub fn redeploy_beside_compose() {
     );
 }
 
-/// Counts the requests a client makes to the engine: an HTTP proxy on 127.0.0.1 in front of
-/// the engine's socket.
-#[derive(Clone, Default)]
-struct CallCounter {
-    calls: Arc<Mutex<BTreeMap<String, u64>>>,
-}
-
-impl CallCounter {
-    /// Starts the proxy; returns its address.
-    fn start(&self, runtime: &tokio::runtime::Runtime) -> SocketAddr {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
-            .parse()
-            .expect("an address");
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .expect("binding the proxy");
-        let counter = self.clone();
-        runtime.spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let counter = counter.clone();
-                tokio::spawn(async move { counter.serve(client).await });
-            }
-        });
-        addr
-    }
-
-    async fn serve(self, client: tokio::net::TcpStream) {
-        let Ok(engine) = tokio::net::UnixStream::connect(SOCKET).await else {
-            return;
-        };
-        let Ok((sender, connection)) =
-            hyper::client::conn::http1::handshake(TokioIo::new(engine)).await
-        else {
-            return;
-        };
-        tokio::spawn(connection);
-        let sender = Arc::new(tokio::sync::Mutex::new(sender));
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let (sender, counter) = (sender.clone(), self.clone());
-            async move {
-                counter.count(request.method().as_str(), request.uri().path());
-                sender.lock().await.send_request(request).await
-            }
-        });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(client), service)
-            .await;
-    }
-
-    /// Counts a call under its method and path, with the API version and ids left out.
-    fn count(&self, method: &str, path: &str) {
-        let path: Vec<&str> = path
-            .split('/')
-            .filter(|part| !part.is_empty())
-            .enumerate()
-            .filter(|(i, part)| !(*i == 0 && part.starts_with("v1.")))
-            .map(|(_, part)| {
-                if part.len() >= 24 || part.contains('_') {
-                    "{id}"
-                } else {
-                    part
-                }
-            })
-            .collect();
-        let key = format!("{method} /{}", path.join("/"));
-        *self
-            .calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default() += 1;
-    }
-
-    fn take(&self) -> BTreeMap<String, u64> {
-        std::mem::take(&mut *self.calls.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
 /// Starts `count` containers of `image` straight through the engine, `parallel` at a time: the
 /// engine's own rate, to set rsgo's beside.
 fn engine_rate(image: &str, count: usize, parallel: usize) -> Duration {
@@ -292,14 +208,13 @@ fn running(environment: &str) -> usize {
 
 /// Starting `stacks` new one-service stacks beside the engine's own rate for as many
 /// containers, then the Docker calls and CPU time of a resync pass over them.
-fn resync_at(runtime: &tokio::runtime::Runtime, catalog: &Path, image: &str, stacks: usize) {
+fn resync_at(catalog: &Path, image: &str, stacks: usize) {
     let environment = format!("rsgobench{stacks}");
-    let counter = CallCounter::default();
-    let proxy = counter.start(runtime);
+    let proxy = EngineProxy::start();
     let direct = engine_rate(image, stacks, 4);
     let objects = format!(
         "{}{}",
-        fixtures::environment(&environment, &format!("tcp://{proxy}")),
+        fixtures::environment(&environment, &proxy.host()),
         fixtures::stacks(&environment, "bench", "s", stacks)
     );
     let period = 10u64;
@@ -318,6 +233,7 @@ fn resync_at(runtime: &tokio::runtime::Runtime, catalog: &Path, image: &str, sta
         std::thread::sleep(Duration::from_millis(500));
     }
     let started = start.elapsed();
+    let most_in_flight = proxy.most_in_flight();
     let failures = server
         .log()
         .lines()
@@ -326,11 +242,11 @@ fn resync_at(runtime: &tokio::runtime::Runtime, catalog: &Path, image: &str, sta
     server.settle(Duration::from_secs(300));
     // Whole resync periods of a steady state.
     let passes = 3;
-    counter.take();
+    proxy.take();
     let cpu = server.cpu();
     std::thread::sleep(Duration::from_secs(period * passes));
     let cpu = server.cpu() - cpu;
-    let calls = counter.take();
+    let calls = proxy.take();
     drop(server);
     clean_up(&environment);
     let total: u64 = calls.values().sum();
@@ -344,6 +260,7 @@ fn resync_at(runtime: &tokio::runtime::Runtime, catalog: &Path, image: &str, sta
         started.as_secs_f64() / direct.as_secs_f64()
     );
     println!("| warnings and errors logged while starting | {failures} |");
+    println!("| most engine requests in flight at once while starting | {most_in_flight} |");
     println!(
         "| Docker calls per resync pass | {:.1} |",
         total as f64 / passes as f64
@@ -362,13 +279,8 @@ pub fn resync() {
     let image = bench_image();
     let catalog = tempfile::TempDir::new().expect("a temporary directory");
     fixtures::write_manifest(catalog.path(), "bench", std::slice::from_ref(&image), 1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
     println!("\n## Starting stacks and resync passes");
     for stacks in [100, 1_000] {
-        resync_at(&runtime, catalog.path(), &image, stacks);
+        resync_at(catalog.path(), &image, stacks);
     }
 }

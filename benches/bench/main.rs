@@ -3,6 +3,8 @@
 //! pair is taken three times, interleaved, and the medians are printed.
 
 mod docker;
+#[path = "../../tests/it/engine_proxy.rs"]
+mod engine_proxy;
 mod fixtures;
 mod load;
 mod server;

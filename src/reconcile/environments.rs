@@ -101,7 +101,7 @@ impl Environments {
                 return Err(unreachable(env, &host, &reason));
             }
             Some(Engine::Up { runtime, .. }) => check(runtime).await,
-            _ => connect(&host).await,
+            _ => connect(&host, self.recheck).await,
         };
         let (next, status) = match engine {
             Ok((runtime, version)) => (
@@ -134,7 +134,20 @@ impl Environments {
                 )
             }
         };
-        self.lock().insert(host.clone(), next.clone());
+        let next = {
+            let mut engines = self.lock();
+            // Stacks that arrived together may each have connected; all share the runtime that
+            // was stored first, so the engine's request limit holds over every stack.
+            let next = match (engines.get(&host), next) {
+                (Some(Engine::Up { runtime, .. }), Engine::Up { checked, .. }) => Engine::Up {
+                    runtime: runtime.clone(),
+                    checked,
+                },
+                (_, next) => next,
+            };
+            engines.insert(host.clone(), next.clone());
+            next
+        };
         if env.status.as_ref() != Some(&status) {
             let mut updated = env.clone();
             updated.status = Some(status);
@@ -158,10 +171,12 @@ fn unreachable(env: &Environment, host: &str, reason: &str) -> Error {
     ))
 }
 
-/// Connects to an engine and reads its version, within [`CONNECT_TIMEOUT`].
-async fn connect(host: &str) -> Result<(DockerRuntime, String), String> {
+/// Connects to an engine and reads its version, within [`CONNECT_TIMEOUT`]. Drift checks of one
+/// resync pass share a listing of the engine; it is made afresh after half a period, so every
+/// pass takes a new one.
+async fn connect(host: &str, resync: Duration) -> Result<(DockerRuntime, String), String> {
     let attempt = async {
-        let runtime = DockerRuntime::connect(host).await?;
+        let runtime = DockerRuntime::connect(host, resync / 2).await?;
         let version = runtime.engine_version().await?;
         Ok::<_, Error>((runtime, version))
     };

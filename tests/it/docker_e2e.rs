@@ -611,3 +611,167 @@ fn an_engine_that_does_not_answer_stalls_no_other_environment() {
     assert!(message.contains("no answer within 10 s"), "{status}");
     drop(silent);
 }
+
+/// When a container started and (for a one-shot one) finished, as the engine recorded them.
+fn started_and_finished(container: &str) -> (jiff::Timestamp, jiff::Timestamp) {
+    let times = inspect(container, "{{.State.StartedAt}} {{.State.FinishedAt}}");
+    let (started, finished) = times.split_once(' ').unwrap();
+    (started.parse().unwrap(), finished.parse().unwrap())
+}
+
+#[test]
+fn independent_services_roll_out_together_and_dependents_wait_for_theirs() {
+    let image = format!("{}/{}/app:latest", registry(), unique("levels"));
+    build_and_push(&image, "v1");
+    let product = unique("app");
+    // Two one-shot services of 4 s each that depend on nothing, and `web` that needs both.
+    let services = format!(
+        "  migrate:\n    image: {image}\n    lifecycle: init\n    command: [sh, -c, \"sleep 4\"]\n\
+         \x20 seed:\n    image: {image}\n    lifecycle: init\n    command: [sh, -c, \"sleep 4\"]\n\
+         \x20 web:\n    image: {image}\n    dependsOn: [migrate, seed]\n"
+    );
+    let server = Server::start(&[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))]);
+    let stack = unique("st");
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
+    wait_running(&server, &stack, "1.0.0");
+    let check = |when: &str| {
+        let migrate = started_and_finished(&server.name(&stack, "migrate"));
+        let seed = started_and_finished(&server.name(&stack, "seed"));
+        let (web, _) = started_and_finished(&server.name(&stack, "web"));
+        assert!(
+            migrate.0 < seed.1 && seed.0 < migrate.1,
+            "{when}: migrate ran {migrate:?} and seed {seed:?}: one waited for the other though \
+             neither depends on the other"
+        );
+        assert!(
+            web >= migrate.1 && web >= seed.1,
+            "{when}: web started at {web}, before what it depends on finished: {migrate:?} {seed:?}"
+        );
+    };
+    check("first rollout");
+
+    let key = server.key(&["Hooks.Redeploy"]);
+    let body = format!(
+        "{{\"stackName\": \"{stack}\", \"environmentId\": \"{}\"}}",
+        server.environment
+    );
+    let (status, reply) = server.hook("/api/hooks/redeploy", &key, Some(&body));
+    assert_eq!(status, 200, "{reply}\n{}", server.log());
+    let record = server.wait_deployment(&key, reply["deploymentId"].as_str().unwrap());
+    let actions: Vec<&str> = record["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["recreated"; 3], "{record}");
+    check("redeploy");
+}
+
+#[test]
+fn resync_passes_list_each_environment_once_and_touch_only_what_drifted() {
+    let proxy = crate::engine_proxy::EngineProxy::start();
+    let image = format!("{}/{}/app:latest", registry(), unique("listing"));
+    build_and_push(&image, "v1");
+    let product = unique("app");
+    let services = format!("  app:\n    image: {image}\n");
+    let options = crate::support::Options {
+        docker_host: Some(proxy.host()),
+        ..Default::default()
+    };
+    let server = Server::start_with(
+        &[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))],
+        options,
+    );
+    let stacks: Vec<String> = (0..6).map(|_| unique("st")).collect();
+    for stack in &stacks {
+        server.apply(&stack_yaml(stack, &server.environment, &product, "1.0.0"));
+    }
+    for stack in &stacks {
+        wait_running(&server, stack, "1.0.0");
+    }
+
+    let ids = || -> Vec<String> {
+        stacks
+            .iter()
+            .map(|stack| inspect(&server.name(stack, "app"), "{{.Id}}"))
+            .collect()
+    };
+    let before = ids();
+
+    // Three resync periods (2 s each here) of a steady state.
+    proxy.take();
+    std::thread::sleep(Duration::from_secs(6));
+    let calls = proxy.take();
+    let lists = calls.get("GET /containers/json").copied().unwrap_or(0);
+    assert!(
+        (2..=4).contains(&lists),
+        "one container list per pass, not one per stack: {calls:?}"
+    );
+    assert_eq!(calls.get("GET /networks"), Some(&lists), "{calls:?}");
+    let others: Vec<_> = calls
+        .keys()
+        .filter(|call| {
+            !matches!(
+                call.as_str(),
+                "GET /containers/json" | "GET /networks" | "GET /version"
+            )
+        })
+        .collect();
+    assert!(
+        others.is_empty(),
+        "a steady state asks nothing else: {calls:?}"
+    );
+
+    // Drift after a listing is still repaired on a following pass, and only there.
+    let stopped = server.name(&stacks[0], "app");
+    docker(&["stop", "-t", "1", &stopped]);
+    wait_for(
+        "the stopped container to run again",
+        Duration::from_secs(30),
+        || (inspect(&stopped, "{{.State.Running}}") == "true").then_some(()),
+    );
+    let calls = proxy.take();
+    assert_eq!(
+        calls.get("POST /containers/{id}/start"),
+        Some(&1),
+        "{calls:?}"
+    );
+    assert_eq!(ids(), before, "every container is the one it was");
+}
+
+#[test]
+fn stacks_starting_together_queue_for_the_engine_instead_of_flooding_it() {
+    let proxy = crate::engine_proxy::EngineProxy::start();
+    let image = format!("{}/{}/app:latest", registry(), unique("queue"));
+    build_and_push(&image, "v1");
+    let product = unique("app");
+    let services = format!("  app:\n    image: {image}\n");
+    let options = crate::support::Options {
+        docker_host: Some(proxy.host()),
+        ..Default::default()
+    };
+    let server = Server::start_with(
+        &[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))],
+        options,
+    );
+    let stacks: Vec<String> = (0..24).map(|_| unique("st")).collect();
+    let yaml: Vec<String> = stacks
+        .iter()
+        .map(|stack| stack_yaml(stack, &server.environment, &product, "1.0.0"))
+        .collect();
+    server.apply(&yaml.join("---\n"));
+    for stack in &stacks {
+        wait_running(&server, stack, "1.0.0");
+    }
+    let most = proxy.most_in_flight();
+    assert!(
+        (2..=rsgo::runtime::docker::ENGINE_REQUESTS).contains(&most),
+        "{most} requests were in flight at once"
+    );
+    let log = server.log();
+    assert!(
+        !log.contains("WARN") && !log.contains("ERROR"),
+        "starting together, no stack failed or retried:\n{log}"
+    );
+}

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod docker_e2e;
+mod engine_proxy;
 mod fake_api;
 mod fake_rollout;
 mod fake_rules;

@@ -148,6 +148,8 @@ pub struct Options {
     pub data_subdir: Option<String>,
     /// Runs on the data directory before anything is written to it.
     pub prepare: Option<Prepare>,
+    /// The test environment's Docker host (default: the local engine's socket).
+    pub docker_host: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -180,8 +182,11 @@ impl Server {
             std::fs::write(catalog_dir.path().join(name), text).unwrap();
         }
         let environment = unique("env");
+        let host = options
+            .docker_host
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
         let env_yaml = format!(
-            "apiVersion: rsgo.io/v1alpha1\nkind: Environment\nmetadata: {{name: {environment}}}\nspec:\n  docker: {{host: unix:///var/run/docker.sock}}\n"
+            "apiVersion: rsgo.io/v1alpha1\nkind: Environment\nmetadata: {{name: {environment}}}\nspec:\n  docker: {{host: \"{host}\"}}\n"
         );
         let file = data.path().join("env.yaml");
         std::fs::write(&file, env_yaml).unwrap();

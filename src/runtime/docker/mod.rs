@@ -4,20 +4,24 @@
 //! reconciler sees only the [`Runtime`](super::Runtime) trait.
 
 pub mod container;
+mod listing;
 mod resources;
 mod rollout;
 pub mod steps;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
-use bollard::models::{HealthStatusEnum, NetworkConnectRequest};
+use bollard::models::{ContainerSummary, HealthStatusEnum, NetworkConnectRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::catalog::{ContainerPlan, StackPlan};
 use crate::{Error, Result};
@@ -26,11 +30,17 @@ use container::{
     LABEL_SPEC_HASH, LABEL_STACK,
 };
 pub use container::{Provenance, StackResources};
+use listing::Listings;
 
 /// Seconds a container gets to stop before it is killed.
 const STOP_TIMEOUT_SECS: i32 = 10;
 /// Seconds a single engine request may take (image pulls stream and are not bound by it).
 const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// Requests rsgo has in flight on one engine at once, over every stack. Thousands of stacks
+/// starting together queue here instead of timing out inside a saturated engine.
+pub const ENGINE_REQUESTS: usize = 8;
+/// Image pulls rsgo has in flight on one engine at once.
+const ENGINE_PULLS: usize = 4;
 
 /// A container of a stack as the engine reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +49,8 @@ pub struct ObservedContainer {
     pub id: String,
     /// Container name without the leading slash.
     pub name: String,
+    /// Stack label.
+    pub stack: String,
     /// Service label.
     pub service: String,
     /// Spec-hash label.
@@ -78,10 +90,60 @@ fn owned_by(labels: &HashMap<String, String>, environment: &str, stack: &str) ->
         && labels.get(LABEL_ENVIRONMENT).map(String::as_str) == Some(environment)
 }
 
-/// A Docker engine rsgo deploys to.
+/// A container as rsgo sees it, from the engine's listing.
+fn observed(c: ContainerSummary) -> ObservedContainer {
+    let labels = c.labels.unwrap_or_default();
+    let label = |key: &str| labels.get(key).cloned().unwrap_or_default();
+    ObservedContainer {
+        id: c.id.unwrap_or_default(),
+        name: c
+            .names
+            .and_then(|n| n.into_iter().next())
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        stack: label(LABEL_STACK),
+        service: label(LABEL_SERVICE),
+        spec_hash: label(LABEL_SPEC_HASH),
+        deployment: label(LABEL_DEPLOYMENT),
+        restarted_at: label(LABEL_RESTARTED_AT),
+        running: c.state.is_some_and(|s| s.to_string() == "running"),
+        image: c.image.unwrap_or_default(),
+        image_id: c.image_id.unwrap_or_default(),
+        // Every API version reports exits as "Exited (3) 2 minutes ago".
+        exit_code: c.status.as_deref().and_then(|status| {
+            let code = status.strip_prefix("Exited (")?;
+            code[..code.find(')')?].parse().ok()
+        }),
+        // Every API version reports health in the status text: "Up 5 minutes (healthy)".
+        healthy: c.status.as_deref().and_then(|status| {
+            if status.contains("(unhealthy)") {
+                Some(false)
+            } else if status.contains("(healthy)") {
+                Some(true)
+            } else {
+                None
+            }
+        }),
+    }
+}
+
+/// A Docker engine rsgo deploys to. Clones share the engine's limits and its listings.
 #[derive(Clone)]
 pub struct DockerRuntime {
     docker: Docker,
+    shared: Arc<Shared>,
+}
+
+/// What every stack deployed to one engine shares.
+struct Shared {
+    /// Engine requests in flight at once, over every stack; waiting requests are served in the
+    /// order they asked, so one big stack cannot starve the others.
+    requests: Semaphore,
+    /// Image pulls in flight at once; separate, so a slow registry holds up no other request.
+    pulls: Semaphore,
+    /// What rsgo runs on the engine, listed at most once per pass for drift checks.
+    listings: Listings,
 }
 
 fn is_status(error: &DockerError, code: u16) -> bool {
@@ -103,7 +165,9 @@ fn split_reference(image: &str) -> (&str, &str) {
 impl DockerRuntime {
     /// Connects to `host` (`unix://...`, `tcp://...` or `http://...`) and negotiates the API version,
     /// so engines old (API 1.41) and new both work.
-    pub async fn connect(host: &str) -> Result<Self> {
+    /// A listing younger than `listing_age` serves the drift checks of every stack of an
+    /// environment (see [`Listings`]).
+    pub async fn connect(host: &str, listing_age: Duration) -> Result<Self> {
         let version = bollard::API_DEFAULT_VERSION;
         let docker = if host.starts_with("unix://") || host.starts_with('/') {
             Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, version)
@@ -115,7 +179,24 @@ impl DockerRuntime {
             .negotiate_version()
             .await
             .map_err(|e| Error::docker(format!("negotiating the API version with {host}"), e))?;
-        Ok(Self { docker })
+        let shared = Shared {
+            requests: Semaphore::new(ENGINE_REQUESTS),
+            pulls: Semaphore::new(ENGINE_PULLS),
+            listings: Listings::new(listing_age),
+        };
+        Ok(Self {
+            docker,
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// Waits for a turn to send the engine a request (see [`ENGINE_REQUESTS`]).
+    async fn permit(&self) -> SemaphorePermit<'_> {
+        self.shared
+            .requests
+            .acquire()
+            .await
+            .expect("the engine's semaphore is never closed")
     }
 
     /// The engine's version string.
@@ -136,6 +217,12 @@ impl DockerRuntime {
             .from_image(name)
             .tag(tag)
             .build();
+        let permit = self
+            .shared
+            .pulls
+            .acquire()
+            .await
+            .expect("the engine's semaphore is never closed");
         let mut progress = self.docker.create_image(Some(options), None, None);
         while let Some(step) = progress.next().await {
             step.map_err(|e| Error::Pull {
@@ -147,6 +234,7 @@ impl DockerRuntime {
                 },
             })?;
         }
+        drop(permit);
         self.image_id(image).await?.ok_or_else(|| Error::Pull {
             image: image.to_owned(),
             message: "the engine reported success but has no such image".into(),
@@ -155,6 +243,7 @@ impl DockerRuntime {
 
     /// Id of a local image, if the engine has it.
     pub async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        let _permit = self.permit().await;
         match self.docker.inspect_image(image).await {
             Ok(inspect) => Ok(inspect.id),
             Err(e) if is_status(&e, 404) => Ok(None),
@@ -164,54 +253,23 @@ impl DockerRuntime {
 
     /// Every container of `stack` in `environment`, running or not.
     pub async fn observe(&self, environment: &str, stack: &str) -> Result<Vec<ObservedContainer>> {
-        let filters = stack_filters(environment, stack);
+        let _permit = self.permit().await;
+        self.list_containers(&stack_filters(environment, stack))
+            .await
+            .map_err(|e| Error::docker(format!("listing containers of stack {stack}"), e))
+    }
+
+    /// The containers the engine lists under `filters`, running or not.
+    async fn list_containers(
+        &self,
+        filters: &HashMap<&'static str, Vec<String>>,
+    ) -> std::result::Result<Vec<ObservedContainer>, DockerError> {
         let options = ListContainersOptionsBuilder::new()
             .all(true)
-            .filters(&filters)
+            .filters(filters)
             .build();
-        let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| Error::docker(format!("listing containers of stack {stack}"), e))?;
-        Ok(containers
-            .into_iter()
-            .map(|c| {
-                let labels = c.labels.unwrap_or_default();
-                let label = |key: &str| labels.get(key).cloned().unwrap_or_default();
-                ObservedContainer {
-                    id: c.id.unwrap_or_default(),
-                    name: c
-                        .names
-                        .and_then(|n| n.into_iter().next())
-                        .unwrap_or_default()
-                        .trim_start_matches('/')
-                        .to_owned(),
-                    service: label(LABEL_SERVICE),
-                    spec_hash: label(LABEL_SPEC_HASH),
-                    deployment: label(LABEL_DEPLOYMENT),
-                    restarted_at: label(LABEL_RESTARTED_AT),
-                    running: c.state.is_some_and(|s| s.to_string() == "running"),
-                    image: c.image.unwrap_or_default(),
-                    image_id: c.image_id.unwrap_or_default(),
-                    // Every API version reports exits as "Exited (3) 2 minutes ago".
-                    exit_code: c.status.as_deref().and_then(|status| {
-                        let code = status.strip_prefix("Exited (")?;
-                        code[..code.find(')')?].parse().ok()
-                    }),
-                    // Every API version reports health in the status text: "Up 5 minutes (healthy)".
-                    healthy: c.status.as_deref().and_then(|status| {
-                        if status.contains("(unhealthy)") {
-                            Some(false)
-                        } else if status.contains("(healthy)") {
-                            Some(true)
-                        } else {
-                            None
-                        }
-                    }),
-                }
-            })
-            .collect())
+        let containers = self.docker.list_containers(Some(options)).await?;
+        Ok(containers.into_iter().map(observed).collect())
     }
 
     /// Creates and starts a service's container, on the networks and volumes of `resources`;
@@ -227,6 +285,7 @@ impl DockerRuntime {
         let body = container::create_body(plan, service, resources, provenance)
             .map_err(|e| Error::Task(format!("container {name}: {e}")))?;
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let permit = self.permit().await;
         let created = self
             .docker
             .create_container(Some(options), body)
@@ -246,6 +305,7 @@ impl DockerRuntime {
                 .await
                 .map_err(|e| Error::docker(format!("connecting {name} to network {network}"), e))?;
         }
+        drop(permit);
         self.start(&created.id, &name).await?;
         Ok(created.id)
     }
@@ -284,6 +344,7 @@ impl DockerRuntime {
     ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
+            let permit = self.permit().await;
             let inspect = self
                 .docker
                 .inspect_container(
@@ -292,6 +353,7 @@ impl DockerRuntime {
                 )
                 .await
                 .map_err(|e| Error::docker(format!("inspecting container {name}"), e))?;
+            drop(permit);
             let state = inspect.state.unwrap_or_default();
             let health = state.health.unwrap_or_default();
             // What the last check said, or how it ended when it printed nothing.
@@ -338,6 +400,7 @@ impl DockerRuntime {
 
     /// Starts an existing container.
     pub async fn start(&self, id: &str, name: &str) -> Result<()> {
+        let _permit = self.permit().await;
         self.docker
             .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
             .await
@@ -349,6 +412,7 @@ impl DockerRuntime {
         let stop = StopContainerOptionsBuilder::new()
             .t(STOP_TIMEOUT_SECS)
             .build();
+        let _permit = self.permit().await;
         match self.docker.stop_container(id, Some(stop)).await {
             Ok(()) => {}
             Err(e) if is_status(&e, 304) || is_status(&e, 404) => {}

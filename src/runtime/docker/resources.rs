@@ -18,7 +18,6 @@ impl DockerRuntime {
     /// volume of the wanted name that rsgo did not make for this stack is refused, not used.
     pub async fn prepare(&self, plan: &StackPlan) -> Result<StackResources> {
         let (environment, stack) = (&plan.environment, &plan.stack);
-        let filters = stack_filters(environment, stack);
         let existing = self.stack_networks(environment, stack).await?;
         let labels = container::stack_labels(plan);
         let mut resources = StackResources::default();
@@ -33,17 +32,11 @@ impl DockerRuntime {
             };
             resources.networks.insert(name, id);
         }
-        let options = ListVolumesOptionsBuilder::new().filters(&filters).build();
-        let owned: Vec<String> = self
-            .docker
-            .list_volumes(Some(options))
-            .await
-            .map_err(|e| Error::docker(format!("listing volumes of stack {stack}"), e))?
-            .volumes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.name)
-            .collect();
+        let owned = if plan.volumes.is_empty() {
+            Vec::new()
+        } else {
+            self.stack_volumes(environment, stack).await?
+        };
         for key in &plan.volumes {
             let name = container::volume_name(plan, key);
             let legacy = format!("{stack}_{key}");
@@ -63,6 +56,24 @@ impl DockerRuntime {
         Ok(resources)
     }
 
+    /// The names of the volumes carrying rsgo's labels for this stack of this environment.
+    async fn stack_volumes(&self, environment: &str, stack: &str) -> Result<Vec<String>> {
+        let filters = stack_filters(environment, stack);
+        let options = ListVolumesOptionsBuilder::new().filters(&filters).build();
+        let _permit = self.permit().await;
+        let volumes = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(|e| Error::docker(format!("listing volumes of stack {stack}"), e))?;
+        Ok(volumes
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
+    }
+
     /// The networks carrying rsgo's labels for this stack of this environment.
     async fn stack_networks(
         &self,
@@ -71,6 +82,7 @@ impl DockerRuntime {
     ) -> Result<Vec<bollard::models::Network>> {
         let filters = stack_filters(environment, stack);
         let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let _permit = self.permit().await;
         self.docker
             .list_networks(Some(options))
             .await
@@ -84,6 +96,7 @@ impl DockerRuntime {
             labels: Some(labels.clone()),
             ..Default::default()
         };
+        let _permit = self.permit().await;
         let created = self
             .docker
             .create_network(request)
@@ -99,6 +112,7 @@ impl DockerRuntime {
         environment: &str,
         stack: &str,
     ) -> Result<()> {
+        let _permit = self.permit().await;
         match self.docker.inspect_volume(name).await {
             Ok(volume) if owned_by(&volume.labels, environment, stack) => return Ok(()),
             Ok(_) => {
@@ -140,7 +154,11 @@ impl DockerRuntime {
             {
                 continue;
             }
-            match self.docker.remove_network(&id).await {
+            let removed = {
+                let _permit = self.permit().await;
+                self.docker.remove_network(&id).await
+            };
+            match removed {
                 Ok(()) => {}
                 Err(e) if is_status(&e, 404) => {}
                 Err(e) if is_status(&e, 403) || is_status(&e, 409) => {

@@ -1,17 +1,18 @@
-//! Bringing a stack's containers to its plan on a Docker engine: every image is pulled before
-//! anything is stopped, services start in dependency order, and a one-shot service must succeed
-//! (a checked one be healthy) before the next starts.
+//! Bringing a stack's containers to its plan on a Docker engine: every image is pulled (in
+//! parallel) before anything is stopped; services are then handled a dependency level at a time,
+//! the services of one level in parallel, and a one-shot service must succeed (a checked one be
+//! healthy) before any service that depends on it starts.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use kube::ResourceExt;
 
 use super::container::{self, Provenance, StackResources};
 use super::steps::{self, Step};
-use super::{DockerRuntime, ObservedContainer};
+use super::{DockerRuntime, ENGINE_REQUESTS, ObservedContainer};
 use crate::catalog::{ContainerPlan, StackPlan};
 use crate::model::{ServiceAction, ServiceResult, ServiceStatus, Stack};
 use crate::runtime::{Outcome, Progress, Rollout, Runtime};
@@ -45,12 +46,18 @@ impl Runtime for DockerRuntime {
 }
 
 /// Pulls, then acts on the plan. Any failed pull fails the rollout before anything is stopped.
+/// A pass nothing asked for (`pull_fresh` unset: a drift check) first looks at the
+/// environment's listing, and is done without another engine request when the stack is as
+/// planned.
 async fn apply_plan(
     runtime: &DockerRuntime,
     plan: &StackPlan,
     provenance: Provenance<'_>,
     pull_fresh: bool,
 ) -> Result<Outcome> {
+    if !pull_fresh && let Some(outcome) = runtime.unchanged(plan, provenance.restarted_at).await? {
+        return Ok(outcome);
+    }
     let (env, name) = (&plan.environment, &plan.stack);
     let observed = runtime.observe(env, name).await?;
     let steps = steps::plan(plan, &observed, provenance.restarted_at);
@@ -58,15 +65,48 @@ async fn apply_plan(
     pull_images(runtime, plan, &steps, pull_fresh).await?;
 
     let resources = runtime.prepare(plan).await?;
-    let mut results = Vec::new();
-    for step in steps {
-        results.push(take_step(runtime, plan, step, &resources, provenance).await?);
-    }
+    let results = take_steps(runtime, plan, steps, &resources, provenance).await?;
     // Networks the stack no longer uses (or used under an older naming) go once nothing is on them.
     runtime
         .remove_networks(env, name, &container::network_names(plan))
         .await?;
-    outcome(runtime, plan, results).await
+    let running = runtime.observe(env, name).await?;
+    Ok(outcome_from(plan, &running, results))
+}
+
+/// Carries out the steps: removals first, then each dependency level (see
+/// [`steps::levels`]), the steps of one level in parallel, at most [`ENGINE_REQUESTS`] at a time.
+/// A level whose step failed is let finish, so no service is left half replaced by a cancelled
+/// step, and its first error ends the rollout before the next level starts. Results come in the
+/// steps' order.
+async fn take_steps(
+    runtime: &DockerRuntime,
+    plan: &StackPlan,
+    steps: Vec<Step>,
+    resources: &StackResources,
+    provenance: Provenance<'_>,
+) -> Result<Vec<ServiceResult>> {
+    let levels = steps::levels(plan);
+    let mut batches: Vec<Vec<Step>> =
+        vec![Vec::new(); levels.iter().max().map_or(0, |l| l + 1) + 1];
+    for step in steps {
+        match step.service() {
+            None => batches[0].push(step),
+            Some(index) => batches[levels[index] + 1].push(step),
+        }
+    }
+    let mut results = Vec::new();
+    for batch in batches {
+        let done: Vec<Result<ServiceResult>> = futures::stream::iter(batch)
+            .map(|step| take_step(runtime, plan, step, resources, provenance))
+            .buffered(ENGINE_REQUESTS)
+            .collect()
+            .await;
+        for result in done {
+            results.push(result?);
+        }
+    }
+    Ok(results)
 }
 
 /// Carries out one step and says what it did to the service.
@@ -126,7 +166,7 @@ async fn take_step(
 
 /// A kept container must still do its job: a running one must not fail its health check, and a
 /// one-shot one that failed stays failed until its spec changes or a redeploy.
-fn check_kept(service: &ContainerPlan, have: &ObservedContainer) -> Result<()> {
+pub(super) fn check_kept(service: &ContainerPlan, have: &ObservedContainer) -> Result<()> {
     if have.healthy == Some(false) {
         return Err(Error::Rollout(format!(
             "container {} is unhealthy",
@@ -144,42 +184,47 @@ fn check_kept(service: &ContainerPlan, have: &ObservedContainer) -> Result<()> {
     Ok(())
 }
 
-/// Pulls the image of every service about to be (re)created: all of them, when `fresh`, else
-/// only those the engine lacks. Nothing has been stopped yet, so a failed pull changes nothing.
+/// Pulls the image of every service about to be (re)created, each image once and all in
+/// parallel (the engine bounds how many at a time): all of them when `fresh`, else only those
+/// the engine lacks. Nothing has been stopped yet, so a failed pull changes nothing.
 async fn pull_images(
     runtime: &DockerRuntime,
     plan: &StackPlan,
     steps: &[Step],
     fresh: bool,
 ) -> Result<()> {
-    let mut pulled = HashSet::new();
-    for step in steps {
-        let index = match step {
-            Step::Create(i) | Step::Recreate(i, _) => *i,
-            _ => continue,
-        };
-        let image = &plan.containers[index].image;
-        if pulled.contains(image) {
-            continue;
-        }
-        if fresh || runtime.image_id(image).await?.is_none() {
-            runtime.pull(image).await?;
-        }
-        pulled.insert(image.clone());
-    }
-    Ok(())
+    let images: BTreeSet<String> = steps
+        .iter()
+        .filter(|step| matches!(step, Step::Create(_) | Step::Recreate(..)))
+        .filter_map(Step::service)
+        .map(|index| plan.containers[index].image.clone())
+        .collect();
+    futures::stream::iter(images)
+        .map(|image| async move {
+            if fresh || runtime.image_id(&image).await?.is_none() {
+                runtime.pull(&image).await?;
+            }
+            Ok::<_, Error>(())
+        })
+        .buffer_unordered(ENGINE_REQUESTS)
+        .try_collect()
+        .await
 }
 
-/// What runs after a rollout: each service's container and image, added to `results`.
-async fn outcome(
-    runtime: &DockerRuntime,
+/// What runs after a rollout, from the stack's containers as listed: each service's container
+/// and image, added to `results`.
+pub(super) fn outcome_from(
     plan: &StackPlan,
+    running: &[ObservedContainer],
     mut results: Vec<ServiceResult>,
-) -> Result<Outcome> {
-    let running = runtime.observe(&plan.environment, &plan.stack).await?;
+) -> Outcome {
+    let mut by_service: HashMap<&str, &ObservedContainer> = HashMap::new();
+    for container in running {
+        by_service.entry(&container.service).or_insert(container);
+    }
     let mut services = Vec::new();
     for want in &plan.containers {
-        let have = running.iter().find(|c| c.service == want.service);
+        let have = by_service.get(want.service.as_str());
         let image_id = have.map(|c| c.image_id.clone());
         if let Some(result) = results.iter_mut().find(|r| r.service == want.service) {
             result.image_id = image_id.clone();
@@ -191,7 +236,7 @@ async fn outcome(
             image_id,
         });
     }
-    Ok(Outcome { services, results })
+    Outcome { services, results }
 }
 
 /// Runs a container; a one-shot (`init`) one must also exit 0, and one with a health check must

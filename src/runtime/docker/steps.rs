@@ -1,5 +1,7 @@
 //! Compares a stack's plan with the containers that run and decides what to do. Pure.
 
+use std::collections::HashMap;
+
 use super::ObservedContainer;
 use super::container::container_name;
 use crate::catalog::StackPlan;
@@ -17,6 +19,39 @@ pub enum Step {
     Keep(usize, ObservedContainer),
     /// The container belongs to no wanted service (or duplicates one): remove it.
     Remove(ObservedContainer),
+}
+
+impl Step {
+    /// The plan's index of the service the step is for; `None` for a removal.
+    pub fn service(&self) -> Option<usize> {
+        match self {
+            Step::Create(i) | Step::Recreate(i, _) | Step::Start(i, _) | Step::Keep(i, _) => {
+                Some(*i)
+            }
+            Step::Remove(_) => None,
+        }
+    }
+}
+
+/// The dependency level of each of the plan's services: 0 for one that depends on nothing,
+/// else one more than the highest level among what it depends on. Services of one level can be
+/// handled together once every lower level is done. The plan lists services in dependency
+/// order, so one pass suffices; a dependency the plan does not have adds no level.
+pub fn levels(plan: &StackPlan) -> Vec<usize> {
+    let mut level_of: HashMap<&str, usize> = HashMap::new();
+    let mut levels = Vec::with_capacity(plan.containers.len());
+    for service in &plan.containers {
+        let level = service
+            .depends_on
+            .iter()
+            .filter_map(|dependency| level_of.get(dependency.as_str()))
+            .map(|level| level + 1)
+            .max()
+            .unwrap_or(0);
+        level_of.insert(&service.service, level);
+        levels.push(level);
+    }
+    levels
 }
 
 /// Plans a rollout. Indexes are positions in the plan's containers. Removals come first,
@@ -104,6 +139,7 @@ mod tests {
         ObservedContainer {
             id: format!("id-{service}"),
             name: format!("e_s_{service}"),
+            stack: "s".into(),
             service: service.into(),
             spec_hash: hash.into(),
             running,
@@ -114,6 +150,27 @@ mod tests {
             deployment: String::new(),
             restarted_at: String::new(),
         }
+    }
+
+    #[test]
+    fn services_are_levelled_by_what_they_depend_on() {
+        let mut db = want("db", "h");
+        let cache = want("cache", "h");
+        let mut migrate = want("migrate", "h");
+        let mut api = want("api", "h");
+        let mut web = want("web", "h");
+        let worker = want("worker", "h");
+        db.depends_on = vec!["volume-not-a-service".into()];
+        migrate.depends_on = vec!["db".into()];
+        api.depends_on = vec!["migrate".into(), "cache".into()];
+        web.depends_on = vec!["api".into(), "db".into()];
+        let plan = stack(&[db, cache, migrate, api, web, worker]);
+        assert_eq!(levels(&plan), [0, 0, 1, 2, 3, 0]);
+        let steps = super::plan(&plan, &[have("gone", "h", true)], None);
+        assert_eq!(
+            steps.iter().map(Step::service).collect::<Vec<_>>(),
+            [None, Some(0), Some(1), Some(2), Some(3), Some(4), Some(5)]
+        );
     }
 
     #[test]
