@@ -27,7 +27,7 @@ struct Counts {
     /// Calls by method and path.
     calls: Mutex<BTreeMap<String, u64>>,
     /// Requests sent on and not yet answered, leaving out those that wait by design (a
-    /// container's exit, an image pull's progress, the engine's version check).
+    /// container's exit or stop, an image pull's progress, the engine's version check).
     in_flight: AtomicUsize,
     /// The most `in_flight` has been.
     most_in_flight: AtomicUsize,

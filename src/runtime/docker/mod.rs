@@ -37,10 +37,14 @@ const STOP_TIMEOUT_SECS: i32 = 10;
 /// Seconds a single engine request may take (image pulls stream and are not bound by it).
 const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// Requests rsgo has in flight on one engine at once, over every stack. Thousands of stacks
-/// starting together queue here instead of timing out inside a saturated engine.
+/// starting together queue here instead of timing out inside a saturated engine. Requests that
+/// mostly wait (a pull's progress, a stop's grace period, a one-shot container's exit) are
+/// bounded elsewhere or by what asks for them.
 pub const ENGINE_REQUESTS: usize = 8;
 /// Image pulls rsgo has in flight on one engine at once.
-const ENGINE_PULLS: usize = 4;
+const ENGINE_PULLS: usize = 8;
+/// Steps of one rollout under way at once (each still takes its turns for engine requests).
+const ROLLOUT_STEPS: usize = 32;
 
 /// A container of a stack as the engine reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -407,12 +411,13 @@ impl DockerRuntime {
             .map_err(|e| Error::docker(format!("starting container {name}"), e))
     }
 
-    /// Stops (with a grace period) and removes a container. Its volumes stay.
+    /// Stops (with a grace period) and removes a container. Its volumes stay. The stop is mostly
+    /// the engine waiting for the container to exit, so it takes no turn (see
+    /// [`ENGINE_REQUESTS`]); the removal does.
     pub async fn remove(&self, id: &str, name: &str) -> Result<()> {
         let stop = StopContainerOptionsBuilder::new()
             .t(STOP_TIMEOUT_SECS)
             .build();
-        let _permit = self.permit().await;
         match self.docker.stop_container(id, Some(stop)).await {
             Ok(()) => {}
             Err(e) if is_status(&e, 304) || is_status(&e, 404) => {}
@@ -422,6 +427,7 @@ impl DockerRuntime {
             .force(true)
             .v(false)
             .build();
+        let _permit = self.permit().await;
         match self.docker.remove_container(id, Some(remove)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),

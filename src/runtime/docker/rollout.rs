@@ -12,7 +12,7 @@ use kube::ResourceExt;
 
 use super::container::{self, Provenance, StackResources};
 use super::steps::{self, Step};
-use super::{DockerRuntime, ENGINE_REQUESTS, ObservedContainer};
+use super::{DockerRuntime, ObservedContainer, ROLLOUT_STEPS};
 use crate::catalog::{ContainerPlan, StackPlan};
 use crate::model::{ServiceAction, ServiceResult, ServiceStatus, Stack};
 use crate::runtime::{Outcome, Progress, Rollout, Runtime};
@@ -75,7 +75,7 @@ async fn apply_plan(
 }
 
 /// Carries out the steps: removals first, then each dependency level (see
-/// [`steps::levels`]), the steps of one level in parallel, at most [`ENGINE_REQUESTS`] at a time.
+/// [`steps::levels`]), the steps of one level in parallel, at most [`ROLLOUT_STEPS`] at a time.
 /// A level whose step failed is let finish, so no service is left half replaced by a cancelled
 /// step, and its first error ends the rollout before the next level starts. Results come in the
 /// steps' order.
@@ -99,7 +99,7 @@ async fn take_steps(
     for batch in batches {
         let done: Vec<Result<ServiceResult>> = futures::stream::iter(batch)
             .map(|step| take_step(runtime, plan, step, resources, provenance))
-            .buffered(ENGINE_REQUESTS)
+            .buffered(ROLLOUT_STEPS)
             .collect()
             .await;
         for result in done {
@@ -185,7 +185,7 @@ pub(super) fn check_kept(service: &ContainerPlan, have: &ObservedContainer) -> R
 }
 
 /// Pulls the image of every service about to be (re)created, each image once and all in
-/// parallel (the engine bounds how many at a time): all of them when `fresh`, else only those
+/// parallel (the engine's pull limit bounds how many at a time): all of them when `fresh`, else only those
 /// the engine lacks. Nothing has been stopped yet, so a failed pull changes nothing.
 async fn pull_images(
     runtime: &DockerRuntime,
@@ -206,7 +206,7 @@ async fn pull_images(
             }
             Ok::<_, Error>(())
         })
-        .buffer_unordered(ENGINE_REQUESTS)
+        .buffer_unordered(ROLLOUT_STEPS)
         .try_collect()
         .await
 }
