@@ -196,8 +196,8 @@ fn engine_floor(images: &[String], recreate: bool) -> Duration {
     start.elapsed()
 }
 
-/// Starts `count` containers of `image` straight through the engine, `parallel` at a time: the
-/// engine's own rate, to set rsgo's beside.
+/// Starts `count` containers of `image` straight through the engine, `parallel` at a time, each
+/// on a network of its own as a stack's is: the engine's own rate, to set rsgo's beside.
 fn engine_rate(image: &str, count: usize, parallel: usize) -> Duration {
     let label = "label=rsgo-bench-direct=true";
     let start = Instant::now();
@@ -205,13 +205,23 @@ fn engine_rate(image: &str, count: usize, parallel: usize) -> Duration {
         for worker in 0..parallel {
             scope.spawn(move || {
                 for n in (worker..count).step_by(parallel) {
+                    let name = format!("rsgo-bench-direct-{n}");
+                    docker(&[
+                        "network",
+                        "create",
+                        "--label",
+                        "rsgo-bench-direct=true",
+                        &name,
+                    ]);
                     docker(&[
                         "run",
                         "-d",
                         "--label",
                         "rsgo-bench-direct=true",
+                        "--network",
+                        &name,
                         "--name",
-                        &format!("rsgo-bench-direct-{n}"),
+                        &name,
                         image,
                     ]);
                 }
@@ -226,6 +236,7 @@ fn engine_rate(image: &str, count: usize, parallel: usize) -> Duration {
         args.extend(chunk);
         docker(&args);
     }
+    docker(&["network", "prune", "-f", "--filter", label]);
     elapsed
 }
 
@@ -289,7 +300,7 @@ fn resync_at(catalog: &Path, image: &str, stacks: usize) {
     println!("| measure | value |");
     println!("|---|---|");
     println!(
-        "| start {stacks} new stacks: rsgo / the engine's own `docker run` ×{stacks} (4 at a time) | {} / {} = {:.2}× |",
+        "| start {stacks} new stacks: rsgo / `docker network create` + `docker run` ×{stacks} (4 at a time) | {} / {} = {:.2}× |",
         secs(started),
         secs(direct),
         started.as_secs_f64() / direct.as_secs_f64()
@@ -309,8 +320,34 @@ fn resync_at(catalog: &Path, image: &str, stacks: usize) {
     );
 }
 
+/// How many networks the engine's address pools can hold; `None` when it uses its built-in
+/// pools (room for about 30).
+fn network_room() -> Option<u64> {
+    let pools = docker(&["info", "--format", "{{json .DefaultAddressPools}}"]);
+    let pools: serde_json::Value = serde_json::from_str(&pools).ok()?;
+    let room = pools
+        .as_array()?
+        .iter()
+        .filter_map(|pool| {
+            let prefix: u32 = pool["Base"].as_str()?.split('/').nth(1)?.parse().ok()?;
+            let size = u32::try_from(pool["Size"].as_u64()?).ok()?;
+            Some(1u64 << size.saturating_sub(prefix).min(32))
+        })
+        .sum();
+    Some(room)
+}
+
 /// Resync costs at 100 and 1 000 running stacks.
 pub fn resync() {
+    let room = network_room();
+    assert!(
+        room.is_some_and(|room| room > 1_100),
+        "the resync case runs 1 000 stacks, each on its own network, and this engine's address \
+         pools hold {}; start dockerd with `--default-address-pool base=172.16.0.0/12,size=24` \
+         (scripts/test-env.sh does when it starts dockerd)",
+        room.map_or("about 30 (the built-in pools)".to_owned(), |r| r
+            .to_string())
+    );
     let image = bench_image();
     let catalog = tempfile::TempDir::new().expect("a temporary directory");
     fixtures::write_manifest(catalog.path(), "bench", std::slice::from_ref(&image), 1);

@@ -89,10 +89,10 @@ impl Environments {
                     env.name_any()
                 ))
             })?;
-        let known = self.lock().get(&host).cloned();
         let now = Instant::now();
+        let known = self.claim(&host, now);
         let engine = match known {
-            Some(Engine::Up { runtime, checked }) if now < checked + self.recheck => {
+            Some(Engine::Up { runtime, checked }) if !self.check_due(checked, now) => {
                 return Ok(Arc::new(runtime));
             }
             Some(Engine::Down {
@@ -157,6 +157,43 @@ impl Environments {
             Engine::Up { runtime, .. } => Ok(Arc::new(runtime)),
             Engine::Down { reason, .. } => Err(unreachable(env, &host, &reason)),
         }
+    }
+
+    /// What is known about the engine at `host`. When a check or a new attempt is due, the
+    /// caller that finds it so takes it on: the entry is moved on as if done now, so the stacks of
+    /// a pass that arrive meanwhile go on with the connected runtime (or its last failure)
+    /// instead of each sending the engine a check of its own.
+    fn claim(&self, host: &str, now: Instant) -> Option<Engine> {
+        let mut engines = self.lock();
+        let known = engines.get(host).cloned();
+        let claimed = match &known {
+            Some(Engine::Up { runtime, checked }) if self.check_due(*checked, now) => {
+                Some(Engine::Up {
+                    runtime: runtime.clone(),
+                    checked: now,
+                })
+            }
+            Some(Engine::Down {
+                reason,
+                failures,
+                retry_at,
+            }) if now >= *retry_at => Some(Engine::Down {
+                reason: reason.clone(),
+                failures: *failures,
+                retry_at: now + CONNECT_TIMEOUT,
+            }),
+            _ => None,
+        };
+        if let Some(claimed) = claimed {
+            engines.insert(host.to_owned(), claimed);
+        }
+        known
+    }
+
+    /// Whether an engine checked at `checked` is due for another check: a little before a whole
+    /// period has passed, so the pass that comes one period after the last check makes one.
+    fn check_due(&self, checked: Instant, now: Instant) -> bool {
+        now + self.recheck / 4 >= checked + self.recheck
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Engine>> {

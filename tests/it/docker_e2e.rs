@@ -709,6 +709,11 @@ fn resync_passes_list_each_environment_once_and_touch_only_what_drifted() {
         "one container list per pass, not one per stack: {calls:?}"
     );
     assert_eq!(calls.get("GET /networks"), Some(&lists), "{calls:?}");
+    let checks = calls.get("GET /version").copied().unwrap_or(0);
+    assert!(
+        checks <= lists + 1,
+        "the engine is checked once per pass, not once per stack: {calls:?}"
+    );
     let others: Vec<_> = calls
         .keys()
         .filter(|call| {

@@ -109,6 +109,11 @@ impl DockerRuntime {
         }
         let taken = Instant::now();
         let listing = Arc::new(self.list_environment(environment).await?);
+        tracing::debug!(
+            %environment,
+            stacks = listing.containers.len(),
+            "listed what rsgo runs in the environment"
+        );
         *slot = Some((taken, listing.clone()));
         Ok(listing)
     }

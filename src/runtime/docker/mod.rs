@@ -43,6 +43,10 @@ const REQUEST_TIMEOUT_SECS: u64 = 120;
 pub const ENGINE_REQUESTS: usize = 8;
 /// Image pulls rsgo has in flight on one engine at once.
 const ENGINE_PULLS: usize = 8;
+/// Stacks rolling out on one engine at once; the others wait their turn in the order they
+/// came. Without it a thousand stacks applied together would each get one request in turn, and
+/// all would be half done before the first finished.
+pub const ENGINE_ROLLOUTS: usize = 16;
 /// Steps of one rollout under way at once (each still takes its turns for engine requests).
 const ROLLOUT_STEPS: usize = 32;
 
@@ -146,8 +150,18 @@ struct Shared {
     requests: Semaphore,
     /// Image pulls in flight at once; separate, so a slow registry holds up no other request.
     pulls: Semaphore,
+    /// Rollouts under way at once (see [`ENGINE_ROLLOUTS`]).
+    rollouts: Semaphore,
     /// What rsgo runs on the engine, listed at most once per pass for drift checks.
     listings: Listings,
+}
+
+/// Waits in line for one of a limit's places. The engine's limits are never closed.
+async fn turn(limit: &Semaphore) -> SemaphorePermit<'_> {
+    limit
+        .acquire()
+        .await
+        .expect("the engine's limits are never closed")
 }
 
 fn is_status(error: &DockerError, code: u16) -> bool {
@@ -186,6 +200,7 @@ impl DockerRuntime {
         let shared = Shared {
             requests: Semaphore::new(ENGINE_REQUESTS),
             pulls: Semaphore::new(ENGINE_PULLS),
+            rollouts: Semaphore::new(ENGINE_ROLLOUTS),
             listings: Listings::new(listing_age),
         };
         Ok(Self {
@@ -194,13 +209,14 @@ impl DockerRuntime {
         })
     }
 
+    /// Waits for a turn to roll a stack out (see [`ENGINE_ROLLOUTS`]).
+    async fn rollout_turn(&self) -> SemaphorePermit<'_> {
+        turn(&self.shared.rollouts).await
+    }
+
     /// Waits for a turn to send the engine a request (see [`ENGINE_REQUESTS`]).
     async fn permit(&self) -> SemaphorePermit<'_> {
-        self.shared
-            .requests
-            .acquire()
-            .await
-            .expect("the engine's semaphore is never closed")
+        turn(&self.shared.requests).await
     }
 
     /// The engine's version string.
@@ -221,12 +237,7 @@ impl DockerRuntime {
             .from_image(name)
             .tag(tag)
             .build();
-        let permit = self
-            .shared
-            .pulls
-            .acquire()
-            .await
-            .expect("the engine's semaphore is never closed");
+        let permit = turn(&self.shared.pulls).await;
         let mut progress = self.docker.create_image(Some(options), None, None);
         while let Some(step) = progress.next().await {
             step.map_err(|e| Error::Pull {

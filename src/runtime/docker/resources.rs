@@ -16,7 +16,11 @@ impl DockerRuntime {
     /// (names need not be unique on older engines, so a retry never makes a second one). A
     /// volume keeps the name it had before names carried the environment, so data stays; a
     /// volume of the wanted name that rsgo did not make for this stack is refused, not used.
-    pub async fn prepare(&self, plan: &StackPlan) -> Result<StackResources> {
+    /// Also returns the stack's networks as they were found, for [`Self::remove_unwanted`].
+    pub async fn prepare(
+        &self,
+        plan: &StackPlan,
+    ) -> Result<(StackResources, Vec<bollard::models::Network>)> {
         let (environment, stack) = (&plan.environment, &plan.stack);
         let existing = self.stack_networks(environment, stack).await?;
         let labels = container::stack_labels(plan);
@@ -53,7 +57,7 @@ impl DockerRuntime {
             };
             resources.volumes.insert(key.clone(), engine_name);
         }
-        Ok(resources)
+        Ok((resources, existing))
     }
 
     /// The names of the volumes carrying rsgo's labels for this stack of this environment.
@@ -97,11 +101,16 @@ impl DockerRuntime {
             ..Default::default()
         };
         let _permit = self.permit().await;
-        let created = self
-            .docker
-            .create_network(request)
-            .await
-            .map_err(|e| Error::docker(format!("creating network {name}"), e))?;
+        let created = self.docker.create_network(request).await.map_err(|e| {
+            let hint = if e.to_string().contains("address pool") {
+                " (the engine has no address range left for another network; every stack has \
+                     its own, so an engine that runs many stacks needs wider \
+                     `default-address-pools` in its daemon.json)"
+            } else {
+                ""
+            };
+            Error::docker(format!("creating network {name}{hint}"), e)
+        })?;
         Ok(created.id)
     }
 
@@ -137,15 +146,28 @@ impl DockerRuntime {
             .map_err(|e| Error::docker(format!("creating volume {name}"), e))
     }
 
-    /// Removes the networks rsgo made for a stack, except those named in `keep`. A network that
-    /// still has containers of someone else attached is left, with a warning.
+    /// Removes the networks rsgo made for a stack, except those named in `keep`.
     pub async fn remove_networks(
         &self,
         environment: &str,
         stack: &str,
         keep: &[String],
     ) -> Result<()> {
-        for network in self.stack_networks(environment, stack).await? {
+        let networks = self.stack_networks(environment, stack).await?;
+        self.remove_unwanted(networks, environment, stack, keep)
+            .await
+    }
+
+    /// Removes those of `networks` that rsgo made for the stack, except those named in `keep`.
+    /// A network that still has containers of someone else attached is left, with a warning.
+    pub async fn remove_unwanted(
+        &self,
+        networks: Vec<bollard::models::Network>,
+        environment: &str,
+        stack: &str,
+        keep: &[String],
+    ) -> Result<()> {
+        for network in networks {
             let (Some(id), Some(name)) = (network.id, network.name) else {
                 continue;
             };

@@ -55,20 +55,24 @@ async fn apply_plan(
     provenance: Provenance<'_>,
     pull_fresh: bool,
 ) -> Result<Outcome> {
-    if !pull_fresh && let Some(outcome) = runtime.unchanged(plan, provenance.restarted_at).await? {
-        return Ok(outcome);
-    }
     let (env, name) = (&plan.environment, &plan.stack);
+    if !pull_fresh {
+        if let Some(outcome) = runtime.unchanged(plan, provenance.restarted_at).await? {
+            return Ok(outcome);
+        }
+        tracing::debug!(stack = %name, environment = %env, "the listing differs from the plan; reading the engine");
+    }
+    let _turn = runtime.rollout_turn().await;
     let observed = runtime.observe(env, name).await?;
     let steps = steps::plan(plan, &observed, provenance.restarted_at);
 
     pull_images(runtime, plan, &steps, pull_fresh).await?;
 
-    let resources = runtime.prepare(plan).await?;
+    let (resources, networks) = runtime.prepare(plan).await?;
     let results = take_steps(runtime, plan, steps, &resources, provenance).await?;
     // Networks the stack no longer uses (or used under an older naming) go once nothing is on them.
     runtime
-        .remove_networks(env, name, &container::network_names(plan))
+        .remove_unwanted(networks, env, name, &container::network_names(plan))
         .await?;
     let running = runtime.observe(env, name).await?;
     Ok(outcome_from(plan, &running, results))
