@@ -183,8 +183,8 @@ fn split_reference(image: &str) -> (&str, &str) {
 impl DockerRuntime {
     /// Connects to `host` (`unix://...`, `tcp://...` or `http://...`) and negotiates the API version,
     /// so engines old (API 1.41) and new both work.
-    /// A listing younger than `listing_age` serves the drift checks of every stack of an
-    /// environment (see [`Listings`]).
+    /// A listing of an environment younger than `listing_age` serves the drift checks of all
+    /// its stacks, so one listing serves a whole resync pass.
     pub async fn connect(host: &str, listing_age: Duration) -> Result<Self> {
         let version = bollard::API_DEFAULT_VERSION;
         let docker = if host.starts_with("unix://") || host.starts_with('/') {
