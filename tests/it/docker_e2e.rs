@@ -704,8 +704,10 @@ fn resync_passes_list_each_environment_once_and_touch_only_what_drifted() {
     std::thread::sleep(Duration::from_secs(6));
     let calls = proxy.take();
     let lists = calls.get("GET /containers/json").copied().unwrap_or(0);
+    // One per pass, two when a loaded machine spreads a pass over more than the listing's
+    // age (half a period); one per stack would be 18 or more.
     assert!(
-        (2..=4).contains(&lists),
+        (2..=6).contains(&lists),
         "one container list per pass, not one per stack: {calls:?}"
     );
     assert_eq!(calls.get("GET /networks"), Some(&lists), "{calls:?}");
