@@ -658,20 +658,16 @@ fn independent_services_roll_out_together_and_dependents_wait_for_theirs() {
     let (status, reply) = server.hook("/api/hooks/redeploy", &key, Some(&body));
     assert_eq!(status, 200, "{reply}\n{}", server.log());
     let record = server.wait_deployment(&key, reply["deploymentId"].as_str().unwrap());
-    let actions: Vec<&str> = record["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["action"].as_str().unwrap())
-        .collect();
+    let actions = crate::support::service_actions(&record);
     assert_eq!(actions, ["recreated"; 3], "{record}");
     check("redeploy");
 }
 
-#[test]
-fn resync_passes_list_each_environment_once_and_touch_only_what_drifted() {
+/// A server whose environment reaches the engine through a counting proxy, serving a
+/// one-service product (returned by name) on a freshly pushed image.
+fn behind_a_counting_proxy(label: &str) -> (crate::engine_proxy::EngineProxy, Server, String) {
     let proxy = crate::engine_proxy::EngineProxy::start();
-    let image = format!("{}/{}/app:latest", registry(), unique("listing"));
+    let image = format!("{}/{}/app:latest", registry(), unique(label));
     build_and_push(&image, "v1");
     let product = unique("app");
     let services = format!("  app:\n    image: {image}\n");
@@ -683,6 +679,12 @@ fn resync_passes_list_each_environment_once_and_touch_only_what_drifted() {
         &[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))],
         options,
     );
+    (proxy, server, product)
+}
+
+#[test]
+fn resync_passes_list_each_environment_once_and_touch_only_what_drifted() {
+    let (proxy, server, product) = behind_a_counting_proxy("listing");
     let stacks: Vec<String> = (0..6).map(|_| unique("st")).collect();
     for stack in &stacks {
         server.apply(&stack_yaml(stack, &server.environment, &product, "1.0.0"));
@@ -749,19 +751,7 @@ fn resync_passes_list_each_environment_once_and_touch_only_what_drifted() {
 
 #[test]
 fn stacks_starting_together_queue_for_the_engine_instead_of_flooding_it() {
-    let proxy = crate::engine_proxy::EngineProxy::start();
-    let image = format!("{}/{}/app:latest", registry(), unique("queue"));
-    build_and_push(&image, "v1");
-    let product = unique("app");
-    let services = format!("  app:\n    image: {image}\n");
-    let options = crate::support::Options {
-        docker_host: Some(proxy.host()),
-        ..Default::default()
-    };
-    let server = Server::start_with(
-        &[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))],
-        options,
-    );
+    let (proxy, server, product) = behind_a_counting_proxy("queue");
     let stacks: Vec<String> = (0..24).map(|_| unique("st")).collect();
     let yaml: Vec<String> = stacks
         .iter()

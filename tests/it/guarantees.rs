@@ -266,12 +266,7 @@ fn a_redeploy_cut_short_by_a_crash_is_finished_after_a_restart() {
             "service {service} runs a new container"
         );
     }
-    let actions: Vec<&str> = record["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["action"].as_str().unwrap())
-        .collect();
+    let actions = crate::support::service_actions(&record);
     assert_eq!(actions, ["recreated", "recreated", "recreated"], "{record}");
 }
 

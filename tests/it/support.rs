@@ -457,3 +457,13 @@ pub fn curl(
 pub fn inspect(target: &str, format: &str) -> String {
     docker(&["inspect", "-f", format, target])
 }
+
+/// What a deployment record says its rollout did to each service, in order.
+pub fn service_actions(record: &Value) -> Vec<&str> {
+    record["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect()
+}
