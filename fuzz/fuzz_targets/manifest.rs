@@ -7,7 +7,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use rsgo::catalog::plan::MountSource;
-use rsgo::catalog::{parse_manifest, render};
+use rsgo::catalog::{Stacks, parse_manifest, render};
 use rsgo::model::{DockerEndpoint, Environment, EnvironmentSpec, normalize_host_path};
 
 fuzz_target!(|data: &[u8]| {
@@ -27,7 +27,14 @@ fuzz_target!(|data: &[u8]| {
                     kubernetes: None,
                 },
             );
-            if let Ok(plan) = render("stack", &env, &pv, &BTreeMap::new()) {
+            let parts: Vec<Option<&str>> = match &pv.stacks {
+                Stacks::Single(_) => vec![None],
+                Stacks::Multi(stacks) => stacks.keys().map(|name| Some(name.as_str())).collect(),
+            };
+            for plan in parts
+                .into_iter()
+                .filter_map(|part| render("stack", &env, &pv, part, &BTreeMap::new()).ok())
+            {
                 for container in &plan.containers {
                     for mount in &container.mounts {
                         if let MountSource::Host(path) = &mount.source {

@@ -350,7 +350,11 @@ fn upgraded(
             catalog.available(product)
         )));
     }
-    let declared = &pv.manifest.variables;
+    let part = stack.spec.stack.as_deref();
+    let declared = &pv
+        .stack(part)
+        .map_err(|e| ApiError::bad_request(format!("Cannot upgrade to {target}: {e}.")))?
+        .variables;
     let unknown = variables::undeclared(declared, request.variables.keys());
     if !unknown.is_empty() {
         return Err(ApiError::bad_request(format!(
@@ -369,7 +373,7 @@ fn upgraded(
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     merged.extend(request.variables.clone());
-    render(&stack.name_any(), env, &pv, &merged)
+    render(&stack.name_any(), env, &pv, part, &merged)
         .map_err(|e| ApiError::bad_request(format!("Cannot upgrade to {target}: {e}.")))?;
     let mut desired_stack = stack.clone();
     desired_stack.spec.version = Some(target.to_string());

@@ -38,6 +38,9 @@ pub enum RenderError {
     },
     /// The services' dependencies: a cycle, or an unknown service.
     Dependencies(String),
+    /// The stack of the product the spec names (`spec.stack`) does not exist, or none is named
+    /// for a multi-stack product.
+    Stack(String),
 }
 
 impl fmt::Display for RenderError {
@@ -49,7 +52,7 @@ impl fmt::Display for RenderError {
             RenderError::Service {
                 service, reason, ..
             } => write!(f, "service '{service}': {reason}"),
-            RenderError::Dependencies(reason) => f.write_str(reason),
+            RenderError::Dependencies(reason) | RenderError::Stack(reason) => f.write_str(reason),
         }
     }
 }

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use semver::Version;
 
+use super::manifest::StackEntry;
 use super::{
-    Loaded, Manifest, ManifestError, ManifestProblem, ProductVersion, check_manifest_name,
-    parse_version,
+    Loaded, Manifest, ManifestError, ManifestProblem, Metadata, ProductVersion, Service,
+    StackDefinition, Stacks, Variable, check_manifest_name, parse_version,
 };
 use crate::{Error, Result};
 
@@ -21,16 +22,46 @@ pub const MAX_SOURCE_FILES: usize = 10_000;
 /// Deepest directory nesting read in a source.
 const MAX_DEPTH: usize = 32;
 
-/// Parses one manifest. `Ok(None)` is a fragment (no `productVersion`), not an error. Errors
-/// name the line and column or the field, and the kind of problem, never the file's contents.
+/// Parses one manifest that includes no fragment files. `Ok(None)` is a fragment (no
+/// `productVersion`), not an error. Errors name the line and column or the field, and the kind
+/// of problem, never the file's contents.
 pub fn parse_manifest(path: &Path, text: &str) -> Result<Option<ProductVersion>, ManifestError> {
-    parse(path, text).map_err(|problem| ManifestError {
-        file: path.to_owned(),
-        problem,
+    parse_manifest_with(path, text, &mut |_| {
+        Err("includes are only read from a catalog source".into())
     })
 }
 
-fn parse(path: &Path, text: &str) -> Result<Option<ProductVersion>, ManifestProblem> {
+/// Like [`parse_manifest`], reading each `include:` of a multi-stack product through `include`,
+/// which is given the path as the manifest wrote it and answers the fragment's text or why it
+/// cannot be read.
+fn parse_manifest_with(
+    path: &Path,
+    text: &str,
+    include: &mut dyn FnMut(&str) -> Result<String, String>,
+) -> Result<Option<ProductVersion>, ManifestError> {
+    parse(text, include)
+        .map_err(|problem| ManifestError {
+            file: path.to_owned(),
+            problem,
+        })
+        .map(|parsed| {
+            parsed.map(|(product, version, metadata, stacks)| ProductVersion {
+                product,
+                version,
+                metadata,
+                stacks,
+                path: path.to_owned(),
+            })
+        })
+}
+
+/// What a manifest defines: product id, version, metadata and stacks.
+type Parsed = (String, Version, Metadata, Stacks);
+
+fn parse(
+    text: &str,
+    include: &mut dyn FnMut(&str) -> Result<String, String>,
+) -> Result<Option<Parsed>, ManifestProblem> {
     let manifest: Manifest = serde_yaml_ng::from_str(text).map_err(|e| describe_yaml_error(&e))?;
     if let Some(format) = &manifest.version
         && !(format.0 == "1" || format.0.starts_with("1."))
@@ -43,20 +74,151 @@ fn parse(path: &Path, text: &str) -> Result<Option<ProductVersion>, ManifestProb
             ),
         ));
     }
-    let Some(raw_version) = &manifest.metadata.product_version else {
+    let Some(metadata) = manifest.metadata.clone() else {
+        return Ok(None);
+    };
+    let Some(raw_version) = &metadata.product_version else {
         return Ok(None);
     };
     let version = parse_version(&raw_version.0)
         .map_err(|e| ManifestProblem::field("metadata.productVersion", e))?;
-    if manifest.stacks.is_some() {
+    check_patterns("sharedVariables", &manifest.shared_variables)?;
+    let Manifest {
+        shared_variables,
+        variables,
+        services,
+        volumes,
+        networks,
+        stacks,
+        ..
+    } = manifest;
+    let top = Part {
+        variables,
+        services,
+        volumes,
+        networks,
+    };
+    let stacks = match stacks {
+        None if !shared_variables.is_empty() => {
+            return Err(ManifestProblem::field(
+                "sharedVariables",
+                "only a multi-stack product shares variables; declare them under variables",
+            ));
+        }
+        None => Stacks::Single(definition("", &BTreeMap::new(), top)?),
+        Some(_) if !top.is_empty() => {
+            return Err(ManifestProblem::field(
+                "stacks",
+                "a multi-stack product defines variables, services, volumes and networks in \
+                 each stack, not at the top level",
+            ));
+        }
+        Some(entries) if entries.is_empty() => {
+            return Err(ManifestProblem::field("stacks", "declares no stacks"));
+        }
+        Some(entries) => {
+            let mut stacks = BTreeMap::new();
+            for (name, entry) in entries {
+                check_manifest_name("stack", &name)
+                    .map_err(|e| ManifestProblem::field("stacks", e))?;
+                let prefix = format!("stacks.{name}.");
+                let part = stack_part(&prefix, entry, include)?;
+                stacks.insert(name, definition(&prefix, &shared_variables, part)?);
+            }
+            Stacks::Multi(stacks)
+        }
+    };
+    let product = metadata
+        .product_id
+        .clone()
+        .unwrap_or_else(|| metadata.name.clone());
+    Ok(Some((product, version, metadata, stacks)))
+}
+
+/// What one stack declares before shared variables are merged in.
+struct Part {
+    variables: BTreeMap<String, Variable>,
+    services: BTreeMap<String, Service>,
+    volumes: BTreeMap<String, serde_yaml_ng::Value>,
+    networks: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+impl Part {
+    fn is_empty(&self) -> bool {
+        self.variables.is_empty()
+            && self.services.is_empty()
+            && self.volumes.is_empty()
+            && self.networks.is_empty()
+    }
+}
+
+/// A stack of a multi-stack product as written inline, or as its fragment file defines it.
+fn stack_part(
+    prefix: &str,
+    entry: StackEntry,
+    include: &mut dyn FnMut(&str) -> Result<String, String>,
+) -> Result<Part, ManifestProblem> {
+    let inline = Part {
+        variables: entry.variables,
+        services: entry.services,
+        volumes: entry.volumes,
+        networks: entry.networks,
+    };
+    let Some(file) = entry.include else {
+        return Ok(inline);
+    };
+    let field = format!("{prefix}include");
+    if !inline.is_empty() {
         return Err(ManifestProblem::field(
-            "stacks",
-            "multi-stack products are not supported yet; use top-level `services`",
+            field,
+            "a stack either includes a fragment or defines its services inline, not both",
         ));
     }
-    if manifest.services.is_empty() {
+    let shown: String = file
+        .chars()
+        .take(200)
+        .flat_map(char::escape_debug)
+        .collect();
+    let text =
+        include(&file).map_err(|e| ManifestProblem::field(&field, format!("'{shown}' {e}")))?;
+    let fragment: Manifest = serde_yaml_ng::from_str(&text).map_err(|e| {
+        ManifestProblem::field(&field, format!("'{shown}': {}", describe_yaml_error(&e)))
+    })?;
+    let refuse = |reason: &str| {
+        Err(ManifestProblem::field(
+            &field,
+            format!("'{shown}' {reason}"),
+        ))
+    };
+    if fragment
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.product_version.is_some())
+    {
+        return refuse("is a product (it has metadata.productVersion), not a fragment");
+    }
+    if fragment.stacks.is_some() || !fragment.shared_variables.is_empty() {
+        return refuse("is a fragment and cannot declare stacks or sharedVariables");
+    }
+    Ok(Part {
+        variables: fragment.variables,
+        services: fragment.services,
+        volumes: fragment.volumes,
+        networks: fragment.networks,
+    })
+}
+
+/// Checks one stack's declarations and merges the shared variables under its own. `prefix` is
+/// where the stack sits in the manifest (`""` or `stacks.NAME.`), for messages.
+fn definition(
+    prefix: &str,
+    shared: &BTreeMap<String, Variable>,
+    part: Part,
+) -> Result<StackDefinition, ManifestProblem> {
+    let field = |name: &str| format!("{prefix}{name}");
+    if part.services.is_empty() {
         return Err(ManifestProblem::field(
-            "services",
+            field("services"),
             "the manifest defines no services",
         ));
     }
@@ -64,37 +226,70 @@ fn parse(path: &Path, text: &str) -> Result<Option<ProductVersion>, ManifestProb
         (
             "services",
             "service",
-            manifest.services.keys().collect::<Vec<_>>(),
+            part.services.keys().collect::<Vec<_>>(),
         ),
-        ("volumes", "volume", manifest.volumes.keys().collect()),
-        ("networks", "network", manifest.networks.keys().collect()),
+        ("volumes", "volume", part.volumes.keys().collect()),
+        ("networks", "network", part.networks.keys().collect()),
     ];
-    for (field, what, keys) in names {
+    for (key, what, keys) in names {
         for name in keys {
-            check_manifest_name(what, name).map_err(|e| ManifestProblem::field(field, e))?;
+            check_manifest_name(what, name).map_err(|e| ManifestProblem::field(field(key), e))?;
         }
     }
-    for (name, variable) in &manifest.variables {
+    for (name, service) in &part.services {
+        if service.container_name.is_some() {
+            return Err(ManifestProblem::field(
+                field(&format!("services.{name}.containerName")),
+                "is not supported: rsgo names every container after its environment, stack and \
+                 service, so that two stacks of one product never collide; remove it",
+            ));
+        }
+    }
+    for (key, declared) in [("volumes", &part.volumes), ("networks", &part.networks)] {
+        for (name, options) in declared {
+            let empty = match options {
+                serde_yaml_ng::Value::Null => true,
+                serde_yaml_ng::Value::Mapping(map) => map.is_empty(),
+                _ => false,
+            };
+            if !empty {
+                return Err(ManifestProblem::field(
+                    field(&format!("{key}.{name}")),
+                    format!(
+                        "options are not supported; rsgo creates {key} with the runtime's \
+                         defaults, so declare it as `{name}: {{}}`"
+                    ),
+                ));
+            }
+        }
+    }
+    check_patterns(&field("variables"), &part.variables)?;
+    let mut variables = shared.clone();
+    variables.extend(part.variables);
+    Ok(StackDefinition {
+        variables,
+        services: part.services,
+        volumes: part.volumes.into_keys().collect(),
+        networks: part.networks.into_keys().collect(),
+    })
+}
+
+/// Every `pattern` under `field` must be a valid regular expression.
+fn check_patterns(
+    field: &str,
+    variables: &BTreeMap<String, Variable>,
+) -> Result<(), ManifestProblem> {
+    for (name, variable) in variables {
         if let Some(pattern) = &variable.pattern {
             regex::Regex::new(pattern).map_err(|e| {
                 ManifestProblem::field(
-                    format!("variables.{name}.pattern"),
+                    format!("{field}.{name}.pattern"),
                     format!("not a valid pattern: {e}"),
                 )
             })?;
         }
     }
-    let product = manifest
-        .metadata
-        .product_id
-        .clone()
-        .unwrap_or_else(|| manifest.metadata.name.clone());
-    Ok(Some(ProductVersion {
-        product,
-        version,
-        manifest,
-        path: path.to_owned(),
-    }))
+    Ok(())
 }
 
 /// A YAML error as `line L, column C: reason`, with every value the parser quoted left out, so a
@@ -145,19 +340,24 @@ pub fn load_directory(dir: &Path) -> Result<Loaded> {
     }
     files.sort();
     let mut loaded = Loaded::default();
-    let mut total = 0u64;
+    let total = std::cell::Cell::new(0u64);
     let mut seen: BTreeMap<(String, Version), PathBuf> = BTreeMap::new();
     for (relative, path) in files {
+        let mut include = |file: &str| {
+            let text = read_include(&root, &path, file)?;
+            total.set(total.get() + text.len() as u64);
+            Ok(text)
+        };
         let outcome = read_capped(&path)
             .map_err(|reason| ManifestError {
                 file: relative.clone(),
                 problem: ManifestProblem::NotRead(reason),
             })
             .and_then(|text| {
-                total += text.len() as u64;
-                parse_manifest(&relative, &text)
+                total.set(total.get() + text.len() as u64);
+                parse_manifest_with(&relative, &text, &mut include)
             });
-        if total > MAX_SOURCE_BYTES {
+        if total.get() > MAX_SOURCE_BYTES {
             return Err(Error::Invalid(format!(
                 "the source's manifests add up to more than {} MiB, the most rsgo reads from one source",
                 MAX_SOURCE_BYTES / (1024 * 1024)
@@ -195,6 +395,26 @@ fn too_large() -> String {
         "is larger than {} KiB, the most rsgo reads from one manifest",
         MAX_MANIFEST_BYTES / 1024
     )
+}
+
+/// Reads the fragment `file` that the manifest at `manifest` includes: a relative path from the
+/// manifest's folder to a regular file that stays inside the source `root`.
+fn read_include(root: &Path, manifest: &Path, file: &str) -> Result<String, String> {
+    let relative = Path::new(file);
+    if file.is_empty() || relative.is_absolute() {
+        return Err("is not a path relative to the manifest".into());
+    }
+    let folder = manifest.parent().unwrap_or(root);
+    let real = std::fs::canonicalize(folder.join(relative))
+        .map_err(|_| "does not exist in the source".to_owned())?;
+    if !real.starts_with(root) {
+        return Err("leads out of the source; not read".into());
+    }
+    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file; not read".into());
+    }
+    read_capped(&real)
 }
 
 /// Reads a file of at most [`MAX_MANIFEST_BYTES`].
@@ -443,6 +663,202 @@ mod tests {
         }
         let err = load_directory(many.path()).unwrap_err().to_string();
         assert!(err.contains("more than the 10000"), "{err}");
+    }
+
+    #[test]
+    fn the_example_multi_stack_product_loads_with_its_fragments() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/catalog");
+        let loaded = load_directory(&dir).unwrap();
+        assert!(loaded.errors.is_empty(), "{:?}", lines(&loaded));
+        let platform: Vec<_> = loaded
+            .versions
+            .iter()
+            .filter(|pv| pv.product == "platform")
+            .collect();
+        assert_eq!(
+            platform.len(),
+            2,
+            "two versions; the fragments are not products"
+        );
+        let v1 = platform.iter().find(|pv| pv.version.minor == 0).unwrap();
+        assert_eq!(v1.metadata.category.as_deref(), Some("examples"));
+        assert_eq!(v1.metadata.tags, ["multi-stack", "example"]);
+        let worker = v1.stack(Some("worker")).unwrap();
+        assert_eq!(
+            worker.variables.keys().collect::<Vec<_>>(),
+            ["BATCH", "GREETING", "IMAGE"],
+            "shared variables join the fragment's own"
+        );
+        assert!(worker.services.contains_key("worker"));
+        let web = v1.stack(Some("web")).unwrap();
+        assert!(web.services.contains_key("web") && !web.services.contains_key("worker"));
+        let err = v1.stack(None).unwrap_err();
+        assert!(err.contains("several stacks (web, worker)"), "{err}");
+        let err = v1.stack(Some("db")).unwrap_err();
+        assert!(
+            err.contains("no stack 'db'; its stacks are web, worker"),
+            "{err}"
+        );
+    }
+
+    fn problem(text: &str) -> String {
+        parse_manifest(Path::new("m.yaml"), text)
+            .unwrap_err()
+            .problem
+            .to_string()
+    }
+
+    #[test]
+    fn multi_stack_rules_are_enforced_with_the_field_named() {
+        const HEAD: &str = "metadata: {name: p, productVersion: '1.0.0'}\n";
+        let err = problem(&format!(
+            "{HEAD}services: {{a: {{image: x}}}}\nstacks: {{s: {{services: {{b: {{image: y}}}}}}}}\n"
+        ));
+        assert!(
+            err.starts_with("stacks: a multi-stack product defines"),
+            "{err}"
+        );
+        let err = problem(&format!("{HEAD}stacks: {{}}\n"));
+        assert_eq!(err, "stacks: declares no stacks");
+        let err = problem(&format!("{HEAD}stacks: {{s: {{}}}}\n"));
+        assert_eq!(err, "stacks.s.services: the manifest defines no services");
+        let err = problem(&format!(
+            "{HEAD}sharedVariables: {{A: {{}}}}\nservices: {{a: {{image: x}}}}\n"
+        ));
+        assert!(
+            err.starts_with("sharedVariables: only a multi-stack"),
+            "{err}"
+        );
+        let err = problem(&format!(
+            "{HEAD}stacks: {{s: {{include: f.yaml, services: {{a: {{image: x}}}}}}}}\n"
+        ));
+        assert!(
+            err.starts_with("stacks.s.include: a stack either includes"),
+            "{err}"
+        );
+        let err = problem(&format!("{HEAD}stacks: {{s: {{include: f.yaml}}}}\n"));
+        assert_eq!(
+            err,
+            "stacks.s.include: 'f.yaml' includes are only read from a catalog source"
+        );
+        let err = problem(&format!(
+            "{HEAD}sharedVariables: {{A: {{pattern: '('}}}}\nstacks: {{s: {{services: {{a: {{image: x}}}}}}}}\n"
+        ));
+        assert!(
+            err.starts_with("sharedVariables.A.pattern: not a valid pattern"),
+            "{err}"
+        );
+        let err = problem(&format!(
+            "{HEAD}stacks: {{'a b': {{services: {{a: {{image: x}}}}}}}}\n"
+        ));
+        assert!(err.contains("stack name 'a b' is not allowed"), "{err}");
+    }
+
+    #[test]
+    fn keys_rsgo_cannot_honour_are_refused_by_name() {
+        const HEAD: &str = "metadata: {name: p, productVersion: '1.0.0'}\n";
+        let err = problem(&format!(
+            "{HEAD}services: {{a: {{image: x, containerName: fixed}}}}\n"
+        ));
+        assert!(
+            err.starts_with("services.a.containerName: is not supported"),
+            "{err}"
+        );
+        let err = problem(&format!(
+            "{HEAD}services: {{a: {{image: x}}}}\nvolumes: {{data: {{driver: nfs}}}}\n"
+        ));
+        assert!(
+            err.starts_with("volumes.data: options are not supported"),
+            "{err}"
+        );
+        let err = problem(&format!(
+            "{HEAD}stacks: {{s: {{services: {{a: {{image: x}}}}, networks: {{n: {{external: true}}}}}}}}\n"
+        ));
+        assert!(
+            err.starts_with("stacks.s.networks.n: options are not supported"),
+            "{err}"
+        );
+        let ok = format!("{HEAD}services: {{a: {{image: x}}}}\nvolumes: {{data: {{}}, logs: }}\n");
+        assert!(parse_manifest(Path::new("m.yaml"), &ok).is_ok());
+    }
+
+    #[test]
+    fn includes_stay_inside_the_source_and_must_be_fragments() {
+        let outside = tempfile::TempDir::new().unwrap();
+        write(
+            &outside.path().join("secret.yaml"),
+            "services: {stolen: {image: s3cr3t}}\n",
+        );
+        let source = tempfile::TempDir::new().unwrap();
+        let product = |version: &str, include: &str| {
+            format!(
+                "metadata: {{name: p, productVersion: '{version}'}}\nsharedVariables: {{TAG: {{default: '1'}}}}\nstacks:\n  s:\n    include: '{include}'\n"
+            )
+        };
+        write(
+            &source.path().join("parts/ok.yaml"),
+            "services: {a: {image: 'x:${TAG}'}}\n",
+        );
+        write(&source.path().join("parts/product.yaml"), GOOD);
+        write(
+            &source.path().join("p/1.yaml"),
+            &product("1.0.0", "../parts/ok.yaml"),
+        );
+        let escape = outside.path().join("secret.yaml");
+        write(
+            &source.path().join("p/2.yaml"),
+            &product("2.0.0", &escape.display().to_string()),
+        );
+        write(
+            &source.path().join("p/3.yaml"),
+            &product("3.0.0", "../../../../../../../etc/passwd"),
+        );
+        std::os::unix::fs::symlink(&escape, source.path().join("parts/link.yaml")).unwrap();
+        write(
+            &source.path().join("p/4.yaml"),
+            &product("4.0.0", "../parts/link.yaml"),
+        );
+        write(
+            &source.path().join("p/5.yaml"),
+            &product("5.0.0", "../parts/product.yaml"),
+        );
+        write(
+            &source.path().join("p/6.yaml"),
+            &product("6.0.0", "../parts/missing.yaml"),
+        );
+        write(
+            &source.path().join("p/7.yaml"),
+            &product("7.0.0", "../parts"),
+        );
+        let loaded = load_directory(source.path()).unwrap();
+        let versions: Vec<_> = loaded
+            .versions
+            .iter()
+            .filter(|pv| pv.product == "p")
+            .collect();
+        assert_eq!(versions.len(), 1, "{:?}", lines(&loaded));
+        assert_eq!(versions[0].version.to_string(), "1.0.0");
+        let ok = versions[0].stack(Some("s")).unwrap();
+        assert!(ok.variables.contains_key("TAG") && ok.services.contains_key("a"));
+        let errors = lines(&loaded).join("\n");
+        for expected in [
+            "p/2.yaml: stacks.s.include: '",
+            "' is not a path relative to the manifest",
+            "p/3.yaml: stacks.s.include: '../../../../../../../etc/passwd' leads out of the source; not read",
+            "p/4.yaml: stacks.s.include: '../parts/link.yaml' leads out of the source; not read",
+            "p/5.yaml: stacks.s.include: '../parts/product.yaml' is a product (it has metadata.productVersion), not a fragment",
+            "p/6.yaml: stacks.s.include: '../parts/missing.yaml' does not exist in the source",
+            "p/7.yaml: stacks.s.include: '../parts' is not a regular file; not read",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in:\n{errors}"
+            );
+        }
+        assert!(
+            !errors.contains("s3cr3t") && !errors.contains("root:"),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -13,8 +13,9 @@ pub struct Manifest {
     /// Format version; rsgo reads format 1.
     #[serde(default)]
     pub version: Option<Scalar>,
-    /// Product identity.
-    pub metadata: Metadata,
+    /// Product identity; a file without it (or without `productVersion`) is a fragment.
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
     /// Typed variables, keyed by name.
     #[serde(default)]
     pub variables: BTreeMap<String, Variable>,
@@ -30,9 +31,33 @@ pub struct Manifest {
     /// Networks the services join, besides the stack's own.
     #[serde(default)]
     pub networks: BTreeMap<String, serde_yaml_ng::Value>,
-    /// Sub-stacks of a multi-stack product.
+    /// The stacks of a multi-stack product, keyed by name, instead of top-level `services`.
     #[serde(default)]
-    pub stacks: Option<BTreeMap<String, serde_yaml_ng::Value>>,
+    pub stacks: Option<BTreeMap<String, StackEntry>>,
+}
+
+/// One stack of a multi-stack product: defined inline, or included from a fragment file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StackEntry {
+    /// A fragment file, relative to the manifest, that defines the stack.
+    #[serde(default)]
+    pub include: Option<String>,
+    /// One-line description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The stack's own variables, besides the product's `sharedVariables`.
+    #[serde(default)]
+    pub variables: BTreeMap<String, Variable>,
+    /// Services, keyed by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Named volumes the services use.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, serde_yaml_ng::Value>,
+    /// Networks the services join, besides the stack's own.
+    #[serde(default)]
+    pub networks: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 /// Product identity and description.

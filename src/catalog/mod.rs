@@ -10,7 +10,7 @@ pub mod render;
 pub mod sync;
 pub mod variables;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ pub use error::{ManifestError, ManifestProblem, RenderError};
 pub use load::{
     MAX_MANIFEST_BYTES, MAX_SOURCE_BYTES, MAX_SOURCE_FILES, load_directory, parse_manifest,
 };
-pub use manifest::Manifest;
+pub use manifest::{Manifest, Metadata, Service, Variable};
 pub use plan::{ContainerPlan, StackPlan};
 pub use render::render;
 
@@ -57,10 +57,63 @@ pub struct ProductVersion {
     pub product: String,
     /// Parsed SemVer version.
     pub version: Version,
-    /// The manifest itself.
-    pub manifest: Manifest,
+    /// Name, description, category, tags and links.
+    pub metadata: Metadata,
+    /// What the product deploys.
+    pub stacks: Stacks,
     /// File it came from.
     pub path: PathBuf,
+}
+
+/// What a product version deploys: one stack, or several named ones.
+#[derive(Debug, Clone)]
+pub enum Stacks {
+    /// A product with top-level `services`.
+    Single(StackDefinition),
+    /// A multi-stack product, by stack name; a Stack picks one with `spec.stack`.
+    Multi(BTreeMap<String, StackDefinition>),
+}
+
+/// Everything one stack of a product is made of, with includes resolved and the product's shared
+/// variables merged in.
+#[derive(Debug, Clone, Default)]
+pub struct StackDefinition {
+    /// Declared variables: the shared ones, then the stack's own (which win on a name clash).
+    pub variables: BTreeMap<String, Variable>,
+    /// Services, keyed by name.
+    pub services: BTreeMap<String, Service>,
+    /// Named volumes the manifest declares.
+    pub volumes: BTreeSet<String>,
+    /// Networks the manifest declares.
+    pub networks: BTreeSet<String>,
+}
+
+impl ProductVersion {
+    /// The stack `part` of this version: `None` for a single-stack product, a stack's name for a
+    /// multi-stack one. The error says which names exist.
+    pub fn stack(&self, part: Option<&str>) -> Result<&StackDefinition, String> {
+        let product = &self.product;
+        let version = &self.version;
+        match (&self.stacks, part) {
+            (Stacks::Single(definition), None) => Ok(definition),
+            (Stacks::Single(_), Some(part)) => Err(format!(
+                "{product} {version} is a single-stack product; it has no stack '{part}' \
+                 (leave spec.stack unset)"
+            )),
+            (Stacks::Multi(stacks), part) => {
+                let names = stacks.keys().cloned().collect::<Vec<_>>().join(", ");
+                match part {
+                    Some(part) => stacks.get(part).ok_or_else(|| {
+                        format!("{product} {version} has no stack '{part}'; its stacks are {names}")
+                    }),
+                    None => Err(format!(
+                        "{product} {version} holds several stacks ({names}); spec.stack must \
+                         name one"
+                    )),
+                }
+            }
+        }
+    }
 }
 
 /// What reading one source produced: the good versions and a message per broken file.
@@ -92,7 +145,9 @@ impl Catalog {
         self.sources.retain(|name, _| known.contains(name));
     }
 
-    /// Every version of `product`, oldest first.
+    /// Every version of `product`, oldest first, in SemVer 2 precedence: pre-releases before
+    /// their release, build metadata ignored (of two versions that differ only in it, the first
+    /// source's wins).
     pub fn versions(&self, product: &str) -> Vec<Arc<ProductVersion>> {
         let mut versions: Vec<_> = self
             .sources
@@ -101,17 +156,18 @@ impl Catalog {
             .filter(|pv| pv.product == product)
             .cloned()
             .collect();
-        versions.sort_by(|a, b| a.version.cmp(&b.version));
-        versions.dedup_by(|a, b| a.version == b.version);
+        versions.sort_by(|a, b| a.version.cmp_precedence(&b.version));
+        versions.dedup_by(|a, b| a.version.cmp_precedence(&b.version).is_eq());
         versions
     }
 
-    /// One version of `product`.
+    /// One version of `product`; build metadata need not be given.
     pub fn find(&self, product: &str, version: &str) -> Option<Arc<ProductVersion>> {
         let wanted = parse_version(version).ok()?;
-        self.versions(product)
-            .into_iter()
-            .find(|pv| pv.version == wanted)
+        self.versions(product).into_iter().find(|pv| {
+            pv.version == wanted
+                || (wanted.build.is_empty() && pv.version.cmp_precedence(&wanted).is_eq())
+        })
     }
 
     /// `version` of `product`, or its newest stable version when `version` is `None`.
@@ -122,22 +178,21 @@ impl Catalog {
         }
     }
 
-    /// The newest stable version of `product`, or the newest pre-release when it has no stable one.
+    /// The newest stable version of `product`. Pre-releases are never picked for a stack that
+    /// names no version: running one must be asked for by name.
     pub fn latest(&self, product: &str) -> Option<Arc<ProductVersion>> {
-        let versions = self.versions(product);
-        versions
-            .iter()
+        self.versions(product)
+            .into_iter()
             .rev()
             .find(|pv| pv.version.pre.is_empty())
-            .or(versions.last())
-            .cloned()
     }
 
-    /// `"6.4.0, 6.5.0"`, or `"none"`, for error messages.
+    /// `"6.5.0, 6.4.0"` (newest first), or `"none"`, for error messages.
     pub fn available(&self, product: &str) -> String {
         let versions: Vec<String> = self
             .versions(product)
             .iter()
+            .rev()
             .map(|pv| pv.version.to_string())
             .collect();
         if versions.is_empty() {
@@ -186,10 +241,60 @@ mod tests {
             .collect();
         assert_eq!(order, ["1.9.0", "1.10.0", "2.0.0-rc.1"]);
         assert_eq!(catalog.latest("app").unwrap().version.to_string(), "1.10.0");
-        assert_eq!(catalog.available("app"), "1.9.0, 1.10.0, 2.0.0-rc.1");
+        assert_eq!(catalog.available("app"), "2.0.0-rc.1, 1.10.0, 1.9.0");
         assert_eq!(catalog.available("nope"), "none");
         assert!(catalog.find("app", "1.9.0").is_some());
         assert!(catalog.find("app", "1.9.1").is_none());
+    }
+
+    #[test]
+    fn semver_precedence_covers_pre_releases_and_ignores_build_metadata() {
+        let mut catalog = Catalog::default();
+        catalog.replace_source(
+            "a",
+            vec![
+                pv("app", "1.0.0"),
+                pv("app", "1.0.0-rc.1"),
+                pv("app", "1.0.0-alpha.beta"),
+                pv("app", "1.0.0-alpha.1"),
+                pv("app", "1.0.0-rc.11"),
+                pv("app", "1.0.0-alpha"),
+                pv("app", "1.0.0-rc.2"),
+                pv("app", "1.0.0-beta"),
+                pv("app", "1.1.0-ci.7+sha.5114f85"),
+            ],
+        );
+        catalog.replace_source("b", vec![pv("app", "1.0.0+build.9")]);
+        let order: Vec<String> = catalog
+            .versions("app")
+            .iter()
+            .map(|p| p.version.to_string())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "1.0.0-alpha",
+                "1.0.0-alpha.1",
+                "1.0.0-alpha.beta",
+                "1.0.0-beta",
+                "1.0.0-rc.1",
+                "1.0.0-rc.2",
+                "1.0.0-rc.11",
+                "1.0.0",
+                "1.1.0-ci.7+sha.5114f85",
+            ],
+            "1.0.0+build.9 has the precedence of 1.0.0, which source a defines first"
+        );
+        assert_eq!(catalog.latest("app").unwrap().version.to_string(), "1.0.0");
+        assert!(catalog.find("app", "1.1.0-ci.7").is_some());
+        assert!(catalog.find("app", "1.0.0-rc.3").is_none());
+        let mut previews = Catalog::default();
+        previews.replace_source("a", vec![pv("next", "2.0.0-rc.1")]);
+        assert!(
+            previews.latest("next").is_none(),
+            "a pre-release is never picked for a stack without a version"
+        );
+        assert!(previews.resolve("next", Some("2.0.0-rc.1")).is_some());
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
-use super::ProductVersion;
 use super::error::RenderError;
 use super::health::health_plan;
 use super::manifest::Command;
@@ -15,6 +14,7 @@ use super::plan::{
 };
 use super::policy::HostAccess;
 use super::variables::{resolve_variables, substitute};
+use super::{ProductVersion, StackDefinition};
 use crate::model::Environment;
 
 /// Label prefixes rsgo uses on what it creates; a manifest may not set labels under them.
@@ -111,8 +111,8 @@ fn command_args(
 }
 
 /// Orders services so that each comes after the ones it depends on.
-fn dependency_order(pv: &ProductVersion) -> Result<Vec<&str>, String> {
-    let services = &pv.manifest.services;
+fn dependency_order(definition: &StackDefinition) -> Result<Vec<&str>, String> {
+    let services = &definition.services;
     let mut order: Vec<&str> = Vec::with_capacity(services.len());
     let mut visiting = Vec::new();
     fn visit<'a>(
@@ -152,11 +152,11 @@ fn dependency_order(pv: &ProductVersion) -> Result<Vec<&str>, String> {
 /// manifest must declare.
 fn networks(
     service: &super::manifest::Service,
-    pv: &ProductVersion,
+    definition: &StackDefinition,
 ) -> Result<Vec<String>, String> {
     let mut networks = vec![DEFAULT_NETWORK.to_owned()];
     for extra in service.networks.iter().filter(|n| *n != DEFAULT_NETWORK) {
-        if !pv.manifest.networks.contains_key(extra) {
+        if !definition.networks.contains(extra) {
             return Err(format!("network '{extra}' is not declared under networks"));
         }
         networks.push(extra.clone());
@@ -167,7 +167,8 @@ fn networks(
 fn container(
     name: &str,
     service: &super::manifest::Service,
-    pv: &ProductVersion,
+    definition: &StackDefinition,
+    version: &str,
     vars: &BTreeMap<String, String>,
     access: &HostAccess,
 ) -> Result<ContainerPlan, RenderError> {
@@ -200,7 +201,7 @@ fn container(
         }
         mounts.push(mount);
     }
-    let networks = networks(service, pv).map_err(field("networks"))?;
+    let networks = networks(service, definition).map_err(field("networks"))?;
     let mut labels = BTreeMap::new();
     for (key, value) in &service.labels {
         if RESERVED_LABEL_PREFIXES.iter().any(|p| key.starts_with(p)) {
@@ -239,31 +240,36 @@ fn container(
         labels,
         spec_hash: String::new(),
     };
-    plan.spec_hash = spec_hash(&pv.version.to_string(), &plan);
+    plan.spec_hash = spec_hash(version, &plan);
     Ok(plan)
 }
 
-/// Renders the plan of `stack` in `env` from a product version. Host paths are checked against
-/// what `env` allows.
+/// Renders the plan of `stack` in `env` from one stack of a product version: `part` is `None`
+/// for a single-stack product, the stack's name for a multi-stack one. Host paths are checked
+/// against what `env` allows.
 pub fn render(
     stack: &str,
     env: &Environment,
     pv: &ProductVersion,
+    part: Option<&str>,
     values: &BTreeMap<String, String>,
 ) -> Result<StackPlan, RenderError> {
+    let definition = pv.stack(part).map_err(RenderError::Stack)?;
+    let version = pv.version.to_string();
     let access = HostAccess::of(env);
-    let vars = resolve_variables(&pv.manifest.variables, values)?;
+    let vars = resolve_variables(&definition.variables, values)?;
     let mut containers = Vec::new();
-    for name in dependency_order(pv).map_err(RenderError::Dependencies)? {
+    for name in dependency_order(definition).map_err(RenderError::Dependencies)? {
         containers.push(container(
             name,
-            &pv.manifest.services[name],
-            pv,
+            &definition.services[name],
+            definition,
+            &version,
             &vars,
             &access,
         )?);
     }
-    let mut volumes: Vec<String> = pv.manifest.volumes.keys().cloned().collect();
+    let mut volumes: Vec<String> = definition.volumes.iter().cloned().collect();
     for mount in containers.iter().flat_map(|c| &c.mounts) {
         if let MountSource::Volume(volume) = &mount.source
             && !volumes.contains(volume)
@@ -274,11 +280,10 @@ pub fn render(
     Ok(StackPlan {
         environment: env.name_any(),
         stack: stack.to_owned(),
-        version: pv.version.to_string(),
-        networks: pv
-            .manifest
+        version,
+        networks: definition
             .networks
-            .keys()
+            .iter()
             .filter(|n| *n != DEFAULT_NETWORK)
             .cloned()
             .collect(),
@@ -358,6 +363,7 @@ volumes:
             "shop",
             &local(),
             &product(),
+            None,
             &vars(&[("GREETING", "hello")]),
         )
         .unwrap();
@@ -417,9 +423,9 @@ volumes:
     #[test]
     fn spec_hash_changes_only_with_the_spec() {
         let p = product();
-        let a = render("shop", &local(), &p, &vars(&[("GREETING", "hello")])).unwrap();
-        let b = render("shop", &local(), &p, &vars(&[("GREETING", "hello")])).unwrap();
-        let c = render("shop", &local(), &p, &vars(&[("GREETING", "bye")])).unwrap();
+        let a = render("shop", &local(), &p, None, &vars(&[("GREETING", "hello")])).unwrap();
+        let b = render("shop", &local(), &p, None, &vars(&[("GREETING", "hello")])).unwrap();
+        let c = render("shop", &local(), &p, None, &vars(&[("GREETING", "bye")])).unwrap();
         assert_eq!(a.containers[1].spec_hash, b.containers[1].spec_hash);
         assert_ne!(a.containers[1].spec_hash, c.containers[1].spec_hash);
         assert_eq!(a.containers[0].spec_hash, c.containers[0].spec_hash);
@@ -428,7 +434,7 @@ volumes:
     #[test]
     fn variable_errors_name_the_variable() {
         let p = product();
-        let missing = render("shop", &local(), &p, &vars(&[]))
+        let missing = render("shop", &local(), &p, None, &vars(&[]))
             .unwrap_err()
             .to_string();
         assert!(missing.contains("'GREETING' is required"), "{missing}");
@@ -436,6 +442,7 @@ volumes:
             "shop",
             &local(),
             &p,
+            None,
             &vars(&[("GREETING", "x"), ("PORT", "70000")]),
         )
         .unwrap_err()
@@ -451,6 +458,7 @@ volumes:
             "s",
             &local(),
             &pv,
+            None,
             &vars(&[("SLUG", "shop"), ("CODE", "123")]),
         );
         assert!(ok.is_ok(), "{ok:?}");
@@ -458,6 +466,7 @@ volumes:
             "s",
             &local(),
             &pv,
+            None,
             &vars(&[("SLUG", "Shop"), ("CODE", "123")]),
         )
         .unwrap_err()
@@ -470,6 +479,7 @@ volumes:
             "s",
             &local(),
             &pv,
+            None,
             &vars(&[("SLUG", "shop"), ("CODE", "12")]),
         )
         .unwrap_err()
@@ -485,7 +495,7 @@ volumes:
             c: {image: x, healthCheck: {type: tcp, port: 5432, timeout: 3}}\n  \
             d: {image: x, healthCheck: {test: 'pg_isready -U app'}}\n";
         let pv = parse_manifest(Path::new("h.yaml"), text).unwrap().unwrap();
-        let plan = render("s", &local(), &pv, &BTreeMap::new()).unwrap();
+        let plan = render("s", &local(), &pv, None, &BTreeMap::new()).unwrap();
         let a = plan.containers[0].health.clone().unwrap();
         assert_eq!(
             a.probe,
@@ -569,7 +579,7 @@ volumes:
         let text = "metadata: {name: c, productVersion: '1.0.0'}\nservices:\n  a: {image: x, dependsOn: [b]}\n  b: {image: y, dependsOn: [a]}\n";
         let pv = parse_manifest(Path::new("c.yaml"), text).unwrap().unwrap();
         assert!(
-            render("c", &local(), &pv, &BTreeMap::new())
+            render("c", &local(), &pv, None, &BTreeMap::new())
                 .unwrap_err()
                 .to_string()
                 .contains("cycle")
@@ -580,7 +590,7 @@ volumes:
     fn host_mounts_need_the_environment_to_allow_them() {
         let text = "metadata: {name: h, productVersion: '1.0.0'}\nvariables:\n  DIR: {type: Path, default: /srv/app}\nservices:\n  a: {image: x, volumes: ['${DIR}:/data']}\n";
         let pv = parse_manifest(Path::new("h.yaml"), text).unwrap().unwrap();
-        let err = render("s", &local(), &pv, &BTreeMap::new())
+        let err = render("s", &local(), &pv, None, &BTreeMap::new())
             .unwrap_err()
             .to_string();
         assert!(
@@ -590,8 +600,8 @@ volumes:
         );
         let mut env = local();
         env.spec.docker.as_mut().unwrap().allowed_host_paths = vec!["/srv".into()];
-        assert!(render("s", &env, &pv, &BTreeMap::new()).is_ok());
-        let root = render("s", &env, &pv, &vars(&[("DIR", "/")]))
+        assert!(render("s", &env, &pv, None, &BTreeMap::new()).is_ok());
+        let root = render("s", &env, &pv, None, &vars(&[("DIR", "/")]))
             .unwrap_err()
             .to_string();
         assert!(root.contains("must name something below /"), "{root}");
@@ -601,7 +611,7 @@ volumes:
     fn errors_say_which_field_of_which_service() {
         let text = "metadata: {name: e, productVersion: '1.0.0'}\nservices:\n  web: {image: x, ports: ['80:http']}\n";
         let pv = parse_manifest(Path::new("e.yaml"), text).unwrap().unwrap();
-        let err = render("s", &local(), &pv, &BTreeMap::new()).unwrap_err();
+        let err = render("s", &local(), &pv, None, &BTreeMap::new()).unwrap_err();
         assert!(
             matches!(&err, RenderError::Service { service, field: "ports", .. } if service == "web"),
             "{err:?}"
@@ -610,7 +620,7 @@ volumes:
             err.to_string(),
             "service 'web': port '80:http': 'http' is not a port number"
         );
-        let variable = render("s", &local(), &product(), &BTreeMap::new()).unwrap_err();
+        let variable = render("s", &local(), &product(), None, &BTreeMap::new()).unwrap_err();
         assert!(matches!(variable, RenderError::Variable { name, .. } if name == "GREETING"));
         let wrapped = crate::Error::Render {
             product: "e".into(),

@@ -186,7 +186,12 @@ pub struct StackSpec {
     pub environment: String,
     /// Catalog product id (the manifest's `metadata.productId`, or its name).
     pub product: String,
-    /// Product version to run. When absent, the newest stable version in the catalog is used.
+    /// Which stack of a multi-stack product this is (a key of the manifest's `stacks`); unset
+    /// for a single-stack product. Upgrades use this same stack of the target version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    /// Product version to run. When absent, the newest stable version in the catalog is used;
+    /// a pre-release runs only when named here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Values for the product's variables; unset ones take the manifest defaults.

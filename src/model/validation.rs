@@ -126,7 +126,8 @@ fn decode<K: serde::de::DeserializeOwned>(doc: &Value) -> Result<K, String> {
 }
 
 impl Stack {
-    /// Checks the spec: the environment is a valid name and a product is named.
+    /// Checks the spec: the environment is a valid name, a product is named, and the version
+    /// and stack, when set, are well formed.
     pub fn validate(&self) -> Result<(), String> {
         check_label("spec.environment", &self.spec.environment)?;
         if self.spec.product.trim().is_empty() {
@@ -134,6 +135,9 @@ impl Stack {
         }
         if let Some(version) = &self.spec.version {
             crate::catalog::parse_version(version).map_err(|e| format!("spec.version: {e}"))?;
+        }
+        if let Some(part) = &self.spec.stack {
+            crate::catalog::check_manifest_name("spec.stack", part)?;
         }
         Ok(())
     }

@@ -177,13 +177,15 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Arc<dyn Runtime>, Stac
             ))
         })?
     };
-    let plan = render(&stack.name_any(), &env, &pv, &stack.spec.variables).map_err(|source| {
-        Error::Render {
-            product: pv.product.clone(),
-            version: pv.version.to_string(),
-            source,
-        }
-    })?;
+    let part = stack.spec.stack.as_deref();
+    let plan =
+        render(&stack.name_any(), &env, &pv, part, &stack.spec.variables).map_err(|source| {
+            Error::Render {
+                product: pv.product.clone(),
+                version: pv.version.to_string(),
+                source,
+            }
+        })?;
     let runtime = ctx.runtime(&env).await?;
     Ok((runtime, plan))
 }

@@ -215,7 +215,7 @@ fn upgrade_with_variables_and_sync_sources_end_to_end() {
     let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&seven));
     assert_eq!(status, 400, "{reply}");
     assert!(
-        reply["message"].as_str().unwrap().contains("6.4.0, 6.5.0"),
+        reply["message"].as_str().unwrap().contains("6.5.0, 6.4.0"),
         "{reply}"
     );
     std::fs::write(

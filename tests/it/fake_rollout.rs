@@ -91,6 +91,7 @@ impl Cluster {
             spec: StackSpec {
                 environment: "prod".into(),
                 product: "shop".into(),
+                stack: None,
                 version: Some("1.0.0".into()),
                 variables: Default::default(),
             },

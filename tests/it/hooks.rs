@@ -85,6 +85,7 @@ pub async fn fixture(backend: Backend) -> Fixture {
         spec: StackSpec {
             environment: "local".into(),
             product: "shop".into(),
+            stack: None,
             version: Some("6.4.0".into()),
             variables: BTreeMap::from([("TAG".into(), "2".into())]),
         },
@@ -296,7 +297,7 @@ async fn upgrade_validates_versions_and_merges_variables(backend: Backend) {
     assert_error(
         &unknown,
         StatusCode::BAD_REQUEST,
-        "Available versions: 6.4.0, 6.5.0",
+        "Available versions: 6.5.0, 6.4.0",
     );
     let same = f
         .json(

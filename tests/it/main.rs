@@ -1,6 +1,7 @@
 //! rsgo's integration tests: a real Docker engine, a real registry on loopback, real SQLite files.
 //! `scripts/test.sh` makes Docker and the registry available before these run.
 
+mod catalogs;
 mod cluster;
 mod docker_e2e;
 mod engine_proxy;

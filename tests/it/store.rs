@@ -23,6 +23,7 @@ fn stack(name: &str) -> Stack {
         spec: StackSpec {
             environment: "local".into(),
             product: "shop".into(),
+            stack: None,
             version: Some("1.0.0".into()),
             variables: Default::default(),
         },
@@ -400,7 +401,7 @@ fn the_examples_load_and_apply() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let loaded = rsgo::catalog::load_directory(&root.join("catalog")).unwrap();
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-    assert_eq!(loaded.versions.len(), 2);
+    assert_eq!(loaded.versions.len(), 4, "whoami and platform, two versions each");
     let data = TempDir::new().unwrap();
     for file in ["environment.yaml", "stack.yaml"] {
         let out = rsgo_ok(

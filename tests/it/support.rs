@@ -47,6 +47,27 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// Every file of one product in `examples/catalog`, as (path in the catalog, text) for
+/// [`Server::start`].
+pub fn example_product(product: &str) -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/catalog")
+        .join(product);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (
+                format!("{product}/{name}"),
+                std::fs::read_to_string(&path).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 /// Builds an image FROM scratch with busybox and a `/version` file holding `marker`, pushes it
 /// to the test registry as `image`, and returns its id.
 pub fn build_and_push(image: &str, marker: &str) -> String {
@@ -152,7 +173,8 @@ pub struct Options {
     pub docker_host: Option<String>,
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 that nothing listens on now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -179,7 +201,9 @@ impl Server {
         }
         let catalog_dir = TempDir::new().unwrap();
         for (name, text) in manifests {
-            std::fs::write(catalog_dir.path().join(name), text).unwrap();
+            let path = catalog_dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
         }
         let environment = unique("env");
         let host = options

@@ -284,7 +284,7 @@ networks:
         let pv = parse_manifest(Path::new("shop.yaml"), MANIFEST)
             .unwrap()
             .unwrap();
-        render("shop", &env, &pv, &Default::default()).unwrap()
+        render("shop", &env, &pv, None, &Default::default()).unwrap()
     }
 
     fn resources(plan: &StackPlan) -> StackResources {

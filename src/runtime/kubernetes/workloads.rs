@@ -337,6 +337,7 @@ volumes:
             StackSpec {
                 environment: "prod".into(),
                 product: "shop".into(),
+                stack: None,
                 version: Some("6.5.0".into()),
                 variables: Default::default(),
             },
@@ -366,7 +367,14 @@ volumes:
             .unwrap()
             .unwrap();
         let stack = stack();
-        let plan = render(&stack.name_any(), &prod(), &pv, &stack.spec.variables).unwrap();
+        let plan = render(
+            &stack.name_any(),
+            &prod(),
+            &pv,
+            stack.spec.stack.as_deref(),
+            &stack.spec.variables,
+        )
+        .unwrap();
         workloads(&stack, &plan, restarted_at).unwrap()
     }
 
@@ -555,7 +563,7 @@ volumes:
             b: {image: x, healthCheck: {type: http, port: 8080, path: /ready}}\n  \
             c: {image: x, healthCheck: {type: tcp, port: 5432}}\n";
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
-        let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
+        let plan = render("shop", &prod(), &pv, None, &Default::default()).unwrap();
         let w = workloads(&stack(), &plan, None).unwrap();
         let probe = |i: usize| {
             w.deployments[i]
@@ -597,7 +605,7 @@ volumes:
             web: {image: w, dependsOn: [cache]}\n  cache: {image: c, dependsOn: [migrate]}\n  \
             other: {image: o}\n";
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
-        let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
+        let plan = render("shop", &prod(), &pv, None, &Default::default()).unwrap();
         let w = workloads(&stack(), &plan, None).unwrap();
         assert_eq!(w.jobs.len(), 1);
         let job = &w.jobs[0];
@@ -641,7 +649,7 @@ volumes:
     fn services_that_share_a_kubernetes_name_are_refused() {
         let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  web_1: {image: a}\n  web-1: {image: b}\n";
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
-        let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
+        let plan = render("shop", &prod(), &pv, None, &Default::default()).unwrap();
         let err = workloads(&stack(), &plan, None).unwrap_err();
         assert!(
             matches!(&err, RenderError::Service { field: "services", reason, .. } if reason.contains("both become 'web-1'")),
@@ -655,7 +663,7 @@ volumes:
         assert_eq!(dns_label(&"a".repeat(70)).len(), 63);
         let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  web: {image: a, user: www-data}\n  api: {image: b, user: '1000:1000'}\n  db: {image: c}\n";
         let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
-        let plan = render("shop", &prod(), &pv, &Default::default()).unwrap();
+        let plan = render("shop", &prod(), &pv, None, &Default::default()).unwrap();
         let context = |service: &str| {
             security_context(
                 plan.containers
