@@ -20,7 +20,7 @@ pub const MAX_SOURCE_BYTES: u64 = 64 * 1024 * 1024;
 /// Most manifest files one source may hold.
 pub const MAX_SOURCE_FILES: usize = 10_000;
 /// Deepest directory nesting read in a source.
-const MAX_DEPTH: usize = 32;
+pub(super) const MAX_DEPTH: usize = 32;
 
 /// Parses one manifest that includes no fragment files. `Ok(None)` is a fragment (no
 /// `productVersion`), not an error. Errors name the line and column or the field, and the kind
@@ -397,6 +397,14 @@ fn too_large() -> String {
     )
 }
 
+/// Whether a file of this name is one the loader reads: a `.yaml` or `.yml` manifest.
+pub(super) fn is_catalog_file(name: &str) -> bool {
+    matches!(
+        Path::new(name).extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
 /// Reads the fragment `file` that the manifest at `manifest` includes: a relative path from the
 /// manifest's folder to a regular file that stays inside the source `root`.
 fn read_include(root: &Path, manifest: &Path, file: &str) -> Result<String, String> {
@@ -464,10 +472,7 @@ impl Walk {
         for entry in entries {
             let path = entry.path();
             let relative = relative.join(entry.file_name());
-            let is_manifest = matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            );
+            let is_manifest = is_catalog_file(&entry.file_name().to_string_lossy());
             let Ok(kind) = entry.file_type() else {
                 continue;
             };

@@ -1,6 +1,7 @@
 //! Products and their versions, loaded from catalog sources and held in memory.
 
 mod error;
+mod git;
 mod health;
 mod load;
 pub mod manifest;
@@ -200,6 +201,24 @@ impl Catalog {
         } else {
             versions.join(", ")
         }
+    }
+
+    /// The products `source` provides, each with its versions newest first.
+    pub fn source_products(&self, source: &str) -> Vec<crate::model::LoadedProduct> {
+        let mut products: BTreeMap<&str, Vec<&Version>> = BTreeMap::new();
+        for pv in self.sources.get(source).into_iter().flatten() {
+            products.entry(&pv.product).or_default().push(&pv.version);
+        }
+        products
+            .into_iter()
+            .map(|(product, mut versions)| {
+                versions.sort_by(|a, b| b.cmp_precedence(a));
+                crate::model::LoadedProduct {
+                    product: product.to_owned(),
+                    versions: versions.iter().map(ToString::to_string).collect(),
+                }
+            })
+            .collect()
     }
 
     /// Number of distinct products and of versions in all sources.

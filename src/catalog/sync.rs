@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::{Catalog, Loaded, load_directory};
-use crate::model::{CatalogSource, CatalogSourceStatus};
+use super::{Catalog, Loaded, git, load_directory};
+use crate::model::{CatalogSource, CatalogSourceStatus, GitSource};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -34,6 +34,8 @@ pub struct SharedCatalog {
     started: AtomicU64,
     /// When the last sync ended.
     finished: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Where git sources keep their clones; without it, git sources fail to sync.
+    git_cache: Option<PathBuf>,
 }
 
 /// How eagerly a missing version makes the catalog sync.
@@ -56,6 +58,14 @@ impl SharedCatalog {
         }
     }
 
+    /// An empty catalog whose git sources keep their clones below `dir`.
+    pub fn with_git_cache(dir: PathBuf) -> Self {
+        Self {
+            git_cache: Some(dir),
+            ..Default::default()
+        }
+    }
+
     /// Reads the catalog; a lock poisoned by a panic is reported, not propagated.
     pub fn read(&self) -> Result<RwLockReadGuard<'_, Catalog>> {
         self.catalog
@@ -72,8 +82,18 @@ impl SharedCatalog {
 
 /// Reads every CatalogSource now, after any sync already under way.
 pub async fn sync_all(store: &Arc<dyn Store>, catalog: &SharedCatalog) -> Result<SyncReport> {
+    sync_some(store, catalog, &|_| true).await
+}
+
+/// Reads the CatalogSources `which` picks now, after any sync already under way; the others keep
+/// what they loaded last.
+pub async fn sync_some(
+    store: &Arc<dyn Store>,
+    catalog: &SharedCatalog,
+    which: &(dyn Fn(&CatalogSource) -> bool + Sync),
+) -> Result<SyncReport> {
     let turn = catalog.turn.lock().await;
-    sync_in_turn(store, catalog, turn).await
+    sync_in_turn(store, catalog, turn, which).await
 }
 
 /// Makes sure the catalog has had a chance to load `product` at `version` (the newest when
@@ -104,50 +124,157 @@ pub async fn ensure_version(
     if catalog.started.load(Ordering::Acquire) > seen {
         return Ok(());
     }
-    let report = sync_in_turn(store, catalog, turn).await?;
+    let report = sync_in_turn(store, catalog, turn, &|_| true).await?;
     for error in &report.errors {
         tracing::warn!(%error, "catalog problem");
     }
     Ok(())
 }
 
-/// Reads every CatalogSource. A source that cannot be read keeps its last good set of
-/// products and its error is reported; broken files are reported and the rest still load.
+/// What one source holds now.
+struct Read {
+    loaded: Loaded,
+    /// For a git source, the commit `loaded` was read from.
+    revision: Option<String>,
+    /// For a git source, a newer commit that was fetched but not taken because files of it are
+    /// broken.
+    rejected: Option<String>,
+}
+
+/// Reads one source: a directory as it is, a git repository after fetching it.
+async fn read_source(catalog: &SharedCatalog, source: &CatalogSource) -> Result<Read> {
+    let join = |e: tokio::task::JoinError| Error::Task(e.to_string());
+    if let Some(dir) = &source.spec.directory {
+        let path = PathBuf::from(&dir.path);
+        let loaded = tokio::task::spawn_blocking(move || load_directory(&path))
+            .await
+            .map_err(join)??;
+        return Ok(Read {
+            loaded,
+            revision: None,
+            rejected: None,
+        });
+    }
+    let Some(spec) = source.spec.git.clone() else {
+        return Err(Error::Invalid(
+            "the source names no directory and no git repository".into(),
+        ));
+    };
+    let cache = catalog.git_cache.clone().ok_or_else(|| {
+        Error::Invalid("git sources need a data directory to keep their clones in".into())
+    })?;
+    let name = source.name_any();
+    let last_good = source.status.as_ref().and_then(|s| s.revision.clone());
+    let fetch = tokio::task::spawn_blocking(move || read_git(&cache, &name, &spec, last_good));
+    match tokio::time::timeout(git::FETCH_TIMEOUT, fetch).await {
+        Ok(read) => read.map_err(join)?,
+        Err(_) => Err(Error::Unreachable(format!(
+            "fetching took longer than {} s; gave up",
+            git::FETCH_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Fetches a git source and reads the commit its ref names. A commit with broken files is not
+/// taken while an earlier good one (`last_good`, from the source's status) can be read: that one
+/// stays loaded, and the broken files are reported. Blocking.
+fn read_git(
+    cache: &std::path::Path,
+    name: &str,
+    spec: &GitSource,
+    last_good: Option<String>,
+) -> Result<Read> {
+    let clone = git::KeptClone::open(cache, name, &spec.url).map_err(Error::Unreachable)?;
+    let fetched = clone.fetch(spec).map_err(Error::Unreachable)?;
+    tracing::info!(source = %name, revision = %fetched.revision, objects = fetched.objects, "git source fetched");
+    let path = spec.path.as_deref();
+    let keep: Vec<&str> = last_good.iter().map(String::as_str).collect();
+    let tree = clone
+        .checkout(&fetched.revision, path, &keep)
+        .map_err(Error::Invalid)?;
+    let loaded = load_directory(&tree)?;
+    let good = match last_good {
+        Some(good) if !loaded.errors.is_empty() && good != fetched.revision => good,
+        _ => {
+            return Ok(Read {
+                loaded,
+                revision: Some(fetched.revision),
+                rejected: None,
+            });
+        }
+    };
+    let tree = clone
+        .checkout(&good, path, &[&fetched.revision])
+        .map_err(Error::Invalid)?;
+    let kept = load_directory(&tree)?;
+    Ok(Read {
+        loaded: Loaded {
+            versions: kept.versions,
+            errors: loaded.errors,
+        },
+        revision: Some(good),
+        rejected: Some(fetched.revision),
+    })
+}
+
+/// The first 12 digits of a commit id, as messages show it.
+fn short(revision: &str) -> &str {
+    &revision[..revision.len().min(12)]
+}
+
+/// Reads the CatalogSources `which` picks. A source that cannot be read keeps its last good set
+/// of products and its error is reported; broken files are reported and the rest still load.
 async fn sync_in_turn(
     store: &Arc<dyn Store>,
     catalog: &SharedCatalog,
     _turn: tokio::sync::MutexGuard<'_, ()>,
+    which: &(dyn Fn(&CatalogSource) -> bool + Sync),
 ) -> Result<SyncReport> {
     catalog.started.fetch_add(1, Ordering::AcqRel);
     let sources = store.list::<CatalogSource>(None).await?;
     let mut report = SyncReport::default();
-    for source in &sources {
+    for source in sources.iter().filter(|s| which(s)) {
         let name = source.name_any();
-        let outcome = match &source.spec.directory {
-            Some(dir) => {
-                let path = PathBuf::from(&dir.path);
-                tokio::task::spawn_blocking(move || load_directory(&path))
-                    .await
-                    .map_err(|e| Error::Task(e.to_string()))?
-            }
-            None => Err(Error::Invalid("the source names no directory".into())),
+        let outcome = match source.validate() {
+            Ok(()) => read_source(catalog, source).await,
+            Err(reason) => Err(Error::Invalid(reason)),
         };
         let status = match outcome {
-            Ok(Loaded { versions, errors }) => {
+            Ok(Read {
+                loaded: Loaded { versions, errors },
+                revision,
+                rejected,
+            }) => {
                 report.sources_synced += 1;
-                let products: std::collections::BTreeSet<_> =
-                    versions.iter().map(|v| v.product.clone()).collect();
-                let status = CatalogSourceStatus {
-                    last_sync_at: Some(Timestamp::now()),
-                    products_loaded: products.len() as u32,
-                    versions_loaded: versions.len() as u32,
-                    errors: errors.iter().map(ToString::to_string).collect(),
+                let errors: Vec<String> = match (&rejected, &revision) {
+                    (Some(new), Some(kept)) => errors
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "commit {} is not taken, {} stays loaded: {e}",
+                                short(new),
+                                short(kept)
+                            )
+                        })
+                        .collect(),
+                    _ => errors.iter().map(ToString::to_string).collect(),
                 };
-                catalog.write()?.replace_source(&name, versions);
+                let products = {
+                    let mut loaded = catalog.write()?;
+                    loaded.replace_source(&name, versions);
+                    loaded.source_products(&name)
+                };
                 report
                     .errors
                     .extend(errors.iter().map(|e| format!("source '{name}': {e}")));
-                status
+                CatalogSourceStatus {
+                    last_sync_at: Some(Timestamp::now()),
+                    products_loaded: products.len() as u32,
+                    versions_loaded: products.iter().map(|p| p.versions.len() as u32).sum(),
+                    errors,
+                    revision,
+                    products,
+                }
             }
             Err(error) => {
                 let message = format!("source '{name}': {error}; keeping its last good catalog");
@@ -195,6 +322,7 @@ mod tests {
                 directory: Some(DirectorySource {
                     path: manifests.to_string_lossy().into_owned(),
                 }),
+                git: None,
             },
         );
         store.create(&source).await.unwrap();

@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::{Format, out, print_as};
-use crate::model::{DeploymentRecord, Environment, Stack};
+use crate::model::{CatalogSource, DeploymentRecord, Environment, Stack};
 use crate::store::{Object, Store, encode};
 use crate::{Error, Result};
 
@@ -20,6 +20,9 @@ pub enum Listable {
     Deployments,
     /// Environments.
     Environments,
+    /// Catalog sources.
+    #[value(alias = "catalogsource", alias = "sources")]
+    Catalogsources,
 }
 
 /// Each object as a document and as a table row.
@@ -71,7 +74,38 @@ fn environment_row(e: &Environment) -> Vec<String> {
     ]
 }
 
-/// Prints stacks, deployment records or environments.
+fn source_row(c: &CatalogSource) -> Vec<String> {
+    let status = c.status.clone().unwrap_or_default();
+    let (kind, location) = match (&c.spec.directory, &c.spec.git) {
+        (_, Some(git)) => (
+            "git",
+            match &git.reference {
+                Some(reference) => format!("{}@{reference}", git.url),
+                None => git.url.clone(),
+            },
+        ),
+        (Some(dir), None) => ("directory", dir.path.clone()),
+        (None, None) => ("none", String::new()),
+    };
+    vec![
+        c.name_any(),
+        kind.into(),
+        location,
+        status
+            .revision
+            .map(|r| r.chars().take(12).collect())
+            .unwrap_or_default(),
+        status
+            .last_sync_at
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "never".into()),
+        status.products_loaded.to_string(),
+        status.versions_loaded.to_string(),
+        status.errors.len().to_string(),
+    ]
+}
+
+/// Prints stacks, deployment records, environments or catalog sources.
 pub async fn get(
     store: &Arc<dyn Store>,
     what: Listable,
@@ -87,6 +121,7 @@ pub async fn get(
             rows(records, record_row)?
         }
         Listable::Environments => rows(store.list::<Environment>(None).await?, environment_row)?,
+        Listable::Catalogsources => rows(store.list::<CatalogSource>(None).await?, source_row)?,
     };
     let rows: Vec<_> = rows
         .into_iter()
@@ -100,6 +135,7 @@ pub async fn get(
                 Listable::Stacks => "Stack",
                 Listable::Deployments => "Deployment",
                 Listable::Environments => "Environment",
+                Listable::Catalogsources => "CatalogSource",
             }
             .into(),
             name: name.into(),
@@ -125,6 +161,16 @@ pub async fn get(
         ],
         Listable::Deployments => &["ID", "STACK", "ACTION", "PHASE", "REQUESTED", "MESSAGE"],
         Listable::Environments => &["NAME", "DOCKER", "REACHABLE", "ENGINE"],
+        Listable::Catalogsources => &[
+            "NAME",
+            "TYPE",
+            "SOURCE",
+            "REVISION",
+            "LAST SYNC",
+            "PRODUCTS",
+            "VERSIONS",
+            "ERRORS",
+        ],
     };
     let table: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
         .chain(rows.into_iter().map(|(_, row)| row))

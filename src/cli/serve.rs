@@ -138,6 +138,7 @@ async fn register_catalog(store: &Arc<dyn Store>, dir: &std::path::Path) -> Resu
             directory: Some(DirectorySource {
                 path: path.to_string_lossy().into_owned(),
             }),
+            git: None,
         },
         status: None,
     };
@@ -157,9 +158,14 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     for dir in &args.catalogs {
         register_catalog(&store, dir).await?;
     }
-    let catalog = Arc::new(SharedCatalog::default());
+    let catalog = Arc::new(SharedCatalog::with_git_cache(data_dir.join("git")));
     let catalog_synced = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(sync_on_source_changes(
+        store.clone(),
+        catalog.clone(),
+        catalog_synced.clone(),
+    ));
+    tokio::spawn(sync_on_intervals(
         store.clone(),
         catalog.clone(),
         catalog_synced.clone(),
@@ -278,6 +284,56 @@ async fn sync_on_source_changes(
                     tracing::warn!(%error, "catalog problem");
                 }
                 tracing::info!(trigger = %name, versions = report.versions_loaded, "catalog synced");
+            }
+            Err(error) => tracing::error!(%error, "catalog sync failed"),
+        }
+        synced.notify_one();
+    }
+}
+
+/// How often rsgo looks for git sources whose `interval` has passed.
+const INTERVAL_CHECK: Duration = Duration::from_secs(5);
+
+/// Fetches each git source with an `interval` once per interval, counted from its last sync or
+/// from the last attempt, so an unreachable remote is tried once per interval too.
+async fn sync_on_intervals(
+    store: Arc<dyn Store>,
+    catalog: Arc<SharedCatalog>,
+    synced: Arc<tokio::sync::Notify>,
+) {
+    let mut attempted: std::collections::HashMap<String, jiff::Timestamp> = Default::default();
+    let mut every = tokio::time::interval(INTERVAL_CHECK);
+    loop {
+        every.tick().await;
+        let Ok(sources) = store.list::<CatalogSource>(None).await else {
+            continue;
+        };
+        let now = jiff::Timestamp::now();
+        let due: Vec<String> = sources
+            .iter()
+            .filter(|source| {
+                let Some(Ok(Some(interval))) = source.spec.git.as_ref().map(|g| g.interval())
+                else {
+                    return false;
+                };
+                let synced = source.status.as_ref().and_then(|s| s.last_sync_at);
+                let last = attempted.get(&source.name_any()).copied().max(synced);
+                last.is_none_or(|at| now.duration_since(at).unsigned_abs() >= interval)
+            })
+            .map(|source| source.name_any())
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        for name in &due {
+            attempted.insert(name.clone(), now);
+        }
+        match sync::sync_some(&store, &catalog, &|s| due.contains(&s.name_any())).await {
+            Ok(report) => {
+                for error in &report.errors {
+                    tracing::warn!(%error, "catalog problem");
+                }
+                tracing::info!(sources = ?due, versions = report.versions_loaded, "git sources fetched on their interval");
             }
             Err(error) => tracing::error!(%error, "catalog sync failed"),
         }

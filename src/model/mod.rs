@@ -129,13 +129,40 @@ pub struct EnvironmentStatus {
     doc = "A place rsgo loads product manifests from.",
     status = "CatalogSourceStatus",
     printcolumn = r#"{"name":"Path","type":"string","jsonPath":".spec.directory.path"}"#,
+    printcolumn = r#"{"name":"Git","type":"string","jsonPath":".spec.git.url"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.revision"}"#,
     printcolumn = r#"{"name":"Versions","type":"integer","jsonPath":".status.versionsLoaded"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CatalogSourceSpec {
-    /// A local directory of manifest files, read recursively.
+    /// A local directory of manifest files, read recursively. Set this or `git`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<DirectorySource>,
+    /// A git repository of manifest files, fetched incrementally into a clone rsgo keeps. Set
+    /// this or `directory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitSource>,
+}
+
+/// A git repository of RSGo manifests.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GitSource {
+    /// Where the repository is: `file://`, `git://` or `ssh://` (an `https://` URL is refused
+    /// until rsgo can fetch over HTTP).
+    pub url: String,
+    /// A branch, tag or full commit id to read. When absent, the remote's HEAD (its default
+    /// branch).
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// A folder inside the repository to read instead of its root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How often to fetch on its own, such as `5m` or `1h` (at least `10s`). When absent, the
+    /// source is fetched on `sync-sources`, on a spec change and when a stack asks for a version
+    /// the catalog lacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
 }
 
 /// A directory of RSGo manifests.
@@ -162,6 +189,22 @@ pub struct CatalogSourceStatus {
     /// Problems found by the last sync, each naming the file and the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// For a git source, the commit the loaded catalog was read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Each product the source holds, with its versions, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub products: Vec<LoadedProduct>,
+}
+
+/// One product of a catalog source and the versions it holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadedProduct {
+    /// The product id.
+    pub product: String,
+    /// Its versions, newest first.
+    pub versions: Vec<String>,
 }
 
 /// A deployed product: which version of which catalog product runs in which environment.

@@ -2,10 +2,11 @@
 //! as container, network, volume or workload names, and specs that rsgo can act on safely.
 
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{ApiKey, CatalogSource, DeploymentRecord, Environment, Stack};
+use super::{ApiKey, CatalogSource, DeploymentRecord, Environment, GitSource, Stack};
 use crate::{Error, Result};
 
 /// Longest DNS-1123 label.
@@ -262,16 +263,100 @@ impl ApiKey {
 }
 
 impl CatalogSource {
-    /// Checks the spec: a source says where its manifests are.
+    /// Checks the spec: a source says where its manifests are, in exactly one way.
     pub fn validate(&self) -> Result<(), String> {
-        match &self.spec.directory {
-            Some(dir) if dir.path.starts_with('/') => Ok(()),
-            Some(dir) => Err(format!(
+        match (&self.spec.directory, &self.spec.git) {
+            (Some(_), Some(_)) => Err("set either spec.directory or spec.git, not both".into()),
+            (None, None) => Err("set spec.directory.path or spec.git.url".into()),
+            (Some(dir), None) if dir.path.starts_with('/') => Ok(()),
+            (Some(dir), None) => Err(format!(
                 "spec.directory.path '{}' must be absolute",
                 shown(&dir.path)
             )),
-            None => Err("spec.directory.path is required".into()),
+            (None, Some(git)) => git.validate(),
         }
+    }
+}
+
+/// The shortest `interval` a git source may have.
+pub const MIN_GIT_INTERVAL: Duration = Duration::from_secs(10);
+
+impl GitSource {
+    /// Checks the URL's scheme, the ref, the path and the interval.
+    pub fn validate(&self) -> Result<(), String> {
+        let url = gix::url::parse(gix::bstr::BStr::new(self.url.as_bytes()))
+            .map_err(|_| format!("spec.git.url '{}' is not a git URL", shown(&self.url)))?;
+        use gix::url::Scheme;
+        match url.scheme {
+            Scheme::File | Scheme::Git | Scheme::Ssh => {}
+            Scheme::Http | Scheme::Https => {
+                return Err(format!(
+                    "spec.git.url '{}': fetching over HTTP(S) is not supported yet; use file://, \
+                     git:// or ssh://",
+                    shown(&self.url)
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "spec.git.url '{}' must use file://, git:// or ssh://",
+                    shown(&self.url)
+                ));
+            }
+        }
+        if let Some(reference) = &self.reference {
+            let ok = !reference.is_empty()
+                && reference.len() <= 255
+                && !reference.starts_with(['-', '/'])
+                && !reference.ends_with('/')
+                && !reference.contains("..")
+                && !reference.contains("//")
+                && reference
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+'));
+            if !ok {
+                return Err(format!(
+                    "spec.git.ref '{}' is not a branch, tag or commit name",
+                    shown(reference)
+                ));
+            }
+        }
+        if let Some(path) = &self.path {
+            let relative = Path::new(path);
+            let ok = !path.is_empty()
+                && relative
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_)));
+            if !ok {
+                return Err(format!(
+                    "spec.git.path '{}' must be a folder inside the repository, such as stacks",
+                    shown(path)
+                ));
+            }
+        }
+        self.interval()?;
+        Ok(())
+    }
+
+    /// How often the source is fetched on its own, if at all.
+    pub fn interval(&self) -> Result<Option<Duration>, String> {
+        let Some(text) = &self.interval else {
+            return Ok(None);
+        };
+        let parsed: jiff::SignedDuration = text.parse().map_err(|_| {
+            format!(
+                "spec.git.interval '{}' is not a duration such as 30s, 5m or 1h",
+                shown(text)
+            )
+        })?;
+        let interval = Duration::try_from(parsed).unwrap_or_default();
+        if interval < MIN_GIT_INTERVAL {
+            return Err(format!(
+                "spec.git.interval '{}' is shorter than {} s",
+                shown(text),
+                MIN_GIT_INTERVAL.as_secs()
+            ));
+        }
+        Ok(Some(interval))
     }
 }
 

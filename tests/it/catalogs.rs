@@ -1,10 +1,17 @@
 //! Catalogs as users keep them: multi-stack products with shared variables and included
-//! fragments, deployed to the real engine from `examples/catalog`.
+//! fragments, deployed to the real engine from `examples/catalog`, and git repositories made in
+//! a temp dir, served over `file://` and by `git daemon` on 127.0.0.1.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::Duration;
 
+use serde_json::Value;
+use tempfile::TempDir;
+
 use crate::support::{
-    Server, build_and_push, docker, example_product, free_port, inspect, registry, unique, wait_for,
+    Server, build_and_push, docker, example_product, free_port, inspect, registry, rsgo, unique,
+    wait_for,
 };
 
 /// A Stack of one stack (`part`) of a product, at `version`, with `variables` (YAML flow map).
@@ -141,5 +148,381 @@ fn each_stack_of_a_multi_stack_product_deploys_and_upgrades_on_its_own() {
     assert!(
         message.contains("has no stack 'db'; its stacks are web, worker"),
         "{status}"
+    );
+}
+
+/// Runs git in `dir` and returns its trimmed stdout; fails the test when git fails.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=rsgo tests",
+            "-c",
+            "user.email=tests@rsgo.invalid",
+        ])
+        .args(args)
+        .output()
+        .expect("git is installed by scripts/test.sh");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A bare repository (`origin.git`) and a working copy that commits and pushes to it.
+struct Origin {
+    dir: TempDir,
+    work: PathBuf,
+}
+
+impl Origin {
+    fn new() -> Origin {
+        let dir = TempDir::new().unwrap();
+        git(
+            dir.path(),
+            &["init", "-q", "--bare", "-b", "main", "origin.git"],
+        );
+        git(dir.path(), &["clone", "-q", "origin.git", "work"]);
+        let work = dir.path().join("work");
+        git(&work, &["checkout", "-q", "-b", "main"]);
+        Origin { dir, work }
+    }
+
+    /// Writes `files`, commits them and pushes; returns the commit id.
+    fn push(&self, files: &[(&str, String)]) -> String {
+        for (name, text) in files {
+            let path = self.work.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", "catalog change"]);
+        git(&self.work, &["push", "-q", "origin", "main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    fn file_url(&self) -> String {
+        format!("file://{}", self.dir.path().join("origin.git").display())
+    }
+}
+
+/// `git daemon` serving an [`Origin`]'s folder on 127.0.0.1; stopped when dropped.
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Daemon {
+    fn serve(origin: &Origin) -> Daemon {
+        let port = free_port();
+        let base = origin.dir.path().display().to_string();
+        // The daemon program itself, not `git daemon`, which would leave it running when the
+        // `git` parent is killed.
+        let exec_path = git(origin.dir.path(), &["--exec-path"]);
+        let child = Command::new(Path::new(&exec_path).join("git-daemon"))
+            .args([
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={base}"),
+                &base,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("git daemon runs");
+        wait_for("git daemon to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Daemon { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("git://127.0.0.1:{}/origin.git", self.port)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A one-service product version running `image`.
+fn product_yaml(product: &str, version: &str, image: &str) -> String {
+    format!(
+        "metadata: {{name: {product}, productVersion: \"{version}\"}}\nservices:\n  app:\n    image: {image}\n    environment: {{RELEASE: \"{version}\"}}\n"
+    )
+}
+
+/// A CatalogSource reading `url` (below `path`, when set).
+fn git_source(name: &str, url: &str, path: Option<&str>) -> String {
+    let path = path.map(|p| format!("\n    path: {p}")).unwrap_or_default();
+    format!(
+        "apiVersion: rsgo.io/v1alpha1\nkind: CatalogSource\nmetadata: {{name: {name}}}\nspec:\n  git:\n    url: \"{url}\"{path}\n"
+    )
+}
+
+/// A CatalogSource as `rsgo get catalogsources NAME -o json` shows it.
+fn source_status(server: &Server, name: &str) -> Value {
+    let out = server.cli(&["get", "catalogsources", name, "-o", "json"]);
+    serde_json::from_str::<Value>(&out).unwrap()["status"].clone()
+}
+
+fn upgrade_body(stack: &str, env: &str, version: &str) -> String {
+    format!(
+        "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"{version}\",\"wait\":true}}"
+    )
+}
+
+#[test]
+fn a_pushed_version_becomes_upgradeable_and_a_broken_commit_keeps_the_last_good_one() {
+    let image = format!("{}/{}/app:latest", registry(), unique("gitcat"));
+    build_and_push(&image, "v1");
+    let product = unique("gitapp");
+    let origin = Origin::new();
+    origin.push(&[
+        (
+            "catalog/app-1.0.0.yaml",
+            product_yaml(&product, "1.0.0", &image),
+        ),
+        ("README.md", "not a manifest".into()),
+    ]);
+    let mut server = Server::start(&[]);
+    let source = unique("git");
+    server.apply(&git_source(&source, &origin.file_url(), Some("catalog")));
+    let (env, stack) = (server.environment.clone(), unique("st"));
+    server.apply(&format!(
+        "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: {stack}}}\nspec:\n  environment: {env}\n  product: {product}\n"
+    ));
+    let status = wait_phase(&server, &stack, "Running");
+    assert_eq!(status["deployedVersion"], "1.0.0", "{status}");
+
+    // A pushed version is upgradeable after sync-sources.
+    let good = origin.push(&[(
+        "catalog/app-1.1.0.yaml",
+        product_yaml(&product, "1.1.0", &image),
+    )]);
+    let key = server.key(&["Hooks.Upgrade", "Hooks.SyncSources", "Hooks.Redeploy"]);
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["success"], true);
+    let synced = source_status(&server, &source);
+    assert_eq!(synced["revision"], good, "{synced}");
+    assert_eq!(
+        synced["products"],
+        serde_json::json!([{"product": product, "versions": ["1.1.0", "1.0.0"]}])
+    );
+    let (status, reply) = server.hook(
+        "/api/hooks/upgrade",
+        &key,
+        Some(&upgrade_body(&stack, &env, "1.1.0")),
+    );
+    assert_eq!(status, 200, "{reply}\n{}", server.log());
+    let container = server.name(&stack, "app");
+    assert!(inspect(&container, "{{json .Config.Env}}").contains("RELEASE=1.1.0"));
+
+    // A commit that breaks 1.1.0 and adds 1.2.0 is not taken: the sync names the file and the
+    // reason, and the last good commit stays loaded.
+    let broken = origin.push(&[
+        (
+            "catalog/app-1.1.0.yaml",
+            format!("metadata: {{name: {product}, productVersion: nope}}\n"),
+        ),
+        (
+            "catalog/app-1.2.0.yaml",
+            product_yaml(&product, "1.2.0", &image),
+        ),
+    ]);
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 500, "{reply}");
+    assert_eq!(reply["success"], false);
+    let message = reply["message"].as_str().unwrap();
+    for expected in [
+        format!(
+            "source '{source}': commit {} is not taken, {} stays loaded",
+            &broken[..12],
+            &good[..12]
+        ),
+        "app-1.1.0.yaml: metadata.productVersion: 'nope' is not a SemVer version".into(),
+    ] {
+        assert!(message.contains(&expected), "{expected:?} in {message}");
+    }
+    let kept = source_status(&server, &source);
+    assert_eq!(kept["revision"], good, "{kept}");
+    assert_eq!(kept["errors"].as_array().unwrap().len(), 1, "{kept}");
+    let (status, reply) = server.hook(
+        "/api/hooks/upgrade",
+        &key,
+        Some(&upgrade_body(&stack, &env, "1.2.0")),
+    );
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("Available versions: 1.1.0, 1.0.0"),
+        "{reply}"
+    );
+    let table = server.cli(&["get", "catalogsources"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&source) && l.contains(" git ") && l.contains(&good[..12])),
+        "{table}"
+    );
+
+    // After a crash the last good commit is what loads, though the remote's HEAD is broken.
+    server.restart();
+    let body = format!("{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"wait\":true}}");
+    let (status, reply) = server.hook("/api/hooks/redeploy", &key, Some(&body));
+    assert_eq!(status, 200, "{reply}\n{}", server.log());
+    assert_eq!(reply["stackVersion"], "1.1.0");
+    assert_eq!(source_status(&server, &source)["revision"], good);
+}
+
+/// Pack files in the clone rsgo keeps for `source`: each fetch that receives objects adds one.
+fn packs(server: &Server, source: &str) -> usize {
+    let dir = server
+        .data_dir()
+        .join("git")
+        .join(source)
+        .join("repo.git/objects/pack");
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The `objects` of the last "git source fetched" line of the server's log.
+fn last_fetched_objects(server: &Server) -> u64 {
+    let log = server.log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("git source fetched"))
+        .unwrap_or_else(|| panic!("no fetch logged:\n{log}"));
+    let value = line.split("objects=").nth(1).unwrap();
+    value.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn git_daemon_fetches_are_incremental_and_an_unreachable_remote_is_named() {
+    let product = unique("daemonapp");
+    let origin = Origin::new();
+    origin.push(&[("app-1.0.0.yaml", product_yaml(&product, "1.0.0", "img:1"))]);
+    let daemon = Daemon::serve(&origin);
+    let server = Server::start(&[]);
+    let key = server.key(&["Hooks.SyncSources"]);
+    let source = unique("daemon");
+    server.apply(&git_source(&source, &daemon.url(), None));
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 200, "{reply}\n{}", server.log());
+    let first = packs(&server, &source);
+    assert!(first >= 1, "the first fetch received a pack");
+
+    // Nothing new on the remote: the second sync receives no objects and writes no pack.
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(packs(&server, &source), first);
+    assert_eq!(last_fetched_objects(&server), 0);
+
+    // A new commit brings only what is new.
+    let commit = origin.push(&[("app-1.1.0.yaml", product_yaml(&product, "1.1.0", "img:1"))]);
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(packs(&server, &source), first + 1);
+    let objects = last_fetched_objects(&server);
+    assert!(
+        (1..=4).contains(&objects),
+        "a commit, a tree and one blob, not the history: {objects}"
+    );
+    assert_eq!(source_status(&server, &source)["revision"], commit);
+
+    // A remote nobody serves fails the sync, names the source, and keeps what was loaded.
+    let gone = unique("gone");
+    server.apply(&git_source(
+        &gone,
+        &format!("git://127.0.0.1:{}/none.git", free_port()),
+        None,
+    ));
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 500, "{reply}");
+    let message = reply["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("source '{gone}': fetching git://127.0.0.1:")),
+        "{message}"
+    );
+    assert!(
+        message.contains("keeping its last good catalog"),
+        "{message}"
+    );
+    assert_eq!(source_status(&server, &source)["revision"], commit);
+    assert_eq!(source_status(&server, &source)["versionsLoaded"], 2);
+}
+
+#[test]
+fn git_sources_are_checked_when_applied() {
+    let data = TempDir::new().unwrap();
+    let cases = [
+        (
+            "{url: 'https://git.example.com/c.git'}",
+            "fetching over HTTP(S) is not supported yet",
+        ),
+        (
+            "{url: 'ftp://example.com/c.git'}",
+            "must use file://, git:// or ssh://",
+        ),
+        (
+            "{url: 'file:///srv/c.git', ref: '../main'}",
+            "is not a branch, tag or commit name",
+        ),
+        (
+            "{url: 'file:///srv/c.git', path: '../up'}",
+            "must be a folder inside the repository",
+        ),
+        (
+            "{url: 'file:///srv/c.git', interval: 1s}",
+            "is shorter than 10 s",
+        ),
+        (
+            "{url: 'file:///srv/c.git', interval: soon}",
+            "is not a duration such as 30s, 5m or 1h",
+        ),
+    ];
+    for (git_spec, expected) in cases {
+        let file = data.path().join("source.yaml");
+        std::fs::write(
+            &file,
+            format!("apiVersion: rsgo.io/v1alpha1\nkind: CatalogSource\nmetadata: {{name: s}}\nspec:\n  git: {git_spec}\n"),
+        )
+        .unwrap();
+        let output = rsgo(data.path(), &["apply", "-f", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(expected),
+            "{git_spec}: {stderr}"
+        );
+    }
+    let file = data.path().join("both.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: rsgo.io/v1alpha1\nkind: CatalogSource\nmetadata: {name: s}\nspec:\n  directory: {path: /srv}\n  git: {url: 'file:///srv/c.git'}\n",
+    )
+    .unwrap();
+    let output = rsgo(data.path(), &["apply", "-f", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("set either spec.directory or spec.git, not both"),
+        "{stderr}"
     );
 }

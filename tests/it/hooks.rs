@@ -111,6 +111,7 @@ pub async fn fixture(backend: Backend) -> Fixture {
             directory: Some(DirectorySource {
                 path: manifests.to_string_lossy().into_owned(),
             }),
+            git: None,
         },
         status: None,
     };

@@ -401,7 +401,11 @@ fn the_examples_load_and_apply() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let loaded = rsgo::catalog::load_directory(&root.join("catalog")).unwrap();
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-    assert_eq!(loaded.versions.len(), 4, "whoami and platform, two versions each");
+    assert_eq!(
+        loaded.versions.len(),
+        4,
+        "whoami and platform, two versions each"
+    );
     let data = TempDir::new().unwrap();
     for file in ["environment.yaml", "stack.yaml"] {
         let out = rsgo_ok(

@@ -1,0 +1,322 @@
+//! Git catalog sources. Each source keeps a bare clone under the cache directory, which every
+//! sync fetches into with gitoxide, so a sync without new commits transfers no objects. The
+//! files of the synced commit are written out once per commit, within the source caps, and read
+//! like a directory source.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use gix::bstr::ByteSlice;
+use gix::object::tree::EntryKind;
+use gix::remote::Direction;
+
+use super::load::{MAX_DEPTH, MAX_MANIFEST_BYTES, MAX_SOURCE_BYTES, MAX_SOURCE_FILES};
+use crate::model::GitSource;
+
+/// How long one fetch may take before the sync gives up on it.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a fetch brought.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The commit the source's ref points to.
+    pub revision: String,
+    /// Objects received by this fetch: 0 when the clone already had everything.
+    pub objects: u64,
+}
+
+/// The clone kept for one source: fetched into, and read commit by commit.
+pub struct KeptClone {
+    dir: PathBuf,
+    repo: gix::Repository,
+    /// Held while the clone is in use, so one process at a time fetches into it.
+    _lock: std::fs::File,
+}
+
+impl KeptClone {
+    /// Opens (or makes) the clone kept for source `name` of `url` below `cache`. Fails when
+    /// another fetch of the source still runs.
+    pub fn open(cache: &Path, name: &str, url: &str) -> Result<KeptClone, String> {
+        let dir = cache.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        // A fetch that outlived its timeout still holds the lock, and the next sync says so
+        // instead of racing it.
+        let lock = std::fs::File::create(dir.join("lock"))
+            .map_err(|e| format!("creating {}: {e}", dir.join("lock").display()))?;
+        lock.try_lock()
+            .map_err(|_| "an earlier fetch of this source is still running".to_owned())?;
+        let repo = open_clone(&dir, url)?;
+        Ok(KeptClone {
+            dir,
+            repo,
+            _lock: lock,
+        })
+    }
+
+    /// Fetches `spec` and returns the commit its ref names.
+    pub fn fetch(&self, spec: &GitSource) -> Result<Fetched, String> {
+        let (commit, objects) = fetch_ref(&self.repo, spec)?;
+        Ok(Fetched {
+            revision: commit.to_string(),
+            objects,
+        })
+    }
+
+    /// Writes out the files of `revision` below `path` (once per commit) and returns their
+    /// folder. Trees of commits other than `revision` and those in `keep` are removed.
+    pub fn checkout(
+        &self,
+        revision: &str,
+        path: Option<&str>,
+        keep: &[&str],
+    ) -> Result<PathBuf, String> {
+        let commit = gix::ObjectId::from_hex(revision.as_bytes())
+            .map_err(|_| format!("'{revision}' is not a commit id"))?;
+        let tree = write_tree(&self.repo, &self.dir, commit, path)?;
+        let trees = self.dir.join("trees");
+        for entry in std::fs::read_dir(&trees)
+            .map_err(|e| format!("reading {}: {e}", trees.display()))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != revision && !keep.contains(&name.as_str()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(tree)
+    }
+}
+
+/// The bare clone of `url` in `dir`, made when missing or when the source now names another URL.
+fn open_clone(dir: &Path, url: &str) -> Result<gix::Repository, String> {
+    let path = dir.join("repo.git");
+    let url_file = dir.join("url");
+    let same_url = std::fs::read_to_string(&url_file).is_ok_and(|kept| kept == url);
+    if same_url && let Ok(repo) = gix::open(&path) {
+        return Ok(repo);
+    }
+    if path.exists() {
+        std::fs::remove_dir_all(&path)
+            .map_err(|e| format!("removing the old clone {}: {e}", path.display()))?;
+    }
+    let repo = gix::init_bare(&path).map_err(|e| format!("creating a clone: {e}"))?;
+    std::fs::write(&url_file, url).map_err(|e| format!("writing {}: {e}", url_file.display()))?;
+    Ok(repo)
+}
+
+/// Fetches the remote's HEAD and every branch and tag, and returns the commit `spec.ref` names (the remote's HEAD
+/// when unset) and how many objects were received.
+fn fetch_ref(repo: &gix::Repository, spec: &GitSource) -> Result<(gix::ObjectId, u64), String> {
+    let failed = |e: &dyn std::fmt::Display| format!("fetching {}: {e}", spec.url);
+    let remote = repo
+        .remote_at(spec.url.as_str())
+        .map_err(|e| failed(&e))?
+        .with_refspecs(
+            [
+                "+HEAD:refs/remotes/origin/HEAD",
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
+            Direction::Fetch,
+        )
+        .map_err(|e| failed(&e))?;
+    let outcome = remote
+        .connect(Direction::Fetch)
+        .map_err(|e| failed(&e))?
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(|e| failed(&e))?
+        .receive(gix::progress::Discard, &AtomicBool::new(false))
+        .map_err(|e| failed(&e))?;
+    let objects = match &outcome.status {
+        gix::remote::fetch::Status::Change {
+            write_pack_bundle, ..
+        } => write_pack_bundle.index.num_objects as u64,
+        gix::remote::fetch::Status::NoPackReceived { .. } => 0,
+    };
+    let commit = resolve(&outcome.ref_map.remote_refs, spec.reference.as_deref())?;
+    repo.find_commit(commit)
+        .map_err(|_| match &spec.reference {
+            Some(reference) => {
+                format!("ref '{reference}' does not name a commit of the repository")
+            }
+            None => "the remote's HEAD does not name a commit".to_owned(),
+        })?;
+    Ok((commit, objects))
+}
+
+/// The commit a ref names among the remote's refs: a full commit id, a branch, a tag (peeled),
+/// a full ref name, or the remote's HEAD when `reference` is `None`.
+fn resolve(
+    refs: &[gix::protocol::handshake::Ref],
+    reference: Option<&str>,
+) -> Result<gix::ObjectId, String> {
+    use gix::protocol::handshake::Ref;
+    let target = |r: &Ref| -> Option<(String, gix::ObjectId)> {
+        match r {
+            Ref::Peeled {
+                full_ref_name,
+                object,
+                ..
+            }
+            | Ref::Direct {
+                full_ref_name,
+                object,
+            }
+            | Ref::Symbolic {
+                full_ref_name,
+                object,
+                ..
+            } => Some((full_ref_name.to_str_lossy().into_owned(), *object)),
+            Ref::Unborn { .. } => None,
+        }
+    };
+    let advertised: Vec<(String, gix::ObjectId)> = refs.iter().filter_map(target).collect();
+    let Some(reference) = reference else {
+        return advertised
+            .iter()
+            .find(|(name, _)| name == "HEAD")
+            .map(|(_, id)| *id)
+            .ok_or_else(|| {
+                "the remote has no HEAD (an empty repository?); set spec.git.ref".to_owned()
+            });
+    };
+    if reference.len() == 40
+        && let Ok(id) = gix::ObjectId::from_hex(reference.as_bytes())
+    {
+        return Ok(id);
+    }
+    let candidates = [
+        format!("refs/heads/{reference}"),
+        format!("refs/tags/{reference}"),
+        reference.to_owned(),
+    ];
+    candidates
+        .iter()
+        .find_map(|wanted| {
+            advertised
+                .iter()
+                .find(|(name, _)| name == wanted)
+                .map(|(_, id)| *id)
+        })
+        .ok_or_else(|| {
+            let branches: Vec<&str> = advertised
+                .iter()
+                .filter_map(|(name, _)| name.strip_prefix("refs/heads/"))
+                .take(20)
+                .collect();
+            format!(
+                "ref '{reference}' is not a branch or tag of the remote (branches: {})",
+                if branches.is_empty() {
+                    "none".to_owned()
+                } else {
+                    branches.join(", ")
+                }
+            )
+        })
+}
+
+/// Writes the files of `commit` below `path` to `<dir>/trees/<commit>`, unless already there,
+/// and returns that folder.
+fn write_tree(
+    repo: &gix::Repository,
+    dir: &Path,
+    commit: gix::ObjectId,
+    path: Option<&str>,
+) -> Result<PathBuf, String> {
+    let trees = dir.join("trees");
+    let out = trees.join(commit.to_string());
+    if !out.exists() {
+        repo.find_commit(commit)
+            .map_err(|_| format!("commit {commit} is not in the clone"))?;
+        let tree = repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(|e| format!("reading commit {commit}: {e}"))?;
+        let tree = match path {
+            None => tree,
+            Some(path) => {
+                let entry = tree
+                    .lookup_entry_by_path(path)
+                    .map_err(|e| format!("reading commit {commit}: {e}"))?
+                    .filter(|e| e.mode().is_tree())
+                    .ok_or_else(|| format!("spec.git.path '{path}' is not a folder at {commit}"))?;
+                repo.find_tree(entry.object_id())
+                    .map_err(|e| format!("reading commit {commit}: {e}"))?
+            }
+        };
+        let partial = trees.join(format!(".{commit}.partial"));
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial)
+                .map_err(|e| format!("removing {}: {e}", partial.display()))?;
+        }
+        let mut budget = Budget::default();
+        write_entries(repo, &tree, &partial, 0, &mut budget)?;
+        std::fs::rename(&partial, &out).map_err(|e| format!("writing {}: {e}", out.display()))?;
+    }
+    Ok(out)
+}
+
+/// What writing out one commit may still use: the caps of a directory source.
+#[derive(Default)]
+struct Budget {
+    files: usize,
+    bytes: u64,
+}
+
+/// Writes the entries of `tree` that the loader may read into `out`. Files are cut one byte past the manifest cap, so the
+/// loader reports them as too large; links are written as links, which the loader follows only
+/// inside the source; submodules are skipped.
+fn write_entries(
+    repo: &gix::Repository,
+    tree: &gix::Tree<'_>,
+    out: &Path,
+    depth: usize,
+    budget: &mut Budget,
+) -> Result<(), String> {
+    let failed = |e: &dyn std::fmt::Display| format!("writing out the source: {e}");
+    std::fs::create_dir_all(out).map_err(|e| failed(&e))?;
+    for entry in tree.iter() {
+        let entry = entry.map_err(|e| failed(&e))?;
+        let name = entry.filename().to_str_lossy().into_owned();
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            continue;
+        }
+        let path = out.join(&name);
+        match entry.mode().kind() {
+            EntryKind::Tree => {
+                if depth < MAX_DEPTH {
+                    let sub = repo.find_tree(entry.object_id()).map_err(|e| failed(&e))?;
+                    write_entries(repo, &sub, &path, depth + 1, budget)?;
+                }
+            }
+            EntryKind::Blob | EntryKind::BlobExecutable if !super::load::is_catalog_file(&name) => {
+            }
+            EntryKind::Blob | EntryKind::BlobExecutable | EntryKind::Link => {
+                budget.files += 1;
+                if budget.files > MAX_SOURCE_FILES {
+                    return Err(format!(
+                        "the repository holds more than the {MAX_SOURCE_FILES} files rsgo reads from one source"
+                    ));
+                }
+                let blob = repo.find_blob(entry.object_id()).map_err(|e| failed(&e))?;
+                let data = &blob.data[..blob.data.len().min(MAX_MANIFEST_BYTES as usize + 1)];
+                budget.bytes += data.len() as u64;
+                if budget.bytes > MAX_SOURCE_BYTES {
+                    return Err(format!(
+                        "the repository's files add up to more than {} MiB, the most rsgo reads from one source",
+                        MAX_SOURCE_BYTES / (1024 * 1024)
+                    ));
+                }
+                if entry.mode().kind() == EntryKind::Link {
+                    let target = String::from_utf8_lossy(data).into_owned();
+                    std::os::unix::fs::symlink(target, &path).map_err(|e| failed(&e))?;
+                } else {
+                    std::fs::write(&path, data).map_err(|e| failed(&e))?;
+                }
+            }
+            EntryKind::Commit => {}
+        }
+    }
+    Ok(())
+}
