@@ -342,13 +342,8 @@ impl GitSource {
         let Some(text) = &self.interval else {
             return Ok(None);
         };
-        let parsed: jiff::SignedDuration = text.parse().map_err(|_| {
-            format!(
-                "spec.git.interval '{}' is not a duration such as 30s, 5m or 1h",
-                shown(text)
-            )
-        })?;
-        let interval = Duration::try_from(parsed).unwrap_or_default();
+        let interval =
+            crate::duration::parse(text).map_err(|e| format!("spec.git.interval: {e}"))?;
         if interval < MIN_GIT_INTERVAL {
             return Err(format!(
                 "spec.git.interval '{}' is shorter than {} s",

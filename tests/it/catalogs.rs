@@ -496,7 +496,7 @@ fn git_sources_are_checked_when_applied() {
         ),
         (
             "{url: 'file:///srv/c.git', interval: soon}",
-            "is not a duration such as 30s, 5m or 1h",
+            "spec.git.interval: 'soon' is not a duration",
         ),
     ];
     for (git_spec, expected) in cases {
@@ -524,5 +524,33 @@ fn git_sources_are_checked_when_applied() {
     assert!(
         stderr.contains("set either spec.directory or spec.git, not both"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn a_source_with_an_interval_fetches_new_commits_on_its_own() {
+    let product = unique("tickapp");
+    let origin = Origin::new();
+    let first = origin.push(&[("app-1.0.0.yaml", product_yaml(&product, "1.0.0", "img:1"))]);
+    let server = Server::start(&[]);
+    let source = unique("tick");
+    server.apply(&format!(
+        "{}    interval: 10s\n",
+        git_source(&source, &origin.file_url(), None)
+    ));
+    wait_for("the first sync", Duration::from_secs(30), || {
+        (source_status(&server, &source)["revision"] == first).then_some(())
+    });
+    let second = origin.push(&[("app-1.1.0.yaml", product_yaml(&product, "1.1.0", "img:1"))]);
+    // No hook is called: the interval alone brings the new commit.
+    let status = wait_for("the interval's fetch", Duration::from_secs(60), || {
+        let status = source_status(&server, &source);
+        (status["revision"] == second).then_some(status)
+    });
+    assert_eq!(status["versionsLoaded"], 2, "{status}");
+    assert!(
+        server
+            .log()
+            .contains("git sources fetched on their interval")
     );
 }

@@ -117,6 +117,13 @@ fn the_chart_lints_renders_and_validates_with_default_and_custom_values() {
     );
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // The root is read-only, so git catalog clones go to a writable emptyDir.
+    assert_eq!(
+        container["env"][0],
+        serde_json::json!({"name": "RSGO_DATA_DIR", "value": "/var/lib/rsgo"})
+    );
+    assert_eq!(container["volumeMounts"][0]["mountPath"], "/var/lib/rsgo");
+    assert_eq!(pod["volumes"][0]["emptyDir"]["sizeLimit"], "1Gi");
     assert!(
         container["args"]
             .as_array()
