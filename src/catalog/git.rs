@@ -290,8 +290,7 @@ fn write_entries(
                     write_entries(repo, &sub, &path, depth + 1, budget)?;
                 }
             }
-            EntryKind::Blob | EntryKind::BlobExecutable if !super::load::is_catalog_file(&name) => {
-            }
+            EntryKind::Blob | EntryKind::BlobExecutable if !super::load::is_source_file(&name) => {}
             EntryKind::Blob | EntryKind::BlobExecutable | EntryKind::Link => {
                 budget.files += 1;
                 if budget.files > MAX_SOURCE_FILES {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use semver::Version;
 
+use super::compose::{COMPOSE_FILES, ComposeFiles, OVERRIDE_FILES, parse_compose};
 use super::manifest::StackEntry;
 use super::{
     Loaded, Manifest, ManifestError, ManifestProblem, Metadata, ProductVersion, Service,
@@ -323,6 +324,7 @@ pub fn load_directory(dir: &Path) -> Result<Loaded> {
     let mut walk = Walk {
         root: root.clone(),
         files: Vec::new(),
+        compose: Vec::new(),
         errors: Vec::new(),
         visited: vec![root.clone()],
     };
@@ -330,6 +332,7 @@ pub fn load_directory(dir: &Path) -> Result<Loaded> {
     let Walk {
         mut files,
         mut errors,
+        compose,
         ..
     } = walk;
     if files.len() > MAX_SOURCE_FILES {
@@ -358,35 +361,109 @@ pub fn load_directory(dir: &Path) -> Result<Loaded> {
                 parse_manifest_with(&relative, &text, &mut include)
             });
         if total.get() > MAX_SOURCE_BYTES {
-            return Err(Error::Invalid(format!(
-                "the source's manifests add up to more than {} MiB, the most rsgo reads from one source",
-                MAX_SOURCE_BYTES / (1024 * 1024)
-            )));
+            return Err(too_much());
         }
         match outcome {
-            Ok(Some(pv)) => {
-                let key = (pv.product.clone(), pv.version.clone());
-                if let Some(first) = seen.get(&key) {
-                    errors.push(ManifestError {
-                        file: relative.clone(),
-                        problem: ManifestProblem::Duplicate {
-                            product: pv.product,
-                            version: pv.version,
-                            first: first.clone(),
-                        },
-                    });
-                } else {
-                    seen.insert(key, relative.clone());
-                    loaded.versions.push(pv);
-                }
-            }
+            Ok(Some(pv)) => add(pv, &mut loaded, &mut errors, &mut seen),
             Ok(None) => {}
             Err(error) => errors.push(error),
+        }
+    }
+    for folder in compose {
+        let file = folder
+            .main
+            .as_ref()
+            .map(|(r, _)| r.clone())
+            .unwrap_or_default();
+        match read_compose(&folder, &total) {
+            Ok(pv) => add(pv, &mut loaded, &mut errors, &mut seen),
+            Err(problem) => errors.push(ManifestError { file, problem }),
+        }
+        if total.get() > MAX_SOURCE_BYTES {
+            return Err(too_much());
         }
     }
     errors.sort_by(|a, b| a.file.cmp(&b.file));
     loaded.errors = errors;
     Ok(loaded)
+}
+
+/// Keeps a product version unless an earlier file of the source defines the same one.
+fn add(
+    pv: ProductVersion,
+    loaded: &mut Loaded,
+    errors: &mut Vec<ManifestError>,
+    seen: &mut BTreeMap<(String, Version), PathBuf>,
+) {
+    let key = (pv.product.clone(), pv.version.clone());
+    if let Some(first) = seen.get(&key) {
+        errors.push(ManifestError {
+            file: pv.path.clone(),
+            problem: ManifestProblem::Duplicate {
+                product: pv.product,
+                version: pv.version,
+                first: first.clone(),
+            },
+        });
+    } else {
+        seen.insert(key, pv.path.clone());
+        loaded.versions.push(pv);
+    }
+}
+
+/// Reads a compose folder's files and checks its stack like a manifest's.
+fn read_compose(
+    folder: &ComposeFolder,
+    total: &std::cell::Cell<u64>,
+) -> Result<ProductVersion, ManifestProblem> {
+    let read = |file: &Option<(PathBuf, PathBuf)>| -> Result<Option<String>, ManifestProblem> {
+        let Some((relative, real)) = file else {
+            return Ok(None);
+        };
+        let text = read_capped(real).map_err(|reason| {
+            ManifestProblem::NotRead(format!("{}: {reason}", relative.display()))
+        })?;
+        total.set(total.get() + text.len() as u64);
+        Ok(Some(text))
+    };
+    let (main, overrides, env, version) = (
+        read(&folder.main)?.unwrap_or_default(),
+        read(&folder.overrides)?,
+        read(&folder.env)?,
+        read(&folder.version)?,
+    );
+    let product = parse_compose(&ComposeFiles {
+        folder: &folder.name,
+        main: &main,
+        overrides: overrides.as_deref(),
+        env: env.as_deref(),
+        version: version.as_deref(),
+    })?;
+    let part = Part {
+        variables: product.variables,
+        services: product.services,
+        volumes: product.volumes,
+        networks: product.networks,
+    };
+    Ok(ProductVersion {
+        product: product.product,
+        version: product.version,
+        metadata: product.metadata,
+        stacks: Stacks::Single(definition("", &BTreeMap::new(), part)?),
+        path: folder
+            .main
+            .as_ref()
+            .map(|(r, _)| r.clone())
+            .unwrap_or_default(),
+    })
+}
+
+/// Why a source whose files add up to more than [`MAX_SOURCE_BYTES`] is not read.
+fn too_much() -> Error {
+    Error::Invalid(format!(
+        "the source's manifests add up to more than {} MiB, the most rsgo reads from one source",
+        MAX_SOURCE_BYTES / (1024 * 1024)
+    ))
 }
 
 /// Why a file over [`MAX_MANIFEST_BYTES`] is not read.
@@ -403,6 +480,12 @@ pub(super) fn is_catalog_file(name: &str) -> bool {
         Path::new(name).extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml")
     )
+}
+
+/// Whether git sources write out a file of this name: manifests, and the `.env` and `VERSION`
+/// files of compose products.
+pub(super) fn is_source_file(name: &str) -> bool {
+    is_catalog_file(name) || name == ".env" || name == "VERSION"
 }
 
 /// Reads the fragment `file` that the manifest at `manifest` includes: a relative path from the
@@ -442,11 +525,24 @@ fn read_capped(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
+/// A folder of a source that holds a compose file: each file as (path relative to the root,
+/// path to read).
+#[derive(Default)]
+struct ComposeFolder {
+    name: String,
+    main: Option<(PathBuf, PathBuf)>,
+    overrides: Option<(PathBuf, PathBuf)>,
+    env: Option<(PathBuf, PathBuf)>,
+    version: Option<(PathBuf, PathBuf)>,
+}
+
 /// A walk through a source directory that never leaves it.
 struct Walk {
     root: PathBuf,
     /// (path relative to the root, path to read).
     files: Vec<(PathBuf, PathBuf)>,
+    /// Folders holding a compose file.
+    compose: Vec<ComposeFolder>,
     errors: Vec<ManifestError>,
     /// Directories already read, by real path, so links cannot make loops.
     visited: Vec<PathBuf>,
@@ -469,10 +565,33 @@ impl Walk {
             .map_err(reading)?;
         // Sorted, so which of two names reaching one directory is read is always the same.
         entries.sort_by_key(|e| e.file_name());
+        let names: Vec<String> = entries
+            .iter()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        // The first compose file (in compose's own order) makes the folder a compose product;
+        // its override file, `.env` and `VERSION` belong to it.
+        let main = COMPOSE_FILES.iter().find(|f| names.iter().any(|n| n == *f));
+        let overrides = OVERRIDE_FILES
+            .iter()
+            .find(|f| names.iter().any(|n| n == *f));
+        let mut compose = main.map(|_| ComposeFolder {
+            name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            ..Default::default()
+        });
         for entry in entries {
             let path = entry.path();
+            let file_name = entry.file_name().to_string_lossy().into_owned();
             let relative = relative.join(entry.file_name());
-            let is_manifest = is_catalog_file(&entry.file_name().to_string_lossy());
+            let part_of_compose = compose.is_some()
+                && (Some(&file_name.as_str()) == main
+                    || Some(&file_name.as_str()) == overrides
+                    || file_name == ".env"
+                    || file_name == "VERSION");
+            let is_manifest = is_catalog_file(&file_name) || part_of_compose;
             let Ok(kind) = entry.file_type() else {
                 continue;
             };
@@ -524,6 +643,14 @@ impl Walk {
                     self.not_read(&relative, "is not a regular file; not read");
                 } else if meta.len() > MAX_MANIFEST_BYTES {
                     self.not_read(&relative, too_large());
+                } else if let (true, Some(folder)) = (part_of_compose, compose.as_mut()) {
+                    let slot = match file_name.as_str() {
+                        ".env" => &mut folder.env,
+                        "VERSION" => &mut folder.version,
+                        name if Some(&name) == main => &mut folder.main,
+                        _ => &mut folder.overrides,
+                    };
+                    *slot = Some((relative, real));
                 } else {
                     self.files.push((relative, real));
                 }
@@ -532,6 +659,7 @@ impl Walk {
                 return Ok(());
             }
         }
+        self.compose.extend(compose.filter(|c| c.main.is_some()));
         Ok(())
     }
 }

@@ -61,7 +61,7 @@ pub struct StackEntry {
 }
 
 /// Product identity and description.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
     /// Display name, and the product id when `productId` is absent.

@@ -1,5 +1,6 @@
 //! Products and their versions, loaded from catalog sources and held in memory.
 
+mod compose;
 mod error;
 mod git;
 mod health;

@@ -419,7 +419,17 @@ fn last_fetched_objects(server: &Server) -> u64 {
 fn git_daemon_fetches_are_incremental_and_an_unreachable_remote_is_named() {
     let product = unique("daemonapp");
     let origin = Origin::new();
-    origin.push(&[("app-1.0.0.yaml", product_yaml(&product, "1.0.0", "img:1"))]);
+    // A compose folder travels too: its `.env` and `VERSION` are written out with the YAML.
+    let compose = unique("composed");
+    origin.push(&[
+        ("app-1.0.0.yaml", product_yaml(&product, "1.0.0", "img:1")),
+        (
+            &format!("{compose}/compose.yaml"),
+            "services: {web: {image: 'img:${TAG}'}}\n".into(),
+        ),
+        (&format!("{compose}/.env"), "TAG=7\n".into()),
+        (&format!("{compose}/VERSION"), "0.3.0\n".into()),
+    ]);
     let daemon = Daemon::serve(&origin);
     let server = Server::start(&[]);
     let key = server.key(&["Hooks.SyncSources"]);
@@ -429,6 +439,14 @@ fn git_daemon_fetches_are_incremental_and_an_unreachable_remote_is_named() {
     assert_eq!(status, 200, "{reply}\n{}", server.log());
     let first = packs(&server, &source);
     assert!(first >= 1, "the first fetch received a pack");
+    let products = source_status(&server, &source)["products"].clone();
+    assert!(
+        products
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"product": compose, "versions": ["0.3.0"]})),
+        "{products}"
+    );
 
     // Nothing new on the remote: the second sync receives no objects and writes no pack.
     let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
@@ -467,7 +485,7 @@ fn git_daemon_fetches_are_incremental_and_an_unreachable_remote_is_named() {
         "{message}"
     );
     assert_eq!(source_status(&server, &source)["revision"], commit);
-    assert_eq!(source_status(&server, &source)["versionsLoaded"], 2);
+    assert_eq!(source_status(&server, &source)["versionsLoaded"], 3);
 }
 
 #[test]
@@ -553,4 +571,39 @@ fn a_source_with_an_interval_fetches_new_commits_on_its_own() {
             .log()
             .contains("git sources fetched on their interval")
     );
+}
+
+#[test]
+fn a_compose_folder_with_an_override_and_env_deploys_with_the_merged_settings() {
+    let image = format!("{}/{}/notes:latest", registry(), unique("notes"));
+    build_and_push(&image, "v1");
+    let files = example_product("notes");
+    let manifests: Vec<(&str, String)> =
+        files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let server = Server::start(&manifests);
+    let (env, stack, port) = (server.environment.clone(), unique("notes"), free_port());
+    server.apply(&format!(
+        "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: {stack}}}\nspec:\n  environment: {env}\n  product: notes\n  variables: {{IMAGE: '{image}', PORT: '{port}'}}\n"
+    ));
+    let status = wait_phase(&server, &stack, "Running");
+    assert_eq!(status["deployedVersion"], "1.0.0", "{status}");
+    // The override's environment is merged over the compose file's.
+    let web = server.name(&stack, "web");
+    let web_env = env_of(&web);
+    for expected in ["MODE=staging", "LOG_LEVEL=debug"] {
+        assert!(web_env.contains(expected), "{expected} in {web_env}");
+    }
+    // The one-shot job ran first (service_completed_successfully) with the .env default.
+    let setup = server.name(&stack, "setup");
+    assert_eq!(inspect(&setup, "{{.State.ExitCode}}"), "0");
+    let page = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&page.stdout).trim(),
+        "hello from a compose project"
+    );
+    let sources = server.cli(&["get", "catalogsources", "-o", "json"]);
+    assert!(sources.contains("\"notes\""), "{sources}");
 }

@@ -403,8 +403,8 @@ fn the_examples_load_and_apply() {
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     assert_eq!(
         loaded.versions.len(),
-        4,
-        "whoami and platform, two versions each"
+        5,
+        "whoami and platform with two versions each, and the compose product notes"
     );
     let data = TempDir::new().unwrap();
     for file in ["environment.yaml", "stack.yaml"] {
