@@ -105,6 +105,35 @@ fn source_row(c: &CatalogSource) -> Vec<String> {
     ]
 }
 
+/// What `rsgo get` shows instead of a hidden value.
+pub const HIDDEN: &str = "(hidden)";
+
+/// Replaces the values of the variables `which` picks in a map of variables.
+fn hide(variables: Option<&mut Value>, which: impl Fn(&str) -> bool) {
+    if let Some(Value::Object(variables)) = variables {
+        for (name, value) in variables.iter_mut() {
+            if which(name) {
+                *value = Value::String(HIDDEN.into());
+            }
+        }
+    }
+}
+
+/// Hides a stack's Password variables. Until the reconciler has looked at the current spec (and
+/// so knows which of its variables are Passwords), every value is hidden.
+fn hide_stack_secrets(doc: &mut Value) {
+    let generation = doc.pointer("/metadata/generation").cloned();
+    let status = doc.get("status").cloned().unwrap_or_default();
+    let current = status.get("observedGeneration").cloned() == generation;
+    let hidden: Vec<String> = status
+        .get("hiddenVariables")
+        .and_then(|h| serde_json::from_value(h.clone()).ok())
+        .unwrap_or_default();
+    hide(doc.pointer_mut("/spec/variables"), |name| {
+        !current || hidden.iter().any(|h| h == name)
+    });
+}
+
 /// Prints stacks, deployment records, environments or catalog sources.
 pub async fn get(
     store: &Arc<dyn Store>,
@@ -114,11 +143,21 @@ pub async fn get(
     output: Option<Format>,
 ) -> Result<()> {
     let rows: Vec<(Value, Vec<String>)> = match what {
-        Listable::Stacks => rows(store.list::<Stack>(environment).await?, stack_row)?,
+        Listable::Stacks => {
+            let mut stacks = rows(store.list::<Stack>(environment).await?, stack_row)?;
+            stacks
+                .iter_mut()
+                .for_each(|(doc, _)| hide_stack_secrets(doc));
+            stacks
+        }
         Listable::Deployments => {
             let mut records = store.list::<DeploymentRecord>(environment).await?;
             records.sort_by_key(|r| r.spec.requested_at);
-            rows(records, record_row)?
+            let mut records = rows(records, record_row)?;
+            for (doc, _) in &mut records {
+                hide(doc.pointer_mut("/spec/previousVariables"), |_| true);
+            }
+            records
         }
         Listable::Environments => rows(store.list::<Environment>(None).await?, environment_row)?,
         Listable::Catalogsources => rows(store.list::<CatalogSource>(None).await?, source_row)?,
@@ -187,4 +226,34 @@ pub async fn get(
         out(cells.join("  ").trim_end())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_and_everything_is_until_reconciled() {
+        let mut reconciled = json!({
+            "metadata": {"generation": 2},
+            "spec": {"variables": {"PASSWORD": "s3cr3t", "PORT": "8080"}},
+            "status": {"observedGeneration": 2, "hiddenVariables": ["PASSWORD"]},
+        });
+        hide_stack_secrets(&mut reconciled);
+        assert_eq!(
+            reconciled["spec"]["variables"],
+            json!({"PASSWORD": HIDDEN, "PORT": "8080"})
+        );
+        let mut changed = json!({
+            "metadata": {"generation": 3},
+            "spec": {"variables": {"PASSWORD": "s3cr3t", "TOKEN": "t0k3n"}},
+            "status": {"observedGeneration": 2, "hiddenVariables": ["PASSWORD"]},
+        });
+        hide_stack_secrets(&mut changed);
+        assert_eq!(
+            changed["spec"]["variables"],
+            json!({"PASSWORD": HIDDEN, "TOKEN": HIDDEN}),
+            "a new spec may declare new passwords"
+        );
+    }
 }

@@ -283,6 +283,10 @@ pub struct StackStatus {
     /// Standard conditions: `Ready` tells whether every service runs as specified, and why not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Variables whose values `rsgo get` hides: those the product version the stack runs
+    /// declares as Password.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hidden_variables: Vec<String>,
 }
 
 /// One service of a running stack.

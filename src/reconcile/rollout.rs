@@ -10,6 +10,7 @@ use kube::runtime::controller::Action;
 use super::Context;
 use super::records::{Done, RecordUpdate, finish, set_record};
 use super::status::write_status;
+use crate::catalog::manifest::VariableType;
 use crate::catalog::sync;
 use crate::catalog::{StackPlan, render};
 use crate::model::{
@@ -41,7 +42,7 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
         ..old_status.clone()
     };
 
-    let (runtime, plan) = match prepare(stack, ctx).await {
+    let (runtime, plan, hidden) = match prepare(stack, ctx).await {
         Ok(prepared) => prepared,
         Err(error) => {
             let transient = !error.is_invalid_spec();
@@ -64,6 +65,7 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
         }
         other => other,
     };
+    status.hidden_variables = hidden;
     if changed {
         status.phase = Some(StackPhase::Deploying);
         write_status(ctx, stack, &old_status, &status).await?;
@@ -139,8 +141,11 @@ async fn pending(stack: &Stack, old_status: &StackStatus, ctx: &Context) -> Resu
 }
 
 /// Resolves the environment, its runtime, the product version and the rendered plan of a
-/// stack.
-async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Arc<dyn Runtime>, StackPlan)> {
+/// stack, and the names of the Password variables the version declares.
+async fn prepare(
+    stack: &Stack,
+    ctx: &Context,
+) -> Result<(Arc<dyn Runtime>, StackPlan, Vec<String>)> {
     // Objects stored before names were checked, or written to a cluster behind rsgo's back, are
     // checked again here: nothing is created from a name or spec rsgo would have refused.
     check_label("stack", &stack.name_any()).map_err(|e| {
@@ -186,6 +191,17 @@ async fn prepare(stack: &Stack, ctx: &Context) -> Result<(Arc<dyn Runtime>, Stac
                 source,
             }
         })?;
+    let hidden = pv
+        .stack(part)
+        .map(|definition| {
+            definition
+                .variables
+                .iter()
+                .filter(|(_, v)| v.kind == VariableType::Password)
+                .map(|(name, _)| name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
     let runtime = ctx.runtime(&env).await?;
-    Ok((runtime, plan))
+    Ok((runtime, plan, hidden))
 }

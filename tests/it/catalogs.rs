@@ -607,3 +607,46 @@ fn a_compose_folder_with_an_override_and_env_deploys_with_the_merged_settings() 
     let sources = server.cli(&["get", "catalogsources", "-o", "json"]);
     assert!(sources.contains("\"notes\""), "{sources}");
 }
+
+#[test]
+fn password_values_are_never_shown_by_rsgo_get_or_the_log() {
+    let image = format!("{}/{}/app:latest", registry(), unique("secret"));
+    build_and_push(&image, "v1");
+    let product = unique("vault");
+    let manifest = |version: &str| {
+        format!(
+            "metadata: {{name: {product}, productVersion: '{version}'}}\nvariables:\n  DB_PASSWORD: {{type: Password, required: true}}\n  MODE: {{default: plain}}\nservices:\n  app:\n    image: {image}\n    environment: {{DB_PASSWORD: '${{DB_PASSWORD}}', MODE: '${{MODE}}'}}\n"
+        )
+    };
+    let server = Server::start(&[("a.yaml", manifest("1.0.0")), ("b.yaml", manifest("1.1.0"))]);
+    let (env, stack, secret) = (server.environment.clone(), unique("st"), "s3cr3t-Pa55");
+    server.apply(&format!(
+        "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: {stack}}}\nspec:\n  environment: {env}\n  product: {product}\n  version: '1.0.0'\n  variables: {{DB_PASSWORD: '{secret}', MODE: visible}}\n"
+    ));
+    wait_phase(&server, &stack, "Running");
+    let key = server.key(&["Hooks.Upgrade"]);
+    let body = format!(
+        "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"1.1.0\",\"variables\":{{\"DB_PASSWORD\":\"{secret}-2\"}},\"wait\":true}}"
+    );
+    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body));
+    assert_eq!(status, 200, "{reply}");
+    assert!(!reply.to_string().contains(secret));
+    // The container gets the value; rsgo's own output never shows it.
+    assert!(env_of(&server.name(&stack, "app")).contains(&format!("DB_PASSWORD={secret}-2")));
+    let stacks = server.cli(&["get", "stacks", &stack, "--environment", &env, "-o", "json"]);
+    let shown: Value = serde_json::from_str(&stacks).unwrap();
+    assert_eq!(
+        shown["spec"]["variables"]["DB_PASSWORD"], "(hidden)",
+        "{stacks}"
+    );
+    assert_eq!(shown["spec"]["variables"]["MODE"], "visible", "{stacks}");
+    assert_eq!(
+        shown["status"]["hiddenVariables"],
+        serde_json::json!(["DB_PASSWORD"])
+    );
+    let records = server.cli(&["get", "deployments", "--environment", &env, "-o", "yaml"]);
+    assert!(records.contains("DB_PASSWORD: (hidden)"), "{records}");
+    for output in [&stacks, &records, &server.log()] {
+        assert!(!output.contains(secret), "{output}");
+    }
+}
