@@ -5,6 +5,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    // HTTPS fetches of git sources use rustls without a built-in crypto provider; ring is the
+    // one kube's client uses too. Installing fails only when one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

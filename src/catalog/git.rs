@@ -17,6 +17,21 @@ use crate::model::GitSource;
 /// How long one fetch may take before the sync gives up on it.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A user name and password (or access token) for an HTTPS remote.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The user name.
+    pub username: String,
+    /// The password or token; never printed.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, password hidden)", self.username)
+    }
+}
+
 /// What a fetch brought.
 #[derive(Debug)]
 pub struct Fetched {
@@ -54,9 +69,15 @@ impl KeptClone {
         })
     }
 
-    /// Fetches `spec` and returns the commit its ref names.
-    pub fn fetch(&self, spec: &GitSource) -> Result<Fetched, String> {
-        let (commit, objects) = fetch_ref(&self.repo, spec)?;
+    /// Fetches `spec`, answering the remote's request for credentials with `credentials` (and
+    /// never with the machine's own git credential helpers), and returns the commit its ref
+    /// names.
+    pub fn fetch(
+        &self,
+        spec: &GitSource,
+        credentials: Option<Credentials>,
+    ) -> Result<Fetched, String> {
+        let (commit, objects) = fetch_ref(&self.repo, spec, credentials)?;
         Ok(Fetched {
             revision: commit.to_string(),
             objects,
@@ -107,7 +128,11 @@ fn open_clone(dir: &Path, url: &str) -> Result<gix::Repository, String> {
 
 /// Fetches the remote's HEAD and every branch and tag, and returns the commit `spec.ref` names (the remote's HEAD
 /// when unset) and how many objects were received.
-fn fetch_ref(repo: &gix::Repository, spec: &GitSource) -> Result<(gix::ObjectId, u64), String> {
+fn fetch_ref(
+    repo: &gix::Repository,
+    spec: &GitSource,
+    credentials: Option<Credentials>,
+) -> Result<(gix::ObjectId, u64), String> {
     let failed = |e: &dyn std::fmt::Display| format!("fetching {}: {e}", spec.url);
     let remote = repo
         .remote_at(spec.url.as_str())
@@ -124,6 +149,22 @@ fn fetch_ref(repo: &gix::Repository, spec: &GitSource) -> Result<(gix::ObjectId,
     let outcome = remote
         .connect(Direction::Fetch)
         .map_err(|e| failed(&e))?
+        .with_credentials(move |action| {
+            use gix::credentials::helper::{Action, NextAction};
+            Ok(match (action, &credentials) {
+                (Action::Get(context), Some(account)) => {
+                    Some(gix::credentials::protocol::Outcome {
+                        identity: gix::sec::identity::Account {
+                            username: account.username.clone(),
+                            password: account.password.clone(),
+                            oauth_refresh_token: None,
+                        },
+                        next: NextAction::from(context),
+                    })
+                }
+                _ => None,
+            })
+        })
         .prepare_fetch(gix::progress::Discard, Default::default())
         .map_err(|e| failed(&e))?
         .receive(gix::progress::Discard, &AtomicBool::new(false))

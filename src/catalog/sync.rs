@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
 use super::{Catalog, Loaded, git, load_directory};
@@ -36,6 +37,8 @@ pub struct SharedCatalog {
     finished: std::sync::Mutex<Option<std::time::Instant>>,
     /// Where git sources keep their clones; without it, git sources fail to sync.
     git_cache: Option<PathBuf>,
+    /// Where the Secrets of git sources are: rsgo's namespace on Kubernetes, none standalone.
+    secret_namespace: String,
 }
 
 /// How eagerly a missing version makes the catalog sync.
@@ -58,10 +61,12 @@ impl SharedCatalog {
         }
     }
 
-    /// An empty catalog whose git sources keep their clones below `dir`.
-    pub fn with_git_cache(dir: PathBuf) -> Self {
+    /// An empty catalog whose git sources keep their clones below `dir` and find their Secrets
+    /// in `secret_namespace` (empty in standalone mode).
+    pub fn with_git_cache(dir: PathBuf, secret_namespace: String) -> Self {
         Self {
             git_cache: Some(dir),
+            secret_namespace,
             ..Default::default()
         }
     }
@@ -142,7 +147,11 @@ struct Read {
 }
 
 /// Reads one source: a directory as it is, a git repository after fetching it.
-async fn read_source(catalog: &SharedCatalog, source: &CatalogSource) -> Result<Read> {
+async fn read_source(
+    store: &Arc<dyn Store>,
+    catalog: &SharedCatalog,
+    source: &CatalogSource,
+) -> Result<Read> {
     let join = |e: tokio::task::JoinError| Error::Task(e.to_string());
     if let Some(dir) = &source.spec.directory {
         let path = PathBuf::from(&dir.path);
@@ -163,9 +172,14 @@ async fn read_source(catalog: &SharedCatalog, source: &CatalogSource) -> Result<
     let cache = catalog.git_cache.clone().ok_or_else(|| {
         Error::Invalid("git sources need a data directory to keep their clones in".into())
     })?;
+    let credentials = match &spec.secret_ref {
+        Some(secret) => Some(credentials(store, &catalog.secret_namespace, &secret.name).await?),
+        None => None,
+    };
     let name = source.name_any();
     let last_good = source.status.as_ref().and_then(|s| s.revision.clone());
-    let fetch = tokio::task::spawn_blocking(move || read_git(&cache, &name, &spec, last_good));
+    let fetch =
+        tokio::task::spawn_blocking(move || read_git(&cache, &name, &spec, credentials, last_good));
     match tokio::time::timeout(git::FETCH_TIMEOUT, fetch).await {
         Ok(read) => read.map_err(join)?,
         Err(_) => Err(Error::Unreachable(format!(
@@ -182,10 +196,11 @@ fn read_git(
     cache: &std::path::Path,
     name: &str,
     spec: &GitSource,
+    credentials: Option<git::Credentials>,
     last_good: Option<String>,
 ) -> Result<Read> {
     let clone = git::KeptClone::open(cache, name, &spec.url).map_err(Error::Unreachable)?;
-    let fetched = clone.fetch(spec).map_err(Error::Unreachable)?;
+    let fetched = clone.fetch(spec, credentials).map_err(Error::Unreachable)?;
     tracing::info!(source = %name, revision = %fetched.revision, objects = fetched.objects, "git source fetched");
     let path = spec.path.as_deref();
     let keep: Vec<&str> = last_good.iter().map(String::as_str).collect();
@@ -217,6 +232,34 @@ fn read_git(
     })
 }
 
+/// The `username` and `password` of Secret `name`: the keys Flux uses for HTTPS remotes.
+async fn credentials(
+    store: &Arc<dyn Store>,
+    namespace: &str,
+    name: &str,
+) -> Result<git::Credentials> {
+    let secret = store.get::<Secret>(namespace, name).await?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "Secret '{name}' named by spec.git.secretRef does not exist"
+        ))
+    })?;
+    let data = secret.data.unwrap_or_default();
+    let value = |key: &str| {
+        data.get(key)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "Secret '{name}' has no {key} (as UTF-8 text) for the git remote"
+                ))
+            })
+    };
+    Ok(git::Credentials {
+        username: value("username")?,
+        password: value("password")?,
+    })
+}
+
 /// The first 12 digits of a commit id, as messages show it.
 fn short(revision: &str) -> &str {
     &revision[..revision.len().min(12)]
@@ -236,7 +279,7 @@ async fn sync_in_turn(
     for source in sources.iter().filter(|s| which(s)) {
         let name = source.name_any();
         let outcome = match source.validate() {
-            Ok(()) => read_source(catalog, source).await,
+            Ok(()) => read_source(store, catalog, source).await,
             Err(reason) => Err(Error::Invalid(reason)),
         };
         let status = match outcome {

@@ -5,13 +5,14 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::out;
 use crate::model::{API_VERSION, ApiKey, CatalogSource, Environment, Stack};
-use crate::store::{Object, Store, Write, encode};
+use crate::store::{CONTENT_FIELDS, Object, Store, Write, encode};
 use crate::{Error, Result};
 
 fn read_input(file: &Path) -> Result<String> {
@@ -42,6 +43,8 @@ pub enum Document {
     Stack(Stack),
     /// An ApiKey.
     ApiKey(ApiKey),
+    /// A Secret (v1) holding credentials, `stringData` already folded into `data`.
+    Secret(Secret),
 }
 
 /// The documents of an apply file with their positions (from 1); empty documents are skipped.
@@ -69,20 +72,22 @@ pub fn check_document(position: usize, doc: &Value) -> Result<Document> {
         .get("apiVersion")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if api_version != API_VERSION {
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let expected = if kind == "Secret" { "v1" } else { API_VERSION };
+    if api_version != expected {
         return Err(Error::Invalid(format!(
-            "document {position}: apiVersion must be {API_VERSION}, got '{api_version}'"
+            "document {position}: apiVersion must be {expected}, got '{api_version}'"
         )));
     }
-    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
     let document = match kind {
         "Environment" => Document::Environment(decode(doc, position)?),
         "CatalogSource" => Document::CatalogSource(decode(doc, position)?),
         "Stack" => Document::Stack(decode(doc, position)?),
         "ApiKey" => Document::ApiKey(decode(doc, position)?),
+        "Secret" => Document::Secret(secret(doc, position)?),
         other => {
             return Err(Error::Invalid(format!(
-                "document {position}: kind '{other}' cannot be applied; use Environment, CatalogSource, Stack or ApiKey"
+                "document {position}: kind '{other}' cannot be applied; use Environment, CatalogSource, Stack, ApiKey or Secret"
             )));
         }
     };
@@ -101,6 +106,68 @@ pub fn check_document(position: usize, doc: &Value) -> Result<Document> {
     Ok(document)
 }
 
+/// The types of Secret rsgo reads.
+const SECRET_TYPES: [&str; 3] = [
+    "Opaque",
+    "kubernetes.io/basic-auth",
+    "kubernetes.io/ssh-auth",
+];
+
+/// Decodes a Secret and folds `stringData` into `data`, as the API server does. Errors never
+/// quote a value: a decoding error of serde could.
+fn secret(doc: &Value, position: usize) -> Result<Secret> {
+    let name = doc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let refuse =
+        |reason: &str| Error::Invalid(format!("document {position}: Secret '{name}': {reason}"));
+    let mut secret: Secret = serde_json::from_value(doc.clone()).map_err(|_| {
+        refuse("must have metadata, and data values in base64 (stringData takes plain text); nothing else is read")
+    })?;
+    if secret
+        .metadata
+        .namespace
+        .as_deref()
+        .is_some_and(|ns| !ns.is_empty())
+    {
+        return Err(refuse(
+            "standalone rsgo keeps Secrets without a namespace; remove metadata.namespace",
+        ));
+    }
+    if let Some(kind) = secret
+        .type_
+        .as_deref()
+        .filter(|t| !SECRET_TYPES.contains(t))
+    {
+        return Err(refuse(&format!(
+            "type '{kind}' is not one rsgo reads ({})",
+            SECRET_TYPES.join(", ")
+        )));
+    }
+    let mut data = secret.data.take().unwrap_or_default();
+    for (key, value) in secret.string_data.take().unwrap_or_default() {
+        data.insert(key, k8s_openapi::ByteString(value.into_bytes()));
+    }
+    if let Some(key) = data.keys().find(|k| !is_secret_key(k)) {
+        return Err(refuse(&format!(
+            "key '{}' is not made of letters, digits, '-', '_' and '.'",
+            key.chars().take(64).collect::<String>()
+        )));
+    }
+    secret.data = Some(data);
+    Ok(secret)
+}
+
+/// A Secret's key as Kubernetes allows it.
+fn is_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 impl Document {
     fn encode(&self) -> Result<Value> {
         match self {
@@ -108,6 +175,7 @@ impl Document {
             Document::CatalogSource(o) => encode(o),
             Document::Stack(o) => encode(o),
             Document::ApiKey(o) => encode(o),
+            Document::Secret(o) => encode(o),
         }
     }
 }
@@ -172,7 +240,7 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
         let existing = store.get_raw(kind.clone(), namespace, name.clone()).await?;
         let verb = match &existing {
             None => "created",
-            Some(old) if old.get("spec") == value.get("spec") => "unchanged",
+            Some(old) if same_content(old, &value) => "unchanged",
             Some(_) => "configured",
         };
         report.push(format!("{}/{name} {verb}", kind.to_lowercase()));
@@ -195,6 +263,13 @@ pub async fn apply(store: &Arc<dyn Store>, file: &Path) -> Result<()> {
         out(&line)?;
     }
     Ok(())
+}
+
+/// Whether an applied document says what the stored one says: spec, or a Secret's data and type.
+fn same_content(stored: &Value, applied: &Value) -> bool {
+    CONTENT_FIELDS
+        .iter()
+        .all(|field| stored.get(field) == applied.get(field))
 }
 
 /// Refuses environments that would keep their stacks in the namespace of another environment:

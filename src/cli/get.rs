@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use clap::ValueEnum;
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -23,6 +24,9 @@ pub enum Listable {
     /// Catalog sources.
     #[value(alias = "catalogsource", alias = "sources")]
     Catalogsources,
+    /// Secrets: names, types and keys, never values.
+    #[value(alias = "secret")]
+    Secrets,
 }
 
 /// Each object as a document and as a table row.
@@ -134,7 +138,20 @@ fn hide_stack_secrets(doc: &mut Value) {
     });
 }
 
-/// Prints stacks, deployment records, environments or catalog sources.
+fn secret_row(s: &Secret) -> Vec<String> {
+    let keys: Vec<&str> = s
+        .data
+        .iter()
+        .flat_map(|data| data.keys().map(String::as_str))
+        .collect();
+    vec![
+        s.name_any(),
+        s.type_.clone().unwrap_or_else(|| "Opaque".into()),
+        keys.join(","),
+    ]
+}
+
+/// Prints stacks, deployment records, environments, catalog sources or secrets.
 pub async fn get(
     store: &Arc<dyn Store>,
     what: Listable,
@@ -161,6 +178,13 @@ pub async fn get(
         }
         Listable::Environments => rows(store.list::<Environment>(None).await?, environment_row)?,
         Listable::Catalogsources => rows(store.list::<CatalogSource>(None).await?, source_row)?,
+        Listable::Secrets => {
+            let mut secrets = rows(store.list::<Secret>(None).await?, secret_row)?;
+            for (doc, _) in &mut secrets {
+                hide(doc.get_mut("data"), |_| true);
+            }
+            secrets
+        }
     };
     let rows: Vec<_> = rows
         .into_iter()
@@ -175,6 +199,7 @@ pub async fn get(
                 Listable::Deployments => "Deployment",
                 Listable::Environments => "Environment",
                 Listable::Catalogsources => "CatalogSource",
+                Listable::Secrets => "Secret",
             }
             .into(),
             name: name.into(),
@@ -210,6 +235,7 @@ pub async fn get(
             "VERSIONS",
             "ERRORS",
         ],
+        Listable::Secrets => &["NAME", "TYPE", "KEYS"],
     };
     let table: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
         .chain(rows.into_iter().map(|(_, row)| row))

@@ -158,7 +158,17 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     for dir in &args.catalogs {
         register_catalog(&store, dir).await?;
     }
-    let catalog = Arc::new(SharedCatalog::with_git_cache(data_dir.join("git")));
+    // Secrets of git sources: rsgo's own namespace on Kubernetes, none in standalone mode.
+    let secret_namespace = match &client {
+        Some(client) => {
+            std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().to_owned())
+        }
+        None => String::new(),
+    };
+    let catalog = Arc::new(SharedCatalog::with_git_cache(
+        data_dir.join("git"),
+        secret_namespace,
+    ));
     let catalog_synced = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(sync_on_source_changes(
         store.clone(),

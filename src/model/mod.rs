@@ -148,8 +148,8 @@ pub struct CatalogSourceSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GitSource {
-    /// Where the repository is: `file://`, `git://` or `ssh://` (an `https://` URL is refused
-    /// until rsgo can fetch over HTTP).
+    /// Where the repository is: `https://`, `http://` (without credentials), `ssh://`, `git://`
+    /// or `file://`. Credentials never go in the URL: use `secretRef`.
     pub url: String,
     /// A branch, tag or full commit id to read. When absent, the remote's HEAD (its default
     /// branch).
@@ -163,6 +163,18 @@ pub struct GitSource {
     /// the catalog lacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    /// A Secret with `username` and `password` (an access token) for an `https://` remote: in
+    /// rsgo's namespace on Kubernetes, applied with `rsgo apply` in standalone mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+}
+
+/// Names a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// The Secret's name.
+    pub name: String,
 }
 
 /// A directory of RSGo manifests.

@@ -117,6 +117,9 @@ pub fn validate_document(doc: &Value, creating: bool) -> Result<()> {
         "ApiKey" => decode::<ApiKey>(doc).and_then(|k| k.validate()),
         "CatalogSource" => decode::<CatalogSource>(doc).and_then(|c| c.validate()),
         "DeploymentRecord" => decode::<DeploymentRecord>(doc).map(drop),
+        "Secret" => decode::<k8s_openapi::api::core::v1::Secret>(doc)
+            .map(drop)
+            .map_err(|_| "not a Secret".to_owned()),
         other => Err(format!("kind '{other}' is not an rsgo kind")),
     };
     spec.map_err(invalid)
@@ -286,22 +289,42 @@ impl GitSource {
     pub fn validate(&self) -> Result<(), String> {
         let url = gix::url::parse(gix::bstr::BStr::new(self.url.as_bytes()))
             .map_err(|_| format!("spec.git.url '{}' is not a git URL", shown(&self.url)))?;
+        if url.password().is_some() {
+            // The URL is shown in statuses and errors; a token in it would be too.
+            return Err(
+                "spec.git.url holds a password; put credentials in a Secret named by \
+                 spec.git.secretRef"
+                    .into(),
+            );
+        }
         use gix::url::Scheme;
+        let credentials = self.secret_ref.is_some();
         match url.scheme {
-            Scheme::File | Scheme::Git | Scheme::Ssh => {}
-            Scheme::Http | Scheme::Https => {
+            Scheme::Https => {}
+            Scheme::Http if !credentials => {}
+            Scheme::Http => {
                 return Err(format!(
-                    "spec.git.url '{}': fetching over HTTP(S) is not supported yet; use file://, \
-                     git:// or ssh://",
+                    "spec.git.url '{}': rsgo sends credentials only over https://",
                     shown(&self.url)
                 ));
             }
+            Scheme::File | Scheme::Git | Scheme::Ssh if credentials => {
+                return Err(format!(
+                    "spec.git.secretRef: credentials from a Secret are used for https:// remotes \
+                     only; '{}' takes none (ssh:// uses the SSH client's own keys)",
+                    shown(&self.url)
+                ));
+            }
+            Scheme::File | Scheme::Git | Scheme::Ssh => {}
             _ => {
                 return Err(format!(
-                    "spec.git.url '{}' must use file://, git:// or ssh://",
+                    "spec.git.url '{}' must use https://, http://, ssh://, git:// or file://",
                     shown(&self.url)
                 ));
             }
+        }
+        if let Some(secret) = &self.secret_ref {
+            check_subdomain("spec.git.secretRef.name", &secret.name)?;
         }
         if let Some(reference) = &self.reference {
             let ok = !reference.is_empty()

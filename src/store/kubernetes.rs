@@ -1,11 +1,13 @@
 //! [`Store`] on the Kubernetes API: rsgo's objects are custom resources. Environment = namespace
-//! for Stacks and DeploymentRecords; ApiKeys, Environments and CatalogSources are cluster-scoped.
+//! for Stacks and DeploymentRecords; ApiKeys, Environments and CatalogSources are cluster-scoped;
+//! Secrets (credentials of git sources) are the cluster's own, in rsgo's namespace.
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
@@ -35,6 +37,8 @@ fn resource(kind: &str) -> Result<(ApiResource, bool)> {
         "Environment" => (ApiResource::erase::<Environment>(&()), false),
         "CatalogSource" => (ApiResource::erase::<CatalogSource>(&()), false),
         "ApiKey" => (ApiResource::erase::<ApiKey>(&()), false),
+        // Credentials of git catalog sources, read from rsgo's namespace.
+        "Secret" => (ApiResource::erase::<Secret>(&()), true),
         other => {
             return Err(Error::Invalid(format!(
                 "kind '{other}' is not an rsgo kind"

@@ -22,6 +22,10 @@ pub use sqlite::SqliteStore;
 
 use crate::{Error, Result};
 
+/// What an update replaces besides metadata: the spec of rsgo's kinds, the data and type of a
+/// Secret. Status is written on its own.
+pub const CONTENT_FIELDS: [&str; 3] = ["spec", "data", "type"];
+
 /// A resource type the store can hold.
 pub trait Object:
     Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug + Send + Sync + 'static

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, oneshot, watch};
 
-use super::{Change, Changes, Label, Store, Write, check_writes, identity, text};
+use super::{CONTENT_FIELDS, Change, Changes, Label, Store, Write, check_writes, identity, text};
 use crate::{Error, Result};
 
 /// How often watchers look for writes made by other processes.
@@ -401,10 +401,19 @@ fn apply_write(tx: &Connection, write: Write) -> Result<Option<Value>> {
             if !expected.is_empty() && expected != text(&stored, "/metadata/resourceVersion") {
                 return Err(Error::Conflict { kind, name });
             }
-            if stored.get("spec") != doc.get("spec") {
+            if CONTENT_FIELDS.iter().any(|f| stored.get(f) != doc.get(f)) {
                 let generation = stored["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
                 stored["metadata"]["generation"] = json!(generation);
-                stored["spec"] = doc.get("spec").cloned().unwrap_or(Value::Null);
+                for field in CONTENT_FIELDS {
+                    match doc.get(field) {
+                        Some(value) => stored[field] = value.clone(),
+                        None => {
+                            if let Some(object) = stored.as_object_mut() {
+                                object.remove(field);
+                            }
+                        }
+                    }
+                }
             }
             // deletionTimestamp is the store's to set (on a delete request), never the writer's.
             for field in ["labels", "annotations", "finalizers", "ownerReferences"] {

@@ -4,14 +4,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::git_https::GitHttps;
 use crate::support::{
-    Server, build_and_push, docker, example_product, free_port, inspect, registry, rsgo, unique,
-    wait_for,
+    Options, Server, build_and_push, docker, example_product, free_port, inspect, registry, rsgo,
+    unique, wait_for,
 };
 
 /// A Stack of one stack (`part`) of a product, at `version`, with `variables` (YAML flow map).
@@ -493,12 +495,16 @@ fn git_sources_are_checked_when_applied() {
     let data = TempDir::new().unwrap();
     let cases = [
         (
-            "{url: 'https://git.example.com/c.git'}",
-            "fetching over HTTP(S) is not supported yet",
+            "{url: 'http://git.example.com/c.git', secretRef: {name: creds}}",
+            "rsgo sends credentials only over https://",
+        ),
+        (
+            "{url: 'ssh://git@git.example.com/c.git', secretRef: {name: creds}}",
+            "credentials from a Secret are used for https:// remotes only",
         ),
         (
             "{url: 'ftp://example.com/c.git'}",
-            "must use file://, git:// or ssh://",
+            "must use https://, http://, ssh://, git:// or file://",
         ),
         (
             "{url: 'file:///srv/c.git', ref: '../main'}",
@@ -649,4 +655,148 @@ fn password_values_are_never_shown_by_rsgo_get_or_the_log() {
     for output in [&stacks, &records, &server.log()] {
         assert!(!output.contains(secret), "{output}");
     }
+}
+
+#[test]
+fn an_https_remote_is_fetched_with_the_token_of_a_secret() {
+    let product = unique("httpsapp");
+    let origin = Origin::new();
+    let commit = origin.push(&[("app-1.0.0.yaml", product_yaml(&product, "1.0.0", "img:1"))]);
+    let (user, token) = ("ci-bot", "glpat-t0ken-for-rsgo-tests");
+    let https = GitHttps::serve(origin.dir.path(), user, token);
+    let server = Server::start_with(
+        &[],
+        Options {
+            env: vec![("SSL_CERT_FILE".into(), https.ca_file.display().to_string())],
+            ..Default::default()
+        },
+    );
+    let key = server.key(&["Hooks.SyncSources"]);
+    let source = unique("https");
+    let url = format!("{}/origin.git", https.base);
+
+    // Without credentials the remote refuses, and the sync says which source failed.
+    server.apply(&git_source(&source, &url, None));
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 500, "{reply}");
+    let message = reply["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("source '{source}': fetching {url}")),
+        "{message}"
+    );
+    assert!(https.refused.load(Ordering::SeqCst) > 0);
+
+    // A Secret as Kubernetes has it (stringData), named by secretRef, gives the token.
+    server.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: catalog-credentials}}\ntype: kubernetes.io/basic-auth\nstringData: {{username: {user}, password: {token}}}\n"
+    ));
+    let with_secret = format!(
+        "{}    secretRef: {{name: catalog-credentials}}\n",
+        git_source(&source, &url, None)
+    );
+    server.apply(&with_secret);
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 200, "{reply}\n{}", server.log());
+    assert!(https.authorized.load(Ordering::SeqCst) > 0);
+    assert_eq!(source_status(&server, &source)["revision"], commit);
+
+    // A wrong token is refused by the remote and named by source, never shown.
+    server.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: catalog-credentials}}\nstringData: {{username: {user}, password: not-{token}}}\n"
+    ));
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 500, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("source '{source}'"))
+    );
+    assert_eq!(
+        source_status(&server, &source)["revision"],
+        commit,
+        "the last good revision stays"
+    );
+
+    let table = server.cli(&["get", "secrets"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("catalog-credentials") && l.contains("password,username")),
+        "{table}"
+    );
+    let json = server.cli(&["get", "secrets", "catalog-credentials", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&json).unwrap()["data"],
+        serde_json::json!({"password": "(hidden)", "username": "(hidden)"})
+    );
+    for output in [&table, &json, &server.log(), &reply.to_string()] {
+        assert!(!output.contains(token), "{output}");
+    }
+}
+
+#[test]
+fn secrets_are_checked_when_applied_and_never_echoed() {
+    let data = TempDir::new().unwrap();
+    let cases = [
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {password: 'n0t base64 s3cr3t'}\n",
+            "data values in base64",
+        ),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: team}\nstringData: {password: s3cr3t}\n",
+            "remove metadata.namespace",
+        ),
+        (
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ntype: kubernetes.io/tls\nstringData: {password: s3cr3t}\n",
+            "type 'kubernetes.io/tls' is not one rsgo reads",
+        ),
+        (
+            "apiVersion: rsgo.io/v1alpha1\nkind: Secret\nmetadata: {name: s}\nstringData: {password: s3cr3t}\n",
+            "apiVersion must be v1",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let file = data.path().join("secret.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let output = rsgo(data.path(), &["apply", "-f", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(expected),
+            "{yaml}: {stderr}"
+        );
+        assert!(!stderr.contains("s3cr3t"), "{stderr}");
+    }
+    let file = data.path().join("good.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {password: czNjcjN0}\nstringData: {username: bot}\n",
+    )
+    .unwrap();
+    let apply = |expected: &str| {
+        let output = rsgo(data.path(), &["apply", "-f", file.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(stdout.trim(), expected);
+    };
+    apply("secret/s created");
+    apply("secret/s unchanged");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {username: bot, password: n3w}\n",
+    )
+    .unwrap();
+    apply("secret/s configured");
+    let https_with_password = data.path().join("source.yaml");
+    std::fs::write(
+        &https_with_password,
+        "apiVersion: rsgo.io/v1alpha1\nkind: CatalogSource\nmetadata: {name: c}\nspec:\n  git: {url: 'https://bot:s3cr3t@git.example.com/c.git'}\n",
+    )
+    .unwrap();
+    let output = rsgo(
+        data.path(),
+        &["apply", "-f", https_with_password.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("put credentials in a Secret"), "{stderr}");
+    assert!(!stderr.contains("s3cr3t"), "{stderr}");
 }

@@ -8,6 +8,7 @@ mod engine_proxy;
 mod fake_api;
 mod fake_rollout;
 mod fake_rules;
+mod git_https;
 mod guarantees;
 mod hooks;
 mod kube_mock;

@@ -150,6 +150,7 @@ pub struct Server {
     pub data: TempDir,
     data_dir: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     /// Catalog directory the server was started with.
     pub catalog: PathBuf,
     /// Environment the test's stacks run in (unique, on the local engine).
@@ -171,6 +172,8 @@ pub struct Options {
     pub prepare: Option<Prepare>,
     /// The test environment's Docker host (default: the local engine's socket).
     pub docker_host: Option<String>,
+    /// Extra environment variables of `rsgo serve`.
+    pub env: Vec<(String, String)>,
 }
 
 /// A TCP port on 127.0.0.1 that nothing listens on now.
@@ -221,13 +224,15 @@ impl Server {
             .collect();
         args.push(catalog_dir.path().to_string_lossy().into_owned());
         args.extend(options.args);
-        let (child, url) = spawn_serve(&data_dir, &args, &data.path().join("serve.log"));
+        let env = options.env;
+        let (child, url) = spawn_serve(&data_dir, &args, &env, &data.path().join("serve.log"));
         let server = Server {
             child,
             url,
             data,
             data_dir,
             args,
+            env,
             catalog: catalog_dir.path().to_owned(),
             environment,
             _catalog_dir: catalog_dir,
@@ -248,7 +253,7 @@ impl Server {
     /// to the old one.
     pub fn restart(&mut self) {
         self.kill();
-        let (child, url) = spawn_serve(&self.data_dir, &self.args, &self.log_path());
+        let (child, url) = spawn_serve(&self.data_dir, &self.args, &self.env, &self.log_path());
         self.child = child;
         self.url = url;
         self.wait_ready();
@@ -263,7 +268,7 @@ impl Server {
     /// A second `rsgo serve` on this server's data directory, logging to `log`.
     pub fn second(&self, log: &str) -> Second {
         let path = self.data.path().join(log);
-        let (child, url) = spawn_serve(&self.data_dir, &self.args, &path);
+        let (child, url) = spawn_serve(&self.data_dir, &self.args, &self.env, &path);
         let second = Second {
             child,
             url,
@@ -372,7 +377,12 @@ impl Server {
 }
 
 /// Starts `rsgo serve` on a free port with `args`, appending its log to `log`.
-fn spawn_serve(data_dir: &Path, args: &[String], log: &Path) -> (Child, String) {
+fn spawn_serve(
+    data_dir: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    log: &Path,
+) -> (Child, String) {
     let port = free_port();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -385,6 +395,7 @@ fn spawn_serve(data_dir: &Path, args: &[String], log: &Path) -> (Child, String) 
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(args)
         .env("RSGO_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
