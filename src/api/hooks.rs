@@ -20,7 +20,7 @@ use super::request::{
 };
 use super::responses::{DeploymentResponse, RedeployResponse, SyncResponse, UpgradeResponse};
 use super::{ApiError, AppState};
-use crate::catalog::{self, render, sync, variables};
+use crate::catalog::{self, render_with_secrets, sync, variables};
 use crate::model::{
     DEPLOYMENT_ANNOTATION, DeploymentAction, DeploymentPhase, DeploymentRecord,
     DeploymentRecordSpec, Environment, Permission, REDEPLOY_ANNOTATION, STACK_LABEL, Stack,
@@ -273,6 +273,9 @@ pub async fn upgrade(
     let (environment, namespace) = (env.name_any(), env.stack_namespace());
     let target = catalog::parse_version(&request.target_version)
         .map_err(|e| ApiError::bad_request(format!("targetVersion {e}.")))?;
+    // The values of variables taken from Secrets, read once: the new version is rendered with
+    // them before anything is stored.
+    let mut from_secrets = BTreeMap::new();
     if let Some(stack) = state
         .store
         .get::<Stack>(&namespace, &request.stack_name)
@@ -286,6 +289,10 @@ pub async fn upgrade(
             sync::MissPolicy::EveryMiss,
         )
         .await?;
+        from_secrets = crate::reconcile::variable_values(&state.store, &stack)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("Cannot upgrade to {target}: {e}.")))?;
+        from_secrets.retain(|name, _| stack.spec.variables_from.contains_key(name));
     }
     let (_, record) = request_rollout(
         &state.store,
@@ -293,7 +300,7 @@ pub async fn upgrade(
         &request.stack_name,
         &key.spec.display_name,
         None,
-        |stack| upgraded(&state, &env, &request, &target, stack),
+        |stack| upgraded(&state, &env, &request, &target, &from_secrets, stack),
     )
     .await?;
     let id = record.name_any();
@@ -326,6 +333,7 @@ fn upgraded(
     env: &Environment,
     request: &UpgradeRequest,
     target: &semver::Version,
+    from_secrets: &BTreeMap<String, String>,
     stack: &Stack,
 ) -> Result<(Stack, DeploymentRecordSpec), ApiError> {
     let catalog = state.catalog.read()?;
@@ -363,6 +371,24 @@ fn upgraded(
             unknown.join(", ")
         )));
     }
+    let mut secret_refs = BTreeMap::new();
+    for (name, source) in &stack.spec.variables_from {
+        if request.variables.contains_key(name) {
+            return Err(ApiError::bad_request(format!(
+                "Cannot upgrade to {target}: variable {name} takes its value from Secret '{}' \
+                 (spec.variablesFrom); a request cannot set it.",
+                source.secret_key_ref.name
+            )));
+        }
+        if !declared.contains_key(name) {
+            return Err(ApiError::bad_request(format!(
+                "Cannot upgrade to {target}: variable {name} (from Secret '{}') is not declared by \
+                 {product} {target}; remove it from spec.variablesFrom first.",
+                source.secret_key_ref.name
+            )));
+        }
+        secret_refs.insert(name.clone(), source.secret_key_ref.clone());
+    }
     // Stored values the new version no longer declares are dropped; the record keeps them
     // for a rollback.
     let mut merged: BTreeMap<String, String> = stack
@@ -373,7 +399,9 @@ fn upgraded(
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     merged.extend(request.variables.clone());
-    render(&stack.name_any(), env, &pv, part, &merged)
+    let mut values = merged.clone();
+    values.extend(from_secrets.clone());
+    render_with_secrets(&stack.name_any(), env, &pv, part, &values, &secret_refs)
         .map_err(|e| ApiError::bad_request(format!("Cannot upgrade to {target}: {e}.")))?;
     let mut desired_stack = stack.clone();
     desired_stack.spec.version = Some(target.to_string());

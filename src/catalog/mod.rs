@@ -24,7 +24,7 @@ pub use load::{
 };
 pub use manifest::{Manifest, Metadata, Service, Variable};
 pub use plan::{ContainerPlan, StackPlan};
-pub use render::render;
+pub use render::{render, render_with_secrets};
 
 use crate::Result;
 

@@ -69,6 +69,10 @@ pub struct ContainerPlan {
     pub networks: Vec<String>,
     /// Labels the manifest gives the service.
     pub labels: BTreeMap<String, String>,
+    /// Environment variables whose whole value is a stack variable taken from a Secret: a
+    /// runtime that can point at the Secret does so instead of copying the value from `env`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, crate::model::SecretKeyRef>,
     /// Hash of everything above: a change means the service must be replaced.
     #[serde(skip)]
     pub spec_hash: String,

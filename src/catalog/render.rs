@@ -15,7 +15,7 @@ use super::plan::{
 use super::policy::HostAccess;
 use super::variables::{resolve_variables, substitute};
 use super::{ProductVersion, StackDefinition};
-use crate::model::Environment;
+use crate::model::{Environment, SecretKeyRef};
 
 /// Label prefixes rsgo uses on what it creates; a manifest may not set labels under them.
 pub const RESERVED_LABEL_PREFIXES: [&str; 2] = ["io.rsgo.", "rsgo.io/"];
@@ -169,9 +169,10 @@ fn container(
     service: &super::manifest::Service,
     definition: &StackDefinition,
     version: &str,
-    vars: &BTreeMap<String, String>,
+    inputs: &Inputs<'_>,
     access: &HostAccess,
 ) -> Result<ContainerPlan, RenderError> {
+    let vars = &inputs.vars;
     // Every error says which field of which service it is about.
     let field = |field: &'static str| {
         move |reason: String| RenderError::Service {
@@ -186,8 +187,17 @@ fn container(
         return Err(field("image")("image is empty".into()));
     }
     let mut env = BTreeMap::new();
+    let mut secret_env = BTreeMap::new();
     for (key, value) in &service.environment {
         env.insert(key.clone(), text("environment", &value.0)?);
+        let whole = value
+            .0
+            .trim()
+            .strip_prefix("${")
+            .and_then(|v| v.strip_suffix('}'));
+        if let Some(secret) = whole.and_then(|name| inputs.secrets.get(name)) {
+            secret_env.insert(key.clone(), secret.clone());
+        }
     }
     let mut ports = Vec::new();
     for port in &service.ports {
@@ -238,10 +248,18 @@ fn container(
         depends_on: service.depends_on.clone(),
         networks,
         labels,
+        secret_env,
         spec_hash: String::new(),
     };
     plan.spec_hash = spec_hash(version, &plan);
     Ok(plan)
+}
+
+/// What a plan is rendered from besides the manifest: every variable's value, and which of them
+/// come from a key of a Secret.
+struct Inputs<'a> {
+    vars: BTreeMap<String, String>,
+    secrets: &'a BTreeMap<String, SecretKeyRef>,
 }
 
 /// Renders the plan of `stack` in `env` from one stack of a product version: `part` is `None`
@@ -254,10 +272,26 @@ pub fn render(
     part: Option<&str>,
     values: &BTreeMap<String, String>,
 ) -> Result<StackPlan, RenderError> {
+    render_with_secrets(stack, env, pv, part, values, &BTreeMap::new())
+}
+
+/// Like [`render`], where the variables named in `secrets` took their values (in `values`) from
+/// those Secret keys: environment variables that are just one of them say so in the plan.
+pub fn render_with_secrets(
+    stack: &str,
+    env: &Environment,
+    pv: &ProductVersion,
+    part: Option<&str>,
+    values: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, SecretKeyRef>,
+) -> Result<StackPlan, RenderError> {
     let definition = pv.stack(part).map_err(RenderError::Stack)?;
     let version = pv.version.to_string();
     let access = HostAccess::of(env);
-    let vars = resolve_variables(&definition.variables, values)?;
+    let inputs = Inputs {
+        vars: resolve_variables(&definition.variables, values)?,
+        secrets,
+    };
     let mut containers = Vec::new();
     for name in dependency_order(definition).map_err(RenderError::Dependencies)? {
         containers.push(container(
@@ -265,7 +299,7 @@ pub fn render(
             &definition.services[name],
             definition,
             &version,
-            &vars,
+            &inputs,
             &access,
         )?);
     }

@@ -252,6 +252,29 @@ pub struct StackSpec {
     /// Values for the product's variables; unset ones take the manifest defaults.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, String>,
+    /// Variables whose values come from Secrets instead of this spec, so that no secret is
+    /// written in it: a Secret of the stack's namespace on Kubernetes, one applied with
+    /// `rsgo apply` in standalone mode. A variable is set here or in `variables`, not both.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables_from: BTreeMap<String, VariableSource>,
+}
+
+/// Where a variable's value comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VariableSource {
+    /// One key of a Secret.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// One key of one Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    pub name: String,
+    /// The key whose value the variable takes.
+    pub key: String,
 }
 
 /// Lifecycle phase of a stack.

@@ -143,6 +143,22 @@ impl Stack {
         if let Some(part) = &self.spec.stack {
             crate::catalog::check_manifest_name("spec.stack", part)?;
         }
+        for (name, source) in &self.spec.variables_from {
+            if self.spec.variables.contains_key(name) {
+                return Err(format!(
+                    "variable '{}' is set in both spec.variables and spec.variablesFrom",
+                    shown(name)
+                ));
+            }
+            let secret = &source.secret_key_ref;
+            check_subdomain("spec.variablesFrom secretKeyRef.name", &secret.name)?;
+            if secret.key.is_empty() || secret.key.len() > 253 {
+                return Err(format!(
+                    "spec.variablesFrom.{}: secretKeyRef.key must be a Secret key",
+                    shown(name)
+                ));
+            }
+        }
         Ok(())
     }
 }

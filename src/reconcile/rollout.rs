@@ -12,7 +12,7 @@ use super::records::{Done, RecordUpdate, finish, set_record};
 use super::status::write_status;
 use crate::catalog::manifest::VariableType;
 use crate::catalog::sync;
-use crate::catalog::{StackPlan, render};
+use crate::catalog::{StackPlan, render_with_secrets};
 use crate::model::{
     DEPLOYMENT_ANNOTATION, DeploymentPhase, DeploymentRecord, Environment, REDEPLOY_ANNOTATION,
     Stack, StackPhase, StackStatus, check_label,
@@ -183,8 +183,16 @@ async fn prepare(
         })?
     };
     let part = stack.spec.stack.as_deref();
+    let values = super::variable_values(&ctx.store, stack).await?;
+    let secrets = stack
+        .spec
+        .variables_from
+        .iter()
+        .map(|(name, source)| (name.clone(), source.secret_key_ref.clone()))
+        .collect();
+    let name = stack.name_any();
     let plan =
-        render(&stack.name_any(), &env, &pv, part, &stack.spec.variables).map_err(|source| {
+        render_with_secrets(&name, &env, &pv, part, &values, &secrets).map_err(|source| {
             Error::Render {
                 product: pv.product.clone(),
                 version: pv.version.to_string(),

@@ -94,6 +94,11 @@ pub trait Store: Send + Sync + 'static {
     fn watch_raw(self: Arc<Self>, kind: String) -> BoxStream<'static, watcher::Event<Value>>;
     /// Wakes when this process wrote something; other processes' writes are found by polling.
     fn subscribe(&self) -> watch::Receiver<u64>;
+    /// Where a stack in `namespace` finds the Secrets its variables name: that namespace on
+    /// Kubernetes; the store keeps Secrets without a namespace in standalone mode.
+    fn secrets_namespace(&self, namespace: &str) -> String {
+        namespace.to_owned()
+    }
     /// Whether the store can take writes now; readiness fails while it cannot.
     fn writable(&self) -> BoxFuture<'_, Result<()>>;
     /// At most `limit` changes of a kind after revision `since`, read now, oldest first (a full

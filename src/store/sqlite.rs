@@ -461,6 +461,10 @@ fn apply_write(tx: &Connection, write: Write) -> Result<Option<Value>> {
 }
 
 impl Store for SqliteStore {
+    fn secrets_namespace(&self, _namespace: &str) -> String {
+        String::new()
+    }
+
     fn get_raw(
         &self,
         kind: String,

@@ -14,6 +14,7 @@ NON_DEFAULT = {
     "replicaCount": 3,
     "image": {"repository": "registry.example.com/rsgo", "tag": "1.2.3", "pullPolicy": "Always"},
     "serviceAccount": {"create": True, "name": "deployer", "annotations": {"example.com/role": "rsgo"}},
+    "rbac": {"create": True, "stackSecrets": True},
     "rsgo": {"defaultEnvironment": "prod", "resyncSeconds": 60, "logLevel": "debug", "port": 9090},
     "service": {"type": "NodePort", "port": 8080},
     "ingress": {
@@ -65,6 +66,7 @@ def main():
         report[label] = {
             "objects": [f"{o['kind']}/{o['metadata']['name']}" for o in objects],
             "deployment": next(o for o in objects if o["kind"] == "Deployment"),
+            "clusterRole": next(o for o in objects if o["kind"] == "ClusterRole"),
             "notes": notes,
         }
     crds = []

@@ -800,3 +800,70 @@ fn secrets_are_checked_when_applied_and_never_echoed() {
     assert!(stderr.contains("put credentials in a Secret"), "{stderr}");
     assert!(!stderr.contains("s3cr3t"), "{stderr}");
 }
+
+#[test]
+fn variables_from_a_secret_reach_the_container_and_never_the_stack() {
+    let image = format!("{}/{}/app:latest", registry(), unique("fromsecret"));
+    build_and_push(&image, "v1");
+    let product = unique("db");
+    let manifest = |version: &str| {
+        format!(
+            "metadata: {{name: {product}, productVersion: '{version}'}}\nvariables:\n  DB_PASSWORD: {{type: Password, required: true}}\nservices:\n  app:\n    image: {image}\n    environment: {{DB_PASSWORD: '${{DB_PASSWORD}}', RELEASE: '{version}'}}\n"
+        )
+    };
+    let server = Server::start(&[("a.yaml", manifest("1.0.0")), ("b.yaml", manifest("1.1.0"))]);
+    let (env, stack, secret) = (server.environment.clone(), unique("st"), "fr0m-a-s3cr3t");
+    let stack_yaml = format!(
+        "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: {stack}}}\nspec:\n  environment: {env}\n  product: {product}\n  version: '1.0.0'\n  variablesFrom:\n    DB_PASSWORD: {{secretKeyRef: {{name: shop-db, key: password}}}}\n"
+    );
+    // Before the Secret exists the stack fails and says which Secret it waits for.
+    server.apply(&stack_yaml);
+    let status = wait_phase(&server, &stack, "Failed");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("takes its value from Secret 'shop-db', which does not exist"),
+        "{status}"
+    );
+    server.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: shop-db}}\nstringData: {{password: {secret}}}\n"
+    ));
+    let status = wait_phase(&server, &stack, "Running");
+    assert_eq!(status["deployedVersion"], "1.0.0");
+    let container = server.name(&stack, "app");
+    assert!(env_of(&container).contains(&format!("DB_PASSWORD={secret}")));
+
+    // An upgrade renders with the Secret's value; a request may not set the variable itself.
+    let key = server.key(&["Hooks.Upgrade"]);
+    let body = |variables: &str| {
+        format!(
+            "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"1.1.0\",\"variables\":{variables},\"wait\":true}}"
+        )
+    };
+    let (status, reply) = server.hook(
+        "/api/hooks/upgrade",
+        &key,
+        Some(&body("{\"DB_PASSWORD\":\"x\"}")),
+    );
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("takes its value from Secret 'shop-db'")
+    );
+    let (status, reply) = server.hook("/api/hooks/upgrade", &key, Some(&body("{}")));
+    assert_eq!(status, 200, "{reply}\n{}", server.log());
+    let envs = env_of(&container);
+    assert!(envs.contains("RELEASE=1.1.0") && envs.contains(&format!("DB_PASSWORD={secret}")));
+
+    let shown = server.cli(&["get", "stacks", &stack, "--environment", &env, "-o", "json"]);
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        shown["spec"]["variablesFrom"]["DB_PASSWORD"]["secretKeyRef"],
+        serde_json::json!({"name": "shop-db", "key": "password"})
+    );
+    assert!(!shown.to_string().contains(secret));
+    assert!(!server.log().contains(secret));
+}

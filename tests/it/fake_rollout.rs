@@ -94,6 +94,7 @@ impl Cluster {
                 stack: None,
                 version: Some("1.0.0".into()),
                 variables: Default::default(),
+                variables_from: Default::default(),
             },
             status: None,
         };

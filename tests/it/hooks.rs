@@ -88,6 +88,7 @@ pub async fn fixture(backend: Backend) -> Fixture {
             stack: None,
             version: Some("6.4.0".into()),
             variables: BTreeMap::from([("TAG".into(), "2".into())]),
+            variables_from: Default::default(),
         },
         status: None,
     };

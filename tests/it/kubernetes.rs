@@ -132,6 +132,17 @@ fn the_chart_lints_renders_and_validates_with_default_and_custom_values() {
             .any(|a| a == "--store=kubernetes")
     );
 
+    // Reading Secrets of stack namespaces is an opt-in.
+    let reads_secrets = |label: &str| {
+        report[label]["clusterRole"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|rule| rule["resources"] == serde_json::json!(["secrets"]))
+    };
+    assert!(!reads_secrets("default"));
+    assert!(reads_secrets("non-default"));
+
     let custom = &report["non-default"]["deployment"]["spec"];
     assert_eq!(custom["replicas"], 3);
     assert_eq!(

@@ -26,6 +26,7 @@ fn stack(name: &str) -> Stack {
             stack: None,
             version: Some("1.0.0".into()),
             variables: Default::default(),
+            variables_from: Default::default(),
         },
         status: None,
     }

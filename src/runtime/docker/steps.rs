@@ -120,6 +120,7 @@ mod tests {
             depends_on: vec![],
             networks: vec!["default".into()],
             labels: Default::default(),
+            secret_env: Default::default(),
             spec_hash: hash.into(),
         }
     }

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HostPathVolumeSource, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+    Container, ContainerPort, EnvVar, EnvVarSource, HostPathVolumeSource,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -98,13 +99,29 @@ pub(super) fn pod_template(
     restarted_at: Option<&str>,
 ) -> Result<PodTemplateSpec, RenderError> {
     let (volumes, mounts) = volumes(stack, container);
+    // A variable that is just a Secret's key points at the Secret: its value never enters the
+    // Deployment.
     let env: Vec<EnvVar> = container
         .env
         .iter()
-        .map(|(name, value)| EnvVar {
-            name: name.clone(),
-            value: Some(value.clone()),
-            value_from: None,
+        .map(|(name, value)| match container.secret_env.get(name) {
+            Some(secret) => EnvVar {
+                name: name.clone(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.name.clone(),
+                        key: secret.key.clone(),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                }),
+            },
+            None => EnvVar {
+                name: name.clone(),
+                value: Some(value.clone()),
+                value_from: None,
+            },
         })
         .collect();
     let ports: Vec<ContainerPort> = container

@@ -340,6 +340,7 @@ volumes:
                 stack: None,
                 version: Some("6.5.0".into()),
                 variables: Default::default(),
+                variables_from: Default::default(),
             },
         );
         stack.metadata.namespace = Some("prod".into());
@@ -554,6 +555,54 @@ volumes:
         }
         assert_eq!(restored, before);
         assert!(!annotations(&before).contains_key(RESTARTED_AT_ANNOTATION));
+    }
+
+    #[test]
+    fn variables_from_secrets_reference_the_secret_instead_of_copying_it() {
+        let text = "metadata: {name: p, productVersion: '1.0.0'}\nvariables:\n  \
+            DB_PASSWORD: {type: Password, required: true}\nservices:\n  \
+            app: {image: x, environment: {DB_PASSWORD: '${DB_PASSWORD}', DSN: 'postgres://app:${DB_PASSWORD}@db/app'}}\n";
+        let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
+        let values = BTreeMap::from([("DB_PASSWORD".to_owned(), "s3cr3t".to_owned())]);
+        let secrets = BTreeMap::from([(
+            "DB_PASSWORD".to_owned(),
+            crate::model::SecretKeyRef {
+                name: "shop-db".into(),
+                key: "password".into(),
+            },
+        )]);
+        let plan =
+            crate::catalog::render_with_secrets("shop", &prod(), &pv, None, &values, &secrets)
+                .unwrap();
+        let w = workloads(&stack(), &plan, None).unwrap();
+        let env = w.deployments[0]
+            .spec
+            .template
+            .spec
+            .clone()
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let password = env.iter().find(|e| e.name == "DB_PASSWORD").unwrap();
+        assert_eq!(
+            password.value, None,
+            "the value never enters the Deployment"
+        );
+        let selector = password.value_from.clone().unwrap().secret_key_ref.unwrap();
+        assert_eq!(
+            (selector.name.as_str(), selector.key.as_str()),
+            ("shop-db", "password")
+        );
+        let dsn = env.iter().find(|e| e.name == "DSN").unwrap();
+        assert_eq!(
+            dsn.value.as_deref(),
+            Some("postgres://app:s3cr3t@db/app"),
+            "a value built from the secret has to be copied"
+        );
+        // Docker has no references: the plan carries the value for it.
+        assert_eq!(plan.containers[0].env["DB_PASSWORD"], "s3cr3t");
     }
 
     #[test]
