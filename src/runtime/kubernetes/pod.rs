@@ -133,8 +133,20 @@ pub(super) fn pod_template(
             ..Default::default()
         })
         .collect();
-    let mut annotations =
-        BTreeMap::from([(SPEC_HASH_ANNOTATION.to_owned(), container.spec_hash.clone())]);
+    // The manifest's labels are free-form metadata, as Docker labels are: on a pod they are
+    // annotations, which take any value (a label value could not).
+    if let Some(key) = container.labels.keys().find(|k| !is_annotation_key(k)) {
+        return Err(RenderError::Service {
+            service: container.service.clone(),
+            field: "labels",
+            reason: format!(
+                "label '{key}' cannot be a Kubernetes annotation key (an optional DNS prefix and \
+                 '/', then up to 63 letters, digits, '-', '_' and '.')"
+            ),
+        });
+    }
+    let mut annotations = container.labels.clone();
+    annotations.insert(SPEC_HASH_ANNOTATION.to_owned(), container.spec_hash.clone());
     if let Some(at) = restarted_at {
         annotations.insert(RESTARTED_AT_ANNOTATION.into(), at.to_owned());
     }
@@ -203,4 +215,21 @@ fn probe(health: &HealthPlan) -> k8s_openapi::api::core::v1::Probe {
         }
     }
     probe
+}
+
+/// Whether `key` is a valid annotation key: `[prefix/]name`, the prefix a DNS subdomain, the name
+/// up to 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit.
+fn is_annotation_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    name_ok && prefix.is_none_or(crate::model::is_dns_subdomain)
 }

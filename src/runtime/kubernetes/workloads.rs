@@ -558,6 +558,35 @@ volumes:
     }
 
     #[test]
+    fn manifest_labels_become_pod_annotations() {
+        let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  \
+            app: {image: x, labels: {team: shop, 'example.com/owner': 'Shop team, 3rd floor'}}\n";
+        let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
+        let plan = render("shop", &prod(), &pv, None, &Default::default()).unwrap();
+        let w = workloads(&stack(), &plan, None).unwrap();
+        let annotations = w.deployments[0]
+            .spec
+            .template
+            .metadata
+            .clone()
+            .unwrap()
+            .annotations
+            .unwrap();
+        assert_eq!(annotations["team"], "shop");
+        assert_eq!(annotations["example.com/owner"], "Shop team, 3rd floor");
+        assert!(annotations.contains_key(SPEC_HASH_ANNOTATION));
+        let text = "metadata: {name: p, productVersion: '1.0.0'}\nservices:\n  \
+            app: {image: x, labels: {'has space': x}}\n";
+        let pv = parse_manifest(Path::new("p.yaml"), text).unwrap().unwrap();
+        let plan = render("shop", &prod(), &pv, None, &Default::default()).unwrap();
+        let err = workloads(&stack(), &plan, None).unwrap_err().to_string();
+        assert!(
+            err.contains("label 'has space' cannot be a Kubernetes annotation key"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn variables_from_secrets_reference_the_secret_instead_of_copying_it() {
         let text = "metadata: {name: p, productVersion: '1.0.0'}\nvariables:\n  \
             DB_PASSWORD: {type: Password, required: true}\nservices:\n  \
