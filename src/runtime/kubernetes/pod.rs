@@ -1,8 +1,6 @@
 //! The pod of one service: its container (image, command, environment, ports, readiness
 //! probe), its volumes and the user it runs as, converted from the runtime-neutral plan.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HostPathVolumeSource,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
