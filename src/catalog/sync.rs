@@ -1,5 +1,6 @@
 //! Loading catalog sources into the in-memory catalog and reporting on each source.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -39,6 +40,8 @@ pub struct SharedCatalog {
     git_cache: Option<PathBuf>,
     /// Where the Secrets of git sources are: rsgo's namespace on Kubernetes, none standalone.
     secret_namespace: String,
+    /// The commit each git source's loaded catalog was read from.
+    revisions: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// How eagerly a missing version makes the catalog sync.
@@ -76,6 +79,12 @@ impl SharedCatalog {
         self.catalog
             .read()
             .map_err(|_| Error::Task("catalog lock poisoned".into()))
+    }
+
+    /// The commit the loaded catalog of git source `source` was read from.
+    pub fn loaded_revision(&self, source: &str) -> Option<String> {
+        let revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+        revisions.get(source).cloned()
     }
 
     fn write(&self) -> Result<RwLockWriteGuard<'_, Catalog>> {
@@ -307,6 +316,10 @@ async fn sync_in_turn(
                     loaded.replace_source(&name, versions);
                     loaded.source_products(&name)
                 };
+                if let Some(revision) = &revision {
+                    let mut revisions = catalog.revisions.lock().unwrap_or_else(|e| e.into_inner());
+                    revisions.insert(name.clone(), revision.clone());
+                }
                 report
                     .errors
                     .extend(errors.iter().map(|e| format!("source '{name}': {e}")));

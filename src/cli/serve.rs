@@ -10,7 +10,7 @@ use clap::Args;
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
-use kube::runtime::{WatchStreamExt, predicates};
+use kube::runtime::WatchStreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::api::{AppState, HttpLimits, RefusalLog, refusals, router};
@@ -273,22 +273,47 @@ async fn open_stores(data_dir: &std::path::Path, kind: StoreKind) -> Result<Stor
     }
 }
 
-/// Syncs the catalog whenever a CatalogSource's spec changes (the first listing included), and
-/// wakes stacks waiting for a product.
+/// Syncs a CatalogSource whenever its spec changes (the first listing included), and a git
+/// source whenever its status names a commit this process has not loaded: another replica (or
+/// process) synced it, and this one follows. Wakes stacks waiting for a product.
 async fn sync_on_source_changes(
     store: Arc<dyn Store>,
     catalog: Arc<SharedCatalog>,
     synced: Arc<tokio::sync::Notify>,
 ) {
+    let changes = |source: &CatalogSource| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        source.metadata.generation.hash(&mut hasher);
+        source
+            .status
+            .as_ref()
+            .and_then(|s| s.revision.as_ref())
+            .hash(&mut hasher);
+        Some(hasher.finish())
+    };
     let sources = store
         .clone()
         .watch::<CatalogSource>()
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(changes, Default::default());
     futures::pin_mut!(sources);
+    let mut generations: std::collections::HashMap<String, Option<i64>> = Default::default();
     while let Some(source) = sources.next().await {
-        let name = source.as_ref().map(|s| s.name_any()).unwrap_or_default();
-        match sync::sync_all(&store, &catalog).await {
+        let Ok(source) = source else {
+            continue;
+        };
+        let name = source.name_any();
+        let generation = source.metadata.generation;
+        let revision = source.status.as_ref().and_then(|s| s.revision.clone());
+        let spec_changed = generations.insert(name.clone(), generation) != Some(generation);
+        if !spec_changed {
+            if revision.is_none() || revision == catalog.loaded_revision(&name) {
+                continue;
+            }
+            tracing::info!(source = %name, revision = ?revision, "following a revision synced elsewhere");
+        }
+        match sync::sync_some(&store, &catalog, &|s| s.name_any() == name).await {
             Ok(report) => {
                 for error in &report.errors {
                     tracing::warn!(%error, "catalog problem");

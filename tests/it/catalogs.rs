@@ -30,18 +30,6 @@ fn part_yaml(
     )
 }
 
-/// Waits until the stack's status shows `phase` and returns the status.
-fn wait_phase(server: &Server, stack: &str, phase: &str) -> serde_json::Value {
-    wait_for(
-        &format!("stack {stack} {phase}"),
-        Duration::from_secs(120),
-        || {
-            let status = server.stack_status(stack);
-            (status["phase"] == phase).then_some(status)
-        },
-    )
-}
-
 fn env_of(container: &str) -> String {
     inspect(container, "{{json .Config.Env}}")
 }
@@ -74,7 +62,7 @@ fn each_stack_of_a_multi_stack_product_deploys_and_upgrades_on_its_own() {
         &format!("{{IMAGE: '{image}', BATCH: '25'}}"),
     ));
     for stack in [&web, &worker] {
-        let status = wait_phase(&server, stack, "Running");
+        let status = server.wait_phase(stack, "Running");
         assert_eq!(status["deployedVersion"], "1.0.0", "{status}");
     }
     // Each stack runs only its own services, with the shared variables and its own.
@@ -137,7 +125,7 @@ fn each_stack_of_a_multi_stack_product_deploys_and_upgrades_on_its_own() {
     server.apply(&format!(
         "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: {none}}}\nspec:\n  environment: {env}\n  product: platform\n"
     ));
-    let status = wait_phase(&server, &none, "Failed");
+    let status = server.wait_phase(&none, "Failed");
     let message = status["message"].as_str().unwrap();
     assert!(
         message.contains("holds several stacks (web, worker); spec.stack must name one"),
@@ -145,7 +133,7 @@ fn each_stack_of_a_multi_stack_product_deploys_and_upgrades_on_its_own() {
     );
     let db = unique("db");
     server.apply(&part_yaml(&db, &env, "platform", "db", "1.1.0", "{}"));
-    let status = wait_phase(&server, &db, "Failed");
+    let status = server.wait_phase(&db, "Failed");
     let message = status["message"].as_str().unwrap();
     assert!(
         message.contains("has no stack 'db'; its stacks are web, worker"),
@@ -302,7 +290,7 @@ fn a_pushed_version_becomes_upgradeable_and_a_broken_commit_keeps_the_last_good_
     server.apply(&format!(
         "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: {stack}}}\nspec:\n  environment: {env}\n  product: {product}\n"
     ));
-    let status = wait_phase(&server, &stack, "Running");
+    let status = server.wait_phase(&stack, "Running");
     assert_eq!(status["deployedVersion"], "1.0.0", "{status}");
 
     // A pushed version is upgradeable after sync-sources.
@@ -591,7 +579,7 @@ fn a_compose_folder_with_an_override_and_env_deploys_with_the_merged_settings() 
     server.apply(&format!(
         "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: {stack}}}\nspec:\n  environment: {env}\n  product: notes\n  variables: {{IMAGE: '{image}', PORT: '{port}'}}\n"
     ));
-    let status = wait_phase(&server, &stack, "Running");
+    let status = server.wait_phase(&stack, "Running");
     assert_eq!(status["deployedVersion"], "1.0.0", "{status}");
     // The override's environment is merged over the compose file's.
     let web = server.name(&stack, "web");
@@ -629,7 +617,7 @@ fn password_values_are_never_shown_by_rsgo_get_or_the_log() {
     server.apply(&format!(
         "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: {stack}}}\nspec:\n  environment: {env}\n  product: {product}\n  version: '1.0.0'\n  variables: {{DB_PASSWORD: '{secret}', MODE: visible}}\n"
     ));
-    wait_phase(&server, &stack, "Running");
+    server.wait_phase(&stack, "Running");
     let key = server.key(&["Hooks.Upgrade"]);
     let body = format!(
         "{{\"stackName\":\"{stack}\",\"environmentId\":\"{env}\",\"targetVersion\":\"1.1.0\",\"variables\":{{\"DB_PASSWORD\":\"{secret}-2\"}},\"wait\":true}}"
@@ -818,7 +806,7 @@ fn variables_from_a_secret_reach_the_container_and_never_the_stack() {
     );
     // Before the Secret exists the stack fails and says which Secret it waits for.
     server.apply(&stack_yaml);
-    let status = wait_phase(&server, &stack, "Failed");
+    let status = server.wait_phase(&stack, "Failed");
     assert!(
         status["message"]
             .as_str()
@@ -829,7 +817,7 @@ fn variables_from_a_secret_reach_the_container_and_never_the_stack() {
     server.apply(&format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: shop-db}}\nstringData: {{password: {secret}}}\n"
     ));
-    let status = wait_phase(&server, &stack, "Running");
+    let status = server.wait_phase(&stack, "Running");
     assert_eq!(status["deployedVersion"], "1.0.0");
     let container = server.name(&stack, "app");
     assert!(env_of(&container).contains(&format!("DB_PASSWORD={secret}")));
@@ -866,4 +854,71 @@ fn variables_from_a_secret_reach_the_container_and_never_the_stack() {
     );
     assert!(!shown.to_string().contains(secret));
     assert!(!server.log().contains(secret));
+}
+
+#[test]
+fn every_process_follows_the_revision_another_one_synced() {
+    let product = unique("follow");
+    let origin = Origin::new();
+    origin.push(&[
+        ("app-1.0.0.yaml", product_yaml(&product, "1.0.0", "img:1")),
+        ("app-1.1.0.yaml", product_yaml(&product, "1.1.0", "img:1")),
+    ]);
+    let server = Server::start(&[]);
+    let source = unique("shared");
+    server.apply(&git_source(&source, &origin.file_url(), None));
+    wait_for("the first sync", Duration::from_secs(30), || {
+        (source_status(&server, &source)["versionsLoaded"] == 2).then_some(())
+    });
+    let second = server.second("second.log");
+    wait_for(
+        "the second process to load the source",
+        Duration::from_secs(30),
+        || {
+            second
+                .log()
+                .contains(&format!("trigger={source}"))
+                .then_some(())
+        },
+    );
+    // A commit drops 1.1.0; only the first process is asked to sync.
+    std::fs::remove_file(origin.work.join("app-1.1.0.yaml")).unwrap();
+    let commit = origin.push(&[]);
+    let key = server.key(&["Hooks.SyncSources", "Hooks.Upgrade"]);
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(source_status(&server, &source)["revision"], commit);
+    // The second process sees the new revision in the status and loads it too, so it no longer
+    // offers the dropped version.
+    wait_for(
+        "the second process to follow",
+        Duration::from_secs(30),
+        || {
+            second
+                .log()
+                .contains("following a revision synced elsewhere")
+                .then_some(())
+        },
+    );
+    let env = &server.environment;
+    let stack = unique("st");
+    server.apply(&format!(
+        "apiVersion: rsgo.io/v1alpha1\nkind: Stack\nmetadata: {{name: {stack}}}\nspec:\n  environment: {env}\n  product: {product}\n  version: '1.0.0'\n"
+    ));
+    let body = upgrade_body(&stack, env, "1.1.0");
+    let (status, reply) = crate::support::curl(
+        "POST",
+        &format!("{}/api/hooks/upgrade", second.url),
+        Some(&key),
+        Some(&body),
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("Available versions: 1.0.0."),
+        "{reply}"
+    );
 }

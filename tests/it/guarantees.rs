@@ -23,17 +23,6 @@ fn stack_yaml(name: &str, env: &str, product: &str) -> String {
     )
 }
 
-fn wait_phase(server: &Server, stack: &str, phase: &str) -> Value {
-    wait_for(
-        &format!("stack {stack} to be {phase}"),
-        Duration::from_secs(90),
-        || {
-            let status = server.stack_status(stack);
-            (status["phase"] == phase).then_some(status)
-        },
-    )
-}
-
 fn containers_of(stack: &str) -> String {
     docker(&[
         "ps",
@@ -59,7 +48,7 @@ fn host_mounts_and_the_engine_socket_need_the_environment_to_allow_them() {
     let server = Server::start(&[("app.yaml", manifest(&product, "1.0.0", &services))]);
     let stack = unique("st");
     server.apply(&stack_yaml(&stack, &server.environment, &product));
-    let status = wait_phase(&server, &stack, "Failed");
+    let status = server.wait_phase(&stack, "Failed");
     let message = status["message"].as_str().unwrap();
     assert!(
         message.contains("service 'app' mounts host path '/var/run/docker.sock'")
@@ -76,7 +65,7 @@ fn host_mounts_and_the_engine_socket_need_the_environment_to_allow_them() {
         "apiVersion: rsgo.io/v1alpha1\nkind: Environment\nmetadata: {{name: {}}}\nspec:\n  docker:\n    host: unix:///var/run/docker.sock\n    allowEngineSocket: true\n",
         server.environment
     ));
-    wait_phase(&server, &stack, "Running");
+    server.wait_phase(&stack, "Running");
     assert_eq!(
         inspect(
             &server.name(&stack, "app"),
@@ -181,7 +170,7 @@ fn bad_names_are_refused_and_retries_never_pile_up_networks() {
     // A stack that keeps failing is retried every resync (2 s here), with one network throughout.
     let stack = unique("st");
     server.apply(&stack_yaml(&stack, &server.environment, &product));
-    wait_phase(&server, &stack, "Failed");
+    server.wait_phase(&stack, "Failed");
     std::thread::sleep(Duration::from_secs(6));
     let networks = docker(&[
         "network",
@@ -214,7 +203,7 @@ fn a_redeploy_cut_short_by_a_crash_is_finished_after_a_restart() {
     let mut server = Server::start(&[("app.yaml", manifest(&product, "1.0.0", &services))]);
     let stack = unique("st");
     server.apply(&stack_yaml(&stack, &server.environment, &product));
-    wait_phase(&server, &stack, "Running");
+    server.wait_phase(&stack, "Running");
     let ids = |server: &Server| -> Vec<String> {
         ["a", "b", "c"]
             .iter()
@@ -280,7 +269,7 @@ fn coalesced_waiters_get_the_outcome_of_the_rollout_that_served_them_and_ids_kee
     )]);
     let stack = unique("st");
     server.apply(&stack_yaml(&stack, &server.environment, &product));
-    wait_phase(&server, &stack, "Running");
+    server.wait_phase(&stack, "Running");
     let key = server.key(&["Hooks.Redeploy"]);
     let body = format!(
         "{{\"stackName\": \"{stack}\", \"environmentId\": \"{}\", \"wait\": true}}",
@@ -489,7 +478,7 @@ fn one_data_directory_has_one_reconciler_and_a_standby_takes_over() {
     server.kill();
     let stack = unique("st");
     server.apply(&stack_yaml(&stack, &server.environment, &product));
-    wait_phase(&server, &stack, "Running");
+    server.wait_phase(&stack, "Running");
     assert!(
         second.log().contains("this one reconciles now"),
         "{}",
@@ -542,7 +531,7 @@ fn environments_on_one_engine_never_share_volumes_and_old_names_are_adopted() {
         stack_yaml(&stack, &b, &product)
     ));
     let env_b = Server::name_in(&b, &stack, "app");
-    wait_phase(&server, &stack, "Running");
+    server.wait_phase(&stack, "Running");
     wait_for(
         "the stack of the second environment",
         Duration::from_secs(60),

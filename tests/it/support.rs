@@ -351,6 +351,18 @@ impl Server {
         format!("{environment}_{stack}_{part}")
     }
 
+    /// Waits (up to 120 s) until a stack's status shows `phase`, and returns the status.
+    pub fn wait_phase(&self, stack: &str, phase: &str) -> Value {
+        wait_for(
+            &format!("stack {stack} to be {phase}"),
+            Duration::from_secs(120),
+            || {
+                let status = self.stack_status(stack);
+                (status["phase"] == phase).then_some(status)
+            },
+        )
+    }
+
     /// The status of a stack in this server's environment, as `rsgo get` shows it.
     pub fn stack_status(&self, stack: &str) -> Value {
         let out = self.cli(&[
