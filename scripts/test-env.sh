@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes what rsgo's tests need available, installing and starting only what is missing:
 # a Docker engine, a registry on 127.0.0.1, busybox for building test images FROM scratch, and
-# git for the repositories the git catalog tests serve.
+# git and OpenSSH for the repositories the git catalog tests serve.
 # Source it (`. scripts/test-env.sh`) to get RSGO_TEST_REGISTRY exported.
 set -euo pipefail
 
@@ -15,6 +15,8 @@ command -v docker-registry >/dev/null 2>&1 || need_packages+=(docker-registry)
 [ -x /bin/busybox ] || need_packages+=(busybox-static)
 command -v curl >/dev/null 2>&1 || need_packages+=(curl)
 command -v git >/dev/null 2>&1 || need_packages+=(git)
+command -v ssh >/dev/null 2>&1 || need_packages+=(openssh-client)
+[ -x /usr/sbin/sshd ] || need_packages+=(openssh-server)
 if [ "${#need_packages[@]}" -gt 0 ]; then
   echo "test-env: installing ${need_packages[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -17,18 +17,33 @@ use crate::model::GitSource;
 /// How long one fetch may take before the sync gives up on it.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A user name and password (or access token) for an HTTPS remote.
+/// How rsgo proves itself to a remote, from the Secret a source names.
 #[derive(Clone)]
-pub struct Credentials {
-    /// The user name.
-    pub username: String,
-    /// The password or token; never printed.
-    pub password: String,
+pub enum Credentials {
+    /// A user name and password (or access token), for an HTTPS remote.
+    Token {
+        /// The user name.
+        username: String,
+        /// The password or token; never printed.
+        password: String,
+    },
+    /// A private key and the remote's host keys, for an SSH remote.
+    Ssh {
+        /// The private key (OpenSSH format); never printed.
+        identity: String,
+        /// `known_hosts` lines for the remote: host keys are always checked.
+        known_hosts: String,
+    },
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({}, password hidden)", self.username)
+        match self {
+            Credentials::Token { username, .. } => {
+                write!(f, "Credentials({username}, password hidden)")
+            }
+            Credentials::Ssh { .. } => f.write_str("Credentials(SSH key hidden)"),
+        }
     }
 }
 
@@ -50,9 +65,15 @@ pub struct KeptClone {
 }
 
 impl KeptClone {
-    /// Opens (or makes) the clone kept for source `name` of `url` below `cache`. Fails when
+    /// Opens (or makes) the clone kept for source `name` of `url` below `cache`. SSH
+    /// `credentials` are written next to it (readable by rsgo only) for `ssh` to use. Fails when
     /// another fetch of the source still runs.
-    pub fn open(cache: &Path, name: &str, url: &str) -> Result<KeptClone, String> {
+    pub fn open(
+        cache: &Path,
+        name: &str,
+        url: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<KeptClone, String> {
         let dir = cache.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         // A fetch that outlived its timeout still holds the lock, and the next sync says so
@@ -61,7 +82,14 @@ impl KeptClone {
             .map_err(|e| format!("creating {}: {e}", dir.join("lock").display()))?;
         lock.try_lock()
             .map_err(|_| "an earlier fetch of this source is still running".to_owned())?;
-        let repo = open_clone(&dir, url)?;
+        let mut repo = open_clone(&dir, url)?;
+        if let Some(Credentials::Ssh {
+            identity,
+            known_hosts,
+        }) = credentials
+        {
+            use_ssh_keys(&mut repo, &dir, identity, known_hosts)?;
+        }
         Ok(KeptClone {
             dir,
             repo,
@@ -109,6 +137,59 @@ impl KeptClone {
     }
 }
 
+/// Writes the SSH key and host keys to `<dir>/ssh/` and makes the clone's `ssh` use them and
+/// nothing else: no agent, no user configuration, no unknown host.
+fn use_ssh_keys(
+    repo: &mut gix::Repository,
+    dir: &Path,
+    identity: &str,
+    known_hosts: &str,
+) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let ssh = dir.join("ssh");
+    std::fs::create_dir_all(&ssh).map_err(|e| format!("creating {}: {e}", ssh.display()))?;
+    let write = |name: &str, text: &str| -> Result<PathBuf, String> {
+        let path = ssh.join(name);
+        let _ = std::fs::remove_file(&path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let text = if text.ends_with('\n') {
+            text.to_owned()
+        } else {
+            format!("{text}\n")
+        };
+        file.write_all(text.as_bytes())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(path)
+    };
+    let identity = write("identity", identity)?;
+    let known_hosts = write("known_hosts", known_hosts)?;
+    let quote = |path: &Path| {
+        shlex::try_quote(&path.to_string_lossy())
+            .map(|q| q.into_owned())
+            .map_err(|_| format!("{} cannot be passed to ssh", path.display()))
+    };
+    let command = format!(
+        "ssh -F /dev/null -i {} -o IdentitiesOnly=yes -o IdentityAgent=none -o UserKnownHostsFile={} \
+         -o StrictHostKeyChecking=yes -o BatchMode=yes",
+        quote(&identity)?,
+        quote(&known_hosts)?
+    );
+    let mut config = repo.config_snapshot_mut();
+    config
+        .set_value(&gix::config::tree::Core::SSH_COMMAND, command.as_str())
+        .map_err(|e| format!("configuring ssh: {e}"))?;
+    config
+        .commit()
+        .map_err(|e| format!("configuring ssh: {e}"))?;
+    Ok(())
+}
+
 /// The bare clone of `url` in `dir`, made when missing or when the source now names another URL.
 fn open_clone(dir: &Path, url: &str) -> Result<gix::Repository, String> {
     let path = dir.join("repo.git");
@@ -152,11 +233,11 @@ fn fetch_ref(
         .with_credentials(move |action| {
             use gix::credentials::helper::{Action, NextAction};
             Ok(match (action, &credentials) {
-                (Action::Get(context), Some(account)) => {
+                (Action::Get(context), Some(Credentials::Token { username, password })) => {
                     Some(gix::credentials::protocol::Outcome {
                         identity: gix::sec::identity::Account {
-                            username: account.username.clone(),
-                            password: account.password.clone(),
+                            username: username.clone(),
+                            password: password.clone(),
                             oauth_refresh_token: None,
                         },
                         next: NextAction::from(context),

@@ -182,7 +182,9 @@ async fn read_source(
         Error::Invalid("git sources need a data directory to keep their clones in".into())
     })?;
     let credentials = match &spec.secret_ref {
-        Some(secret) => Some(credentials(store, &catalog.secret_namespace, &secret.name).await?),
+        Some(secret) => {
+            Some(credentials(store, &catalog.secret_namespace, &secret.name, &spec.url).await?)
+        }
         None => None,
     };
     let name = source.name_any();
@@ -208,7 +210,8 @@ fn read_git(
     credentials: Option<git::Credentials>,
     last_good: Option<String>,
 ) -> Result<Read> {
-    let clone = git::KeptClone::open(cache, name, &spec.url).map_err(Error::Unreachable)?;
+    let clone = git::KeptClone::open(cache, name, &spec.url, credentials.as_ref())
+        .map_err(Error::Unreachable)?;
     let fetched = clone.fetch(spec, credentials).map_err(Error::Unreachable)?;
     tracing::info!(source = %name, revision = %fetched.revision, objects = fetched.objects, "git source fetched");
     let path = spec.path.as_deref();
@@ -241,11 +244,13 @@ fn read_git(
     })
 }
 
-/// The `username` and `password` of Secret `name`: the keys Flux uses for HTTPS remotes.
+/// The credentials in Secret `name` for the remote `url`: `username` and `password` for HTTPS,
+/// `identity` and `known_hosts` for SSH (the keys Flux uses).
 async fn credentials(
     store: &Arc<dyn Store>,
     namespace: &str,
     name: &str,
+    url: &str,
 ) -> Result<git::Credentials> {
     let secret = store.get::<Secret>(namespace, name).await?.ok_or_else(|| {
         Error::Invalid(format!(
@@ -263,7 +268,13 @@ async fn credentials(
                 ))
             })
     };
-    Ok(git::Credentials {
+    if url.starts_with("ssh://") || !url.contains("://") {
+        return Ok(git::Credentials::Ssh {
+            identity: value("identity")?,
+            known_hosts: value("known_hosts")?,
+        });
+    }
+    Ok(git::Credentials::Token {
         username: value("username")?,
         password: value("password")?,
     })

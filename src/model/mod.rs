@@ -163,8 +163,9 @@ pub struct GitSource {
     /// the catalog lacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
-    /// A Secret with `username` and `password` (an access token) for an `https://` remote: in
-    /// rsgo's namespace on Kubernetes, applied with `rsgo apply` in standalone mode.
+    /// A Secret with `username` and `password` (an access token) for an `https://` remote, or
+    /// `identity` (a private key) and `known_hosts` for an `ssh://` one: in rsgo's namespace on
+    /// Kubernetes, applied with `rsgo apply` in standalone mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,
 }

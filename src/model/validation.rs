@@ -324,10 +324,10 @@ impl GitSource {
                     shown(&self.url)
                 ));
             }
-            Scheme::File | Scheme::Git | Scheme::Ssh if credentials => {
+            Scheme::File | Scheme::Git if credentials => {
                 return Err(format!(
-                    "spec.git.secretRef: credentials from a Secret are used for https:// remotes \
-                     only; '{}' takes none (ssh:// uses the SSH client's own keys)",
+                    "spec.git.secretRef: '{}' takes no credentials; a Secret is for https:// and \
+                     ssh:// remotes",
                     shown(&self.url)
                 ));
             }

@@ -487,8 +487,8 @@ fn git_sources_are_checked_when_applied() {
             "rsgo sends credentials only over https://",
         ),
         (
-            "{url: 'ssh://git@git.example.com/c.git', secretRef: {name: creds}}",
-            "credentials from a Secret are used for https:// remotes only",
+            "{url: 'git://git.example.com/c.git', secretRef: {name: creds}}",
+            "takes no credentials; a Secret is for https:// and ssh:// remotes",
         ),
         (
             "{url: 'ftp://example.com/c.git'}",
@@ -921,4 +921,141 @@ fn every_process_follows_the_revision_another_one_synced() {
             .contains("Available versions: 1.0.0."),
         "{reply}"
     );
+}
+
+/// `sshd` on 127.0.0.1 that lets one key in as the user running the tests; stopped when
+/// dropped.
+struct Sshd {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let dir = TempDir::new().unwrap();
+        for key in ["host_key", "client_key"] {
+            let status = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.path().join(key))
+                .status()
+                .expect("ssh-keygen is installed by scripts/test.sh");
+            assert!(status.success());
+        }
+        std::fs::copy(
+            dir.path().join("client_key.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .unwrap();
+        // sshd wants its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let port = free_port();
+        let at = |name: &str| dir.path().join(name).display().to_string();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+             PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n",
+            at("host_key"),
+            at("authorized_keys"),
+            at("sshd.pid")
+        );
+        std::fs::write(dir.path().join("sshd_config"), config).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-f", &at("sshd_config")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sshd is installed by scripts/test.sh");
+        wait_for("sshd to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Sshd { child, port, dir }
+    }
+
+    /// A `known_hosts` line for this server, with `key` (a `.pub` file of the folder).
+    fn known_hosts(&self, key: &str) -> String {
+        let public = std::fs::read_to_string(self.dir.path().join(key)).unwrap();
+        let mut fields = public.split_whitespace();
+        let (kind, key) = (fields.next().unwrap(), fields.next().unwrap());
+        format!("[127.0.0.1]:{} {kind} {key}", self.port)
+    }
+
+    fn private_key(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("client_key")).unwrap()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Secret with `identity` and `known_hosts`, as YAML.
+fn ssh_secret(name: &str, identity: &str, known_hosts: &str) -> String {
+    let block = |text: &str| {
+        text.lines()
+            .map(|line| format!("    {line}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/ssh-auth\nstringData:\n  identity: |\n{}  known_hosts: |\n{}",
+        block(identity),
+        block(known_hosts)
+    )
+}
+
+#[test]
+fn an_ssh_remote_is_fetched_with_the_key_of_a_secret_and_its_host_key_is_checked() {
+    let product = unique("sshapp");
+    let origin = Origin::new();
+    let commit = origin.push(&[("app-1.0.0.yaml", product_yaml(&product, "1.0.0", "img:1"))]);
+    let sshd = Sshd::start();
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let url = format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        user.trim(),
+        sshd.port,
+        origin.dir.path().join("origin.git").display()
+    );
+    let server = Server::start(&[]);
+    let key = server.key(&["Hooks.SyncSources"]);
+    let identity = sshd.private_key();
+    server.apply(&ssh_secret(
+        "deploy-key",
+        &identity,
+        &sshd.known_hosts("host_key.pub"),
+    ));
+    let source = unique("ssh");
+    server.apply(&format!(
+        "{}    secretRef: {{name: deploy-key}}\n",
+        git_source(&source, &url, None)
+    ));
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 200, "{reply}\n{}", server.log());
+    assert_eq!(source_status(&server, &source)["revision"], commit);
+
+    // A host key other than the server's is a failed sync, never a fetch from an unknown host.
+    server.apply(&ssh_secret(
+        "deploy-key",
+        &identity,
+        &sshd.known_hosts("client_key.pub"),
+    ));
+    let pushed = origin.push(&[("app-1.1.0.yaml", product_yaml(&product, "1.1.0", "img:1"))]);
+    let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
+    assert_eq!(status, 500, "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("source '{source}'"))
+    );
+    assert_eq!(source_status(&server, &source)["revision"], commit);
+    assert_ne!(pushed, commit);
+
+    let secret_line = identity.lines().nth(1).unwrap();
+    for output in [&server.log(), &reply.to_string()] {
+        assert!(!output.contains(secret_line), "{output}");
+    }
 }
