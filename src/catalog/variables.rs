@@ -321,7 +321,8 @@ mod tests {
                 assert!(check_value("V", &v, value).is_ok(), "{kind:?} {value:?}");
             }
             for value in *bad {
-                assert!(check_value("V", &v, value).is_err(), "{kind:?} {value:?}");
+                let err = check_value("V", &v, value).unwrap_err();
+                assert!(err.starts_with("variable 'V'"), "{kind:?} {value:?}: {err}");
             }
         }
         let long = "x".repeat(MAX_VALUE_LEN + 1);
