@@ -1144,3 +1144,46 @@ async fn a_redeploy_rolls_the_pods_through_the_restart_annotation_only() {
     run.await.unwrap().unwrap();
     server.done().await;
 }
+
+#[tokio::test]
+async fn variables_from_read_the_secret_of_the_stack_namespace() {
+    let (client, mut server) = mock();
+    let store: Arc<dyn Store> = Arc::new(KubeStore::new(client, CONTROLLER_MANAGER));
+    let mut stack = kube_stack(json!({}));
+    stack["spec"]["variablesFrom"] =
+        json!({"DB_PASSWORD": {"secretKeyRef": {"name": "shop-db", "key": "password"}}});
+    let stack: rsgo::model::Stack = serde_json::from_value(stack).unwrap();
+    let read = {
+        let (store, stack) = (store.clone(), stack.clone());
+        tokio::spawn(async move { rsgo::reconcile::variable_values(&store, &stack).await })
+    };
+    let secret = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "shop-db", "namespace": "prod", "resourceVersion": "7"},
+        "data": {"password": "czNjcjN0"}});
+    server
+        .expect(
+            "GET",
+            "/api/v1/namespaces/prod/secrets/shop-db",
+            200,
+            secret,
+        )
+        .await;
+    let values = read.await.unwrap().unwrap();
+    assert_eq!(values["DB_PASSWORD"], "s3cr3t");
+
+    let read = tokio::spawn(async move { rsgo::reconcile::variable_values(&store, &stack).await });
+    server
+        .expect(
+            "GET",
+            "/api/v1/namespaces/prod/secrets/shop-db",
+            404,
+            status(404, "NotFound"),
+        )
+        .await;
+    let err = read.await.unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("takes its value from Secret 'shop-db', which does not exist"),
+        "{err}"
+    );
+    server.done().await;
+}
