@@ -337,12 +337,26 @@ fn network_room() -> Option<u64> {
     Some(room)
 }
 
-/// Resync costs at 100 and 1 000 running stacks.
+/// The stack counts of the resync case: `RSGO_BENCH_STACKS` (comma-separated), else 100 and
+/// 1 000. A smaller count gives a quick figure while working on the reconciler.
+fn resync_counts() -> Vec<usize> {
+    std::env::var("RSGO_BENCH_STACKS")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .map(|n| n.trim().parse().expect("RSGO_BENCH_STACKS lists numbers"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![100, 1_000])
+}
+
+/// Resync costs at 100 and 1 000 running stacks (or `RSGO_BENCH_STACKS`).
 pub fn resync() {
+    let counts = resync_counts();
     let room = network_room();
     assert!(
-        room.is_some_and(|room| room > 1_100),
-        "the resync case runs 1 000 stacks, each on its own network, and this engine's address \
+        room.is_some_and(|room| room > counts.iter().max().copied().unwrap_or(0) as u64 + 100),
+        "the resync case runs up to 1 000 stacks, each on its own network, and this engine's address \
          pools hold {}; start dockerd with `--default-address-pool base=172.16.0.0/12,size=24` \
          (scripts/test-env.sh does when it starts dockerd)",
         room.map_or("about 30 (the built-in pools)".to_owned(), |r| r
@@ -352,7 +366,7 @@ pub fn resync() {
     let catalog = tempfile::TempDir::new().expect("a temporary directory");
     fixtures::write_manifest(catalog.path(), "bench", std::slice::from_ref(&image), 1);
     println!("\n## Starting stacks and resync passes");
-    for stacks in [100, 1_000] {
+    for stacks in counts {
         resync_at(catalog.path(), &image, stacks);
     }
 }

@@ -131,6 +131,9 @@ pub struct Loaded {
 #[derive(Debug, Default)]
 pub struct Catalog {
     sources: BTreeMap<String, Vec<Arc<ProductVersion>>>,
+    /// Every product's versions across the sources, in [`Catalog::versions`] order; rebuilt
+    /// when a source changes, so a lookup (every stack, every resync pass) sorts nothing.
+    products: BTreeMap<String, Vec<Arc<ProductVersion>>>,
 }
 
 impl Catalog {
@@ -140,36 +143,48 @@ impl Catalog {
             source.to_owned(),
             versions.into_iter().map(Arc::new).collect(),
         );
+        self.reindex();
     }
 
     /// Forgets every source not named in `known`.
     pub fn retain_sources(&mut self, known: &[String]) {
         self.sources.retain(|name, _| known.contains(name));
+        self.reindex();
+    }
+
+    fn reindex(&mut self) {
+        let mut products: BTreeMap<String, Vec<Arc<ProductVersion>>> = BTreeMap::new();
+        for pv in self.sources.values().flatten() {
+            products
+                .entry(pv.product.clone())
+                .or_default()
+                .push(pv.clone());
+        }
+        for versions in products.values_mut() {
+            // A stable sort keeps the first source's version among equals.
+            versions.sort_by(|a, b| a.version.cmp_precedence(&b.version));
+            versions.dedup_by(|a, b| a.version.cmp_precedence(&b.version).is_eq());
+        }
+        self.products = products;
     }
 
     /// Every version of `product`, oldest first, in SemVer 2 precedence: pre-releases before
     /// their release, build metadata ignored (of two versions that differ only in it, the first
     /// source's wins).
-    pub fn versions(&self, product: &str) -> Vec<Arc<ProductVersion>> {
-        let mut versions: Vec<_> = self
-            .sources
-            .values()
-            .flatten()
-            .filter(|pv| pv.product == product)
-            .cloned()
-            .collect();
-        versions.sort_by(|a, b| a.version.cmp_precedence(&b.version));
-        versions.dedup_by(|a, b| a.version.cmp_precedence(&b.version).is_eq());
-        versions
+    pub fn versions(&self, product: &str) -> &[Arc<ProductVersion>] {
+        self.products.get(product).map_or(&[], Vec::as_slice)
     }
 
     /// One version of `product`; build metadata need not be given.
     pub fn find(&self, product: &str, version: &str) -> Option<Arc<ProductVersion>> {
         let wanted = parse_version(version).ok()?;
-        self.versions(product).into_iter().find(|pv| {
-            pv.version == wanted
-                || (wanted.build.is_empty() && pv.version.cmp_precedence(&wanted).is_eq())
-        })
+        self.versions(product)
+            .iter()
+            .find(|pv| {
+                pv.version == wanted
+                    || (wanted.build.is_empty() && pv.version.cmp_precedence(&wanted).is_eq())
+            })
+            .cloned()
     }
 
     /// `version` of `product`, or its newest stable version when `version` is `None`.
@@ -184,9 +199,10 @@ impl Catalog {
     /// names no version: running one must be asked for by name.
     pub fn latest(&self, product: &str) -> Option<Arc<ProductVersion>> {
         self.versions(product)
-            .into_iter()
+            .iter()
             .rev()
             .find(|pv| pv.version.pre.is_empty())
+            .cloned()
     }
 
     /// `"6.5.0, 6.4.0"` (newest first), or `"none"`, for error messages.
