@@ -285,6 +285,14 @@ impl Uses {
                 if !is_variable_name(name) {
                     return Err(field(at, "uses a variable without a valid name"));
                 }
+                if op.contains('$') {
+                    return Err(field(
+                        at,
+                        format!(
+                            "nests a variable in the default of ${{{name}}}, which rsgo does not support"
+                        ),
+                    ));
+                }
                 let required = match op {
                     "" => false,
                     _ if op.starts_with(":?") || op.starts_with('?') => true,
@@ -852,6 +860,16 @@ services:
         .unwrap();
         assert!(required.variables["TAG"].required);
         assert_eq!(required.services["web"].image, "x:${TAG}");
+        let nested = product(
+            "services: {web: {image: 'x:${TAG:-${DEFAULT_TAG}}'}}\n",
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            nested.contains("nests a variable in the default of ${TAG}"),
+            "{nested}"
+        );
         let alt = product("services: {web: {image: 'x:${TAG:+y}'}}\n", None, None).unwrap_err();
         assert!(alt.contains("rsgo does not support"), "{alt}");
         let relative = product(

@@ -129,7 +129,10 @@ impl KeptClone {
             .flatten()
         {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name != revision && !keep.contains(&name.as_str()) {
+            let kept = std::iter::once(revision)
+                .chain(keep.iter().copied())
+                .any(|commit| tree_name(commit, path) == name);
+            if !kept {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -338,8 +341,21 @@ fn resolve(
         })
 }
 
-/// Writes the files of `commit` below `path` to `<dir>/trees/<commit>`, unless already there,
-/// and returns that folder.
+/// The folder name of the files of `commit` below `path`: a source whose `path` changes gets a
+/// fresh folder for the same commit.
+fn tree_name(commit: &str, path: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    match path {
+        None => commit.to_owned(),
+        Some(path) => format!(
+            "{commit}-{}",
+            &hex::encode(Sha256::digest(path.as_bytes()))[..12]
+        ),
+    }
+}
+
+/// Writes the files of `commit` below `path` to `<dir>/trees/`, unless already there, and
+/// returns that folder.
 fn write_tree(
     repo: &gix::Repository,
     dir: &Path,
@@ -347,7 +363,7 @@ fn write_tree(
     path: Option<&str>,
 ) -> Result<PathBuf, String> {
     let trees = dir.join("trees");
-    let out = trees.join(commit.to_string());
+    let out = trees.join(tree_name(&commit.to_string(), path));
     if !out.exists() {
         repo.find_commit(commit)
             .map_err(|_| format!("commit {commit} is not in the clone"))?;
@@ -367,7 +383,7 @@ fn write_tree(
                     .map_err(|e| format!("reading commit {commit}: {e}"))?
             }
         };
-        let partial = trees.join(format!(".{commit}.partial"));
+        let partial = trees.join(format!(".{}.partial", tree_name(&commit.to_string(), path)));
         if partial.exists() {
             std::fs::remove_dir_all(&partial)
                 .map_err(|e| format!("removing {}: {e}", partial.display()))?;

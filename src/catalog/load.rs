@@ -319,9 +319,22 @@ fn describe_yaml_error(error: &serde_yaml_ng::Error) -> ManifestProblem {
 /// reported in [`Loaded::errors`], named relative to `dir`, and the others still load.
 /// Symbolic links are followed only while they stay inside `dir`.
 pub fn load_directory(dir: &Path) -> Result<Loaded> {
+    load_source(dir, None)
+}
+
+/// Like [`load_directory`], where the source's top folder is called `root_name` (a compose
+/// project there is named after it) instead of by its own name on disk, such as the folder a
+/// git source reads.
+pub fn load_source(dir: &Path, root_name: Option<&str>) -> Result<Loaded> {
     let root = std::fs::canonicalize(dir)
         .map_err(|e| Error::io(format!("reading catalog directory {}", dir.display()), e))?;
+    let root_name = root_name.map(str::to_owned).unwrap_or_else(|| {
+        root.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
     let mut walk = Walk {
+        root_name,
         root: root.clone(),
         files: Vec::new(),
         compose: Vec::new(),
@@ -539,6 +552,8 @@ struct ComposeFolder {
 /// A walk through a source directory that never leaves it.
 struct Walk {
     root: PathBuf,
+    /// What the top folder is called: a compose project there is named after it.
+    root_name: String,
     /// (path relative to the root, path to read).
     files: Vec<(PathBuf, PathBuf)>,
     /// Folders holding a compose file.
@@ -576,10 +591,10 @@ impl Walk {
             .iter()
             .find(|f| names.iter().any(|n| n == *f));
         let mut compose = main.map(|_| ComposeFolder {
-            name: dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            name: match relative.file_name() {
+                Some(name) => name.to_string_lossy().into_owned(),
+                None => self.root_name.clone(),
+            },
             ..Default::default()
         });
         for entry in entries {

@@ -20,7 +20,8 @@ use semver::Version;
 
 pub use error::{ManifestError, ManifestProblem, RenderError};
 pub use load::{
-    MAX_MANIFEST_BYTES, MAX_SOURCE_BYTES, MAX_SOURCE_FILES, load_directory, parse_manifest,
+    MAX_MANIFEST_BYTES, MAX_SOURCE_BYTES, MAX_SOURCE_FILES, load_directory, load_source,
+    parse_manifest,
 };
 pub use manifest::{Manifest, Metadata, Service, Variable};
 pub use plan::{ContainerPlan, StackPlan};

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use super::{Catalog, Loaded, git, load_directory};
+use super::{Catalog, Loaded, git, load_directory, load_source};
 use crate::model::{CatalogSource, CatalogSourceStatus, GitSource};
 use crate::store::Store;
 use crate::{Error, Result};
@@ -219,7 +219,19 @@ fn read_git(
     let tree = clone
         .checkout(&fetched.revision, path, &keep)
         .map_err(Error::Invalid)?;
-    let loaded = load_directory(&tree)?;
+    // A compose project at the top of what the source reads is named after the folder (or the
+    // repository), not after the folder its files were written to.
+    let root_name = spec
+        .path
+        .as_deref()
+        .and_then(|path| std::path::Path::new(path).file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| {
+            let url = spec.url.trim_end_matches('/');
+            let last = url.rsplit(['/', ':']).next().unwrap_or(url);
+            last.trim_end_matches(".git").to_owned()
+        });
+    let loaded = load_source(&tree, Some(&root_name))?;
     let good = match last_good {
         Some(good) if !loaded.errors.is_empty() && good != fetched.revision => good,
         _ => {
@@ -233,7 +245,7 @@ fn read_git(
     let tree = clone
         .checkout(&good, path, &[&fetched.revision])
         .map_err(Error::Invalid)?;
-    let kept = load_directory(&tree)?;
+    let kept = load_source(&tree, Some(&root_name))?;
     Ok(Read {
         loaded: Loaded {
             versions: kept.versions,

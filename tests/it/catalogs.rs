@@ -476,6 +476,19 @@ fn git_daemon_fetches_are_incremental_and_an_unreachable_remote_is_named() {
     );
     assert_eq!(source_status(&server, &source)["revision"], commit);
     assert_eq!(source_status(&server, &source)["versionsLoaded"], 3);
+
+    // The same commit read below another path is read afresh, not from the tree written before;
+    // the compose project now at the top takes the folder's name.
+    server.apply(&git_source(&source, &daemon.url(), Some(&compose)));
+    wait_for(
+        "the source read below its new path",
+        Duration::from_secs(30),
+        || {
+            let status = source_status(&server, &source);
+            (status["products"] == serde_json::json!([{"product": compose, "versions": ["0.3.0"]}]))
+                .then_some(())
+        },
+    );
 }
 
 #[test]
@@ -1035,6 +1048,14 @@ fn an_ssh_remote_is_fetched_with_the_key_of_a_secret_and_its_host_key_is_checked
     let (status, reply) = server.hook("/api/hooks/sync-sources", &key, None);
     assert_eq!(status, 200, "{reply}\n{}", server.log());
     assert_eq!(source_status(&server, &source)["revision"], commit);
+    // The sync the new source set off by itself has ended too, so no sync that read the right
+    // host key is still under way when the wrong one is applied.
+    wait_for("the source's own sync", Duration::from_secs(30), || {
+        server
+            .log()
+            .contains(&format!("trigger={source}"))
+            .then_some(())
+    });
 
     // A host key other than the server's is a failed sync, never a fetch from an unknown host.
     server.apply(&ssh_secret(
