@@ -907,9 +907,11 @@ fn every_process_follows_the_revision_another_one_synced() {
         "the second process to follow",
         Duration::from_secs(30),
         || {
-            second
-                .log()
-                .contains("following a revision synced elsewhere")
+            // The line is logged before the sync it announces; wait for that sync to end too.
+            let log = second.log();
+            let (_, after) = log.split_once("following a revision synced elsewhere")?;
+            after
+                .contains(&format!("catalog synced trigger={source}"))
                 .then_some(())
         },
     );
