@@ -41,15 +41,20 @@ fn limit_malloc_arenas() {
 fn limit_malloc_arenas() {}
 
 async fn run() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = rsgo::cli::Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("RSGO_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        rsgo::cli::LogFormat::Json => logs.json().init(),
         // Colours only for a person at a terminal, never in log files or journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match rsgo::cli::run(rsgo::cli::Cli::parse()).await {
+        rsgo::cli::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+    match rsgo::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         // `rsgo get ... | head`: the reader has what it wanted.
         Err(error) if rsgo::cli::is_closed_pipe(&error) => ExitCode::SUCCESS,

@@ -25,9 +25,28 @@ pub struct Cli {
     /// Directory holding rsgo's database.
     #[arg(long, env = "RSGO_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
+    /// How log lines on stderr are written: `text` (colours only on a terminal) or `json` (one
+    /// object per line, for log collectors).
+    #[arg(
+        long,
+        value_enum,
+        env = "RSGO_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// rsgo's commands.
@@ -38,13 +57,13 @@ pub enum Command {
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Apikey(apikey::ApikeyCommand),
-    /// Create or update Environment, CatalogSource, Stack and ApiKey objects from YAML.
+    /// Create or update Environment, CatalogSource, Stack, ApiKey and Secret objects from YAML.
     Apply {
         /// File with one or more YAML documents (`-` reads standard input).
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// Show stacks, deployments or environments.
+    /// Show stacks, deployments, environments, catalog sources or secrets (never their values).
     Get {
         /// What to show.
         resource: get::Listable,

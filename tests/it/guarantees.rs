@@ -700,3 +700,44 @@ fn a_flood_of_refused_requests_is_summed_up_not_logged_line_by_line() {
         "{summary}"
     );
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_carry_no_key() {
+    let server = Server::start_with(
+        &[],
+        Options {
+            args: vec!["--log-format".into(), "json".into()],
+            ..Default::default()
+        },
+    );
+    let key = server.key(&["Hooks.Redeploy"]);
+    let (status, _) = server.hook(
+        "/api/hooks/redeploy",
+        "rsgo_notakey",
+        Some("{\"stackName\":\"x\"}"),
+    );
+    assert_eq!(status, 401);
+    let log = wait_for("the refusal in the log", Duration::from_secs(10), || {
+        let log = server.log();
+        log.contains("refused a request").then_some(log)
+    });
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"] == "rsgo serving"),
+        "{log}"
+    );
+    let refusal = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "refused a request")
+        .unwrap();
+    assert_eq!(refusal["level"], "WARN");
+    assert!(
+        !log.contains(&key) && !log.contains("rsgo_notakey"),
+        "{log}"
+    );
+}
