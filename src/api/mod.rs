@@ -1,6 +1,7 @@
 //! The HTTP API: the three CI hooks, deployment status, and health probes.
 
 mod error;
+mod guard;
 mod hooks;
 pub mod refusals;
 mod request;
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use error::ApiError;
+pub use guard::{AuthGuard, DEFAULT_FAILURES_PER_MINUTE};
 pub use refusals::RefusalLog;
 pub use request::{API_KEY_HEADER, RedeployRequest, UpgradeRequest, parse_body};
 pub use server::{HttpLimits, serve};
@@ -48,6 +50,8 @@ pub struct AppState {
     pub http: HttpLimits,
     /// Refused requests, logged without flooding the log.
     pub refusals: Arc<RefusalLog>,
+    /// Failed authentications per source address, and the addresses over their budget.
+    pub guard: Arc<AuthGuard>,
 }
 
 /// The router with every route rsgo serves.
@@ -69,6 +73,10 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed: the hooks take POST, the status pages GET.")
         })
         .layer(axum::middleware::from_fn(check_head))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard_authentication,
+        ))
         .with_state(state)
 }
 

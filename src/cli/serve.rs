@@ -13,7 +13,9 @@ use kube::api::ObjectMeta;
 use kube::runtime::WatchStreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::api::{AppState, HttpLimits, RefusalLog, refusals, router};
+use crate::api::{
+    AppState, AuthGuard, DEFAULT_FAILURES_PER_MINUTE, HttpLimits, RefusalLog, refusals, router,
+};
 use crate::auth::KeyIndex;
 use crate::catalog::sync::{self, SharedCatalog};
 use crate::model::{
@@ -68,6 +70,10 @@ pub struct ServeArgs {
     /// Connections served at once; more wait until one closes.
     #[arg(long, env = "RSGO_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
+    /// Failed authentications one address may make per minute before it is answered 429 with
+    /// Retry-After until its budget refills; 0 turns the limit off.
+    #[arg(long, env = "RSGO_AUTH_FAILURES_PER_MINUTE", default_value_t = DEFAULT_FAILURES_PER_MINUTE)]
+    pub auth_failures_per_minute: u32,
 }
 
 impl ServeArgs {
@@ -217,7 +223,8 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     }
 
     let refusals = Arc::new(RefusalLog::default());
-    tokio::spawn(report_refusals(refusals.clone()));
+    let guard = Arc::new(AuthGuard::new(args.auth_failures_per_minute));
+    tokio::spawn(report_refusals(refusals.clone(), guard.clone()));
     let limits = args.http_limits();
     let state = AppState {
         keys,
@@ -227,6 +234,7 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
         catalog_synced,
         http: limits,
         refusals,
+        guard,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -376,12 +384,14 @@ async fn sync_on_intervals(
     }
 }
 
-/// Logs the refusals counted since the last summary, once per period.
-async fn report_refusals(refusals: Arc<RefusalLog>) {
+/// Logs the refusals counted since the last summary, once per period, and lets the guard forget
+/// addresses whose budget is full again.
+async fn report_refusals(refusals: Arc<RefusalLog>, guard: Arc<AuthGuard>) {
     let mut every = tokio::time::interval(refusals::SUMMARY_PERIOD);
     loop {
         every.tick().await;
         refusals.flush();
+        guard.forget_old();
     }
 }
 

@@ -15,7 +15,8 @@ NON_DEFAULT = {
     "image": {"repository": "registry.example.com/rsgo", "tag": "1.2.3", "pullPolicy": "Always"},
     "serviceAccount": {"create": True, "name": "deployer", "annotations": {"example.com/role": "rsgo"}},
     "rbac": {"create": True, "stackSecrets": True},
-    "rsgo": {"defaultEnvironment": "prod", "resyncSeconds": 60, "logLevel": "debug", "port": 9090},
+    "rsgo": {"defaultEnvironment": "prod", "resyncSeconds": 60, "logLevel": "debug", "port": 9090,
+             "logFormat": "json", "authFailuresPerMinute": 0},
     "service": {"type": "NodePort", "port": 8080},
     "ingress": {
         "enabled": True,

@@ -75,6 +75,7 @@ async fn cluster() -> Cluster {
         keys,
         http: Default::default(),
         refusals: Default::default(),
+        guard: Default::default(),
     };
     Cluster { fake, ctx, hooks }
 }

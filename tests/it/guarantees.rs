@@ -672,7 +672,14 @@ fn a_full_data_disk_is_reported_as_such_and_readiness_follows_it() {
 
 #[test]
 fn a_flood_of_refused_requests_is_summed_up_not_logged_line_by_line() {
-    let server = Server::start(&[]);
+    // Without the per-address limit, which would answer most of these 429.
+    let server = Server::start_with(
+        &[],
+        Options {
+            args: vec!["--auth-failures-per-minute".into(), "0".into()],
+            ..Default::default()
+        },
+    );
     let url = format!("{}/api/hooks/sync-sources", server.url);
     for i in 0..60 {
         let key = if i % 2 == 0 {
@@ -740,4 +747,53 @@ fn json_logs_are_one_object_per_line_and_carry_no_key() {
         !log.contains(&key) && !log.contains("rsgo_notakey"),
         "{log}"
     );
+}
+
+/// A POST from `source` (a loopback address) with curl: status, `Retry-After`, body.
+fn post_from(source: &str, url: &str, key: &str) -> (u16, Option<String>, String) {
+    let output = std::process::Command::new("curl")
+        .args(["-s", "-i", "--interface", source, "-X", "POST", url])
+        .args(["-H", &format!("X-Api-Key: {key}")])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let retry_after = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("retry-after")
+            .then(|| value.trim().to_owned())
+    });
+    (status, retry_after, body.to_owned())
+}
+
+#[test]
+fn guessing_keys_from_one_address_is_slowed_and_other_addresses_are_not() {
+    let server = Server::start(&[]);
+    let key = server.key(&["Hooks.SyncSources"]);
+    let url = format!("{}/api/hooks/sync-sources", server.url);
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let guess = format!("rsgo_{i:032}");
+        statuses.push(post_from("127.0.0.1", &url, &guess).0);
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    let (status, retry_after, body) = post_from("127.0.0.1", &url, &format!("rsgo_{:032}", 99));
+    assert_eq!(status, 429, "{statuses:?} {body}");
+    let seconds: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&seconds), "{seconds}");
+    assert!(body.contains("Too many failed authentications"), "{body}");
+    // While blocked, the address gets no answer about any key, a valid one included.
+    assert_eq!(post_from("127.0.0.1", &url, &key).0, 429);
+    // Another address is answered at once, with the valid key.
+    let started = Instant::now();
+    let (status, _, body) = post_from("127.0.0.2", &url, &key);
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!server.log().contains(&key));
 }

@@ -136,6 +136,7 @@ pub async fn fixture(backend: Backend) -> Fixture {
             catalog_synced: Default::default(),
             http: Default::default(),
             refusals: Default::default(),
+            guard: Default::default(),
             keys,
         },
         catalog_dir: manifests,

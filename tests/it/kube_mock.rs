@@ -277,6 +277,7 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
         catalog_synced: Default::default(),
         http: Default::default(),
         refusals: Default::default(),
+        guard: Default::default(),
     };
     let call = {
         let key = key.clone();
@@ -798,6 +799,7 @@ async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_recor
         catalog_synced: Default::default(),
         http: Default::default(),
         refusals: Default::default(),
+        guard: Default::default(),
     };
     let call = tokio::spawn(async move {
         let body =

@@ -144,6 +144,13 @@ fn the_chart_lints_renders_and_validates_with_default_and_custom_values() {
     assert!(reads_secrets("non-default"));
 
     let custom = &report["non-default"]["deployment"]["spec"];
+    let custom_args = &custom["template"]["spec"]["containers"][0]["args"];
+    for arg in ["--log-format=json", "--auth-failures-per-minute=0"] {
+        assert!(
+            custom_args.as_array().unwrap().iter().any(|a| a == arg),
+            "{arg} in {custom_args}"
+        );
+    }
     assert_eq!(custom["replicas"], 3);
     assert_eq!(
         custom["template"]["spec"]["containers"][0]["image"],
