@@ -289,10 +289,9 @@ pub async fn upgrade(
             sync::MissPolicy::EveryMiss,
         )
         .await?;
-        from_secrets = crate::reconcile::variable_values(&state.store, &stack)
+        from_secrets = crate::reconcile::secret_values(&state.store, &stack)
             .await
             .map_err(|e| ApiError::bad_request(format!("Cannot upgrade to {target}: {e}.")))?;
-        from_secrets.retain(|name, _| stack.spec.variables_from.contains_key(name));
     }
     let (_, record) = request_rollout(
         &state.store,

@@ -183,7 +183,7 @@ async fn read_source(
     })?;
     let credentials = match &spec.secret_ref {
         Some(secret) => {
-            Some(credentials(store, &catalog.secret_namespace, &secret.name, &spec.url).await?)
+            Some(credentials(store, &catalog.secret_namespace, &secret.name, &spec).await?)
         }
         None => None,
     };
@@ -256,23 +256,21 @@ fn read_git(
     })
 }
 
-/// The credentials in Secret `name` for the remote `url`: `username` and `password` for HTTPS,
-/// `identity` and `known_hosts` for SSH (the keys Flux uses).
+/// The credentials in Secret `name` for the remote of `spec`: `username` and `password` for
+/// HTTPS, `identity` and `known_hosts` for SSH (the keys Flux uses).
 async fn credentials(
     store: &Arc<dyn Store>,
     namespace: &str,
     name: &str,
-    url: &str,
+    spec: &GitSource,
 ) -> Result<git::Credentials> {
     let secret = store.get::<Secret>(namespace, name).await?.ok_or_else(|| {
         Error::Invalid(format!(
             "Secret '{name}' named by spec.git.secretRef does not exist"
         ))
     })?;
-    let data = secret.data.unwrap_or_default();
     let value = |key: &str| {
-        data.get(key)
-            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        crate::model::secret_text(&secret, key)
             .filter(|v| !v.is_empty())
             .ok_or_else(|| {
                 Error::Invalid(format!(
@@ -280,7 +278,10 @@ async fn credentials(
                 ))
             })
     };
-    if url.starts_with("ssh://") || !url.contains("://") {
+    let ssh = spec
+        .parsed_url()
+        .is_ok_and(|url| url.scheme == gix::url::Scheme::Ssh);
+    if ssh {
         return Ok(git::Credentials::Ssh {
             identity: value("identity")?,
             known_hosts: value("known_hosts")?,

@@ -321,17 +321,31 @@ async fn sync_on_source_changes(
             }
             tracing::info!(source = %name, revision = ?revision, "following a revision synced elsewhere");
         }
-        match sync::sync_some(&store, &catalog, &|s| s.name_any() == name).await {
-            Ok(report) => {
-                for error in &report.errors {
-                    tracing::warn!(%error, "catalog problem");
-                }
-                tracing::info!(trigger = %name, versions = report.versions_loaded, "catalog synced");
-            }
-            Err(error) => tracing::error!(%error, "catalog sync failed"),
-        }
-        synced.notify_one();
+        let picked = |s: &CatalogSource| s.name_any() == name;
+        sync_and_wake(&store, &catalog, &synced, &picked, &name, "catalog synced").await;
     }
+}
+
+/// Syncs the sources `which` picks, logs what came of it (`what`, with `trigger`), and wakes the
+/// stacks waiting for a product.
+async fn sync_and_wake(
+    store: &Arc<dyn Store>,
+    catalog: &SharedCatalog,
+    synced: &tokio::sync::Notify,
+    which: &(dyn Fn(&CatalogSource) -> bool + Sync),
+    trigger: &str,
+    what: &str,
+) {
+    match sync::sync_some(store, catalog, which).await {
+        Ok(report) => {
+            for error in &report.errors {
+                tracing::warn!(%error, "catalog problem");
+            }
+            tracing::info!(trigger = %trigger, versions = report.versions_loaded, "{what}");
+        }
+        Err(error) => tracing::error!(%error, "catalog sync failed"),
+    }
+    synced.notify_one();
 }
 
 /// How often rsgo looks for git sources whose `interval` has passed.
@@ -371,16 +385,10 @@ async fn sync_on_intervals(
         for name in &due {
             attempted.insert(name.clone(), now);
         }
-        match sync::sync_some(&store, &catalog, &|s| due.contains(&s.name_any())).await {
-            Ok(report) => {
-                for error in &report.errors {
-                    tracing::warn!(%error, "catalog problem");
-                }
-                tracing::info!(sources = ?due, versions = report.versions_loaded, "git sources fetched on their interval");
-            }
-            Err(error) => tracing::error!(%error, "catalog sync failed"),
-        }
-        synced.notify_one();
+        let picked = |s: &CatalogSource| due.contains(&s.name_any());
+        let trigger = due.join(",");
+        let what = "git sources fetched on their interval";
+        sync_and_wake(&store, &catalog, &synced, &picked, &trigger, what).await;
     }
 }
 

@@ -600,6 +600,12 @@ pub enum ServiceAction {
     Applied,
 }
 
+/// The value of `key` in a Secret as text; `None` when the key is missing or not UTF-8.
+pub fn secret_text(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
 /// The CustomResourceDefinitions of every rsgo kind, in a stable order.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>

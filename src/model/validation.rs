@@ -303,8 +303,7 @@ pub const MIN_GIT_INTERVAL: Duration = Duration::from_secs(10);
 impl GitSource {
     /// Checks the URL's scheme, the ref, the path and the interval.
     pub fn validate(&self) -> Result<(), String> {
-        let url = gix::url::parse(gix::bstr::BStr::new(self.url.as_bytes()))
-            .map_err(|_| format!("spec.git.url '{}' is not a git URL", shown(&self.url)))?;
+        let url = self.parsed_url()?;
         if url.password().is_some() {
             // The URL is shown in statuses and errors; a token in it would be too.
             return Err(
@@ -374,6 +373,12 @@ impl GitSource {
         }
         self.interval()?;
         Ok(())
+    }
+
+    /// The URL as git reads it (`host:path` is SSH, a bare path is a local repository).
+    pub fn parsed_url(&self) -> Result<gix::Url, String> {
+        gix::url::parse(gix::bstr::BStr::new(self.url.as_bytes()))
+            .map_err(|_| format!("spec.git.url '{}' is not a git URL", shown(&self.url)))
     }
 
     /// How often the source is fetched on its own, if at all.

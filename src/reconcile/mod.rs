@@ -32,14 +32,13 @@ pub use environments::{Environments, retry_delay};
 pub use records::{RECORD_HISTORY, RECORD_HISTORY_MAX, RECORD_RETENTION, settle};
 pub use status::ready_condition;
 
-/// The values of a stack's variables: those its spec writes, and those it takes from keys of
-/// Secrets (`variablesFrom`). A missing Secret or key is an invalid spec, named in the error
-/// (never with a value).
-pub async fn variable_values(
+/// The values of the variables a stack takes from keys of Secrets (`variablesFrom`). A missing
+/// Secret or key is an invalid spec, named in the error (never with a value).
+pub async fn secret_values(
     store: &Arc<dyn Store>,
     stack: &Stack,
 ) -> Result<std::collections::BTreeMap<String, String>> {
-    let mut values = stack.spec.variables.clone();
+    let mut values = std::collections::BTreeMap::new();
     let namespace = store.secrets_namespace(&stack.namespace().unwrap_or_default());
     for (variable, source) in &stack.spec.variables_from {
         let wanted = &source.secret_key_ref;
@@ -52,23 +51,12 @@ pub async fn variable_values(
                     wanted.name
                 ))
             })?;
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(&wanted.key))
-            .map(|bytes| String::from_utf8(bytes.0.clone()))
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "variable '{variable}': Secret '{}' has no key '{}'",
-                    wanted.name, wanted.key
-                ))
-            })?
-            .map_err(|_| {
-                Error::Invalid(format!(
-                    "variable '{variable}': key '{}' of Secret '{}' is not UTF-8 text",
-                    wanted.key, wanted.name
-                ))
-            })?;
+        let value = crate::model::secret_text(&secret, &wanted.key).ok_or_else(|| {
+            Error::Invalid(format!(
+                "variable '{variable}': Secret '{}' has no key '{}' (as UTF-8 text)",
+                wanted.name, wanted.key
+            ))
+        })?;
         values.insert(variable.clone(), value);
     }
     Ok(values)

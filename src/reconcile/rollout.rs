@@ -183,7 +183,8 @@ async fn prepare(
         })?
     };
     let part = stack.spec.stack.as_deref();
-    let values = super::variable_values(&ctx.store, stack).await?;
+    let mut values = stack.spec.variables.clone();
+    values.extend(super::secret_values(&ctx.store, stack).await?);
     let secrets = stack
         .spec
         .variables_from

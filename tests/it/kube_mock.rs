@@ -1157,7 +1157,7 @@ async fn variables_from_read_the_secret_of_the_stack_namespace() {
     let stack: rsgo::model::Stack = serde_json::from_value(stack).unwrap();
     let read = {
         let (store, stack) = (store.clone(), stack.clone());
-        tokio::spawn(async move { rsgo::reconcile::variable_values(&store, &stack).await })
+        tokio::spawn(async move { rsgo::reconcile::secret_values(&store, &stack).await })
     };
     let secret = json!({"apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "shop-db", "namespace": "prod", "resourceVersion": "7"},
@@ -1173,7 +1173,7 @@ async fn variables_from_read_the_secret_of_the_stack_namespace() {
     let values = read.await.unwrap().unwrap();
     assert_eq!(values["DB_PASSWORD"], "s3cr3t");
 
-    let read = tokio::spawn(async move { rsgo::reconcile::variable_values(&store, &stack).await });
+    let read = tokio::spawn(async move { rsgo::reconcile::secret_values(&store, &stack).await });
     server
         .expect(
             "GET",
