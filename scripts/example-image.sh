@@ -3,7 +3,7 @@
 # pushes it to the local registry that scripts/test-env.sh starts on 127.0.0.1:5000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/test-env.sh
+RSGO_ENV_MINIMAL=1 . scripts/test-env.sh
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 cp /bin/busybox "$dir/busybox"

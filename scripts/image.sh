@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds rsgo's container image FROM scratch: the rsgo binary plus the shared libraries it links
-# (glibc and friends), running as a non-root user. Needs no base image and no network.
+# (glibc and friends) and the public CA certificates, running as a non-root user. Needs no base image and no network.
 #   scripts/image.sh [IMAGE] [BINARY]
 # IMAGE defaults to rsgo:dev; BINARY defaults to a fresh release build.
 set -euo pipefail
@@ -19,6 +19,9 @@ for lib in $(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\//
   mkdir -p "$root$(dirname "$lib")"
   cp -L "$lib" "$root$lib"
 done
+# Public CAs, for git sources and `rsgo hook` over HTTPS.
+mkdir -p "$root/etc/ssl/certs"
+cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
 cat > "$root/Dockerfile" <<'DOCKERFILE'
 FROM scratch
 COPY . /

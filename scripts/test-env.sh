@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes what rsgo's tests need available, installing and starting only what is missing:
-# a Docker engine, a registry on 127.0.0.1, busybox for building test images FROM scratch, and
-# git and OpenSSH for the repositories the git catalog tests serve.
+# a Docker engine, a registry on 127.0.0.1, busybox for building test images FROM scratch,
+# git and OpenSSH for the repositories the git catalog tests serve, and headless Chromium with
+# its WebDriver for the web console's test.
 # Source it (`. scripts/test-env.sh`) to get RSGO_TEST_REGISTRY exported.
 set -euo pipefail
 
@@ -14,9 +15,15 @@ command -v dockerd >/dev/null 2>&1 || need_packages+=(docker.io)
 command -v docker-registry >/dev/null 2>&1 || need_packages+=(docker-registry)
 [ -x /bin/busybox ] || need_packages+=(busybox-static)
 command -v curl >/dev/null 2>&1 || need_packages+=(curl)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need_packages+=(ca-certificates)
 command -v git >/dev/null 2>&1 || need_packages+=(git)
 command -v ssh >/dev/null 2>&1 || need_packages+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need_packages+=(openssh-server)
+# RSGO_ENV_MINIMAL=1 (the quickstart) wants Docker and the registry only.
+if [ -z "${RSGO_ENV_MINIMAL:-}" ]; then
+  [ -x /usr/bin/chromium ] || need_packages+=(chromium)
+  [ -x /usr/bin/chromedriver ] || need_packages+=(chromium-driver)
+fi
 if [ "${#need_packages[@]}" -gt 0 ]; then
   echo "test-env: installing ${need_packages[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
@@ -61,12 +68,13 @@ YAML
   wait_for "the registry" 60 curl -sf "http://$RSGO_TEST_REGISTRY/v2/"
 fi
 
-# Real Helm (as a library) and kubernetes-validate, for the chart tests, in a private venv.
+# Real Helm (as a library) and kubernetes-validate, for the chart tests, and Selenium, for the
+# console test, in a private venv.
 venv="$state_dir/venv"
-if ! "$venv/bin/python" -c "import helm_python, kubernetes_validate, yaml" >/dev/null 2>&1; then
-  echo "test-env: installing helm-python-sdk and kubernetes-validate into $venv" >&2
+if [ -z "${RSGO_ENV_MINIMAL:-}" ] && ! "$venv/bin/python" -c "import helm_python, kubernetes_validate, yaml, selenium" >/dev/null 2>&1; then
+  echo "test-env: installing helm-python-sdk, kubernetes-validate and selenium into $venv" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml
+  "$venv/bin/pip" install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml selenium
 fi
 
 export RSGO_TEST_REGISTRY

@@ -7,11 +7,13 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod cli;
 pub mod duration;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod reconcile;
 pub mod retry;

@@ -64,6 +64,10 @@ impl From<Error> for ApiError {
     }
 }
 
+/// The message of an error response, kept with the response for its audit entry.
+#[derive(Debug, Clone)]
+pub struct ErrorMessage(pub String);
+
 /// An error body: `success` and `message` first, then any further fields.
 #[derive(Serialize)]
 struct ErrorBody {
@@ -79,11 +83,14 @@ impl IntoResponse for ApiError {
             Some(Value::Object(extra)) => extra,
             _ => Default::default(),
         };
+        let note = ErrorMessage(self.message.clone());
         let body = ErrorBody {
             success: false,
             message: self.message,
             extra,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(note);
+        response
     }
 }

@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,6 +21,9 @@ use super::error::ApiError;
 
 /// Failed authentications an address may make per minute when `rsgo serve` is not told.
 pub const DEFAULT_FAILURES_PER_MINUTE: u32 = 20;
+
+/// The reason logged, counted and audited for a request refused by the guard.
+const TOO_MANY: &str = "too many failed authentications";
 
 /// Addresses kept as blocked at most; the oldest blocks are dropped first beyond it.
 const MOST_BLOCKED: usize = 100_000;
@@ -88,19 +91,19 @@ pub async fn guard_authentication(
     next: Next,
 ) -> Response {
     // Only the API authenticates; probes and the rest are never held up.
-    let address = request
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|ConnectInfo(peer)| peer.ip())
-        .filter(|_| request.uri().path().starts_with("/api/"));
+    let address =
+        super::access::peer(&request).filter(|_| request.uri().path().starts_with("/api/"));
     let Some(address) = address else {
         return next.run(request).await;
     };
     if let Some(wait) = state.guard.blocked_for(address) {
-        state
-            .refusals
-            .refused("too many failed authentications", "");
-        return too_many(wait);
+        state.refusals.refused(TOO_MANY, "");
+        crate::metrics::global().auth_failed(TOO_MANY);
+        let mut response = too_many(wait);
+        response
+            .extensions_mut()
+            .insert(super::access::Refusal(TOO_MANY));
+        return response;
     }
     let response = next.run(request).await;
     if response.status() == StatusCode::UNAUTHORIZED

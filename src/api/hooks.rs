@@ -4,20 +4,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use jiff::Timestamp;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use rand::RngExt;
 use serde_json::{Value, json};
 
-use super::request::{
-    RedeployRequest, UpgradeRequest, authenticate, read_json, resolve_environment,
-};
+use super::access::{Audited, Caller};
+use super::request::{RedeployRequest, UpgradeRequest, read_json, resolve_environment};
 use super::responses::{DeploymentResponse, RedeployResponse, SyncResponse, UpgradeResponse};
 use super::{ApiError, AppState};
 use crate::catalog::{self, render_with_secrets, sync, variables};
@@ -26,7 +25,7 @@ use crate::model::{
     DeploymentRecordSpec, Environment, Permission, REDEPLOY_ANNOTATION, STACK_LABEL, Stack,
 };
 use crate::store::{Store, Write, encode};
-use crate::{Error, Result, retry};
+use crate::{Error, Result, audit, retry};
 
 /// How long `"wait": true` waits for a rollout before answering.
 const WAIT_LIMIT: Duration = Duration::from_secs(15 * 60);
@@ -58,21 +57,41 @@ async fn pending_request(
         .filter(|record| record.status.is_none() && record.spec.action == action))
 }
 
-/// Reads the stack, lets `change` derive the desired stack and the record, and stores both in one
-/// atomic write, retrying from a fresh read when another writer changed the stack meanwhile. With
-/// `join`, a request of that action that the stack already has waiting is answered instead.
+/// Reads the stack, lets `change` derive the desired stack and the record, and stores both with
+/// the request's audit entry in one atomic write, retrying from a fresh read when another writer
+/// changed the stack meanwhile. With `join`, a request of that action that the stack already has
+/// waiting is answered instead (and its audit entry queued).
 async fn request_rollout<F>(
-    store: &std::sync::Arc<dyn Store>,
+    state: &AppState,
     env: &Environment,
     stack_name: &str,
-    requested_by: &str,
+    caller: &Caller,
     join: Option<DeploymentAction>,
     change: F,
 ) -> Result<(Stack, DeploymentRecord), ApiError>
 where
     F: Fn(&Stack) -> Result<(Stack, DeploymentRecordSpec), ApiError>,
 {
+    let store = &state.store;
     let (environment, namespace) = (env.name_any(), env.stack_namespace());
+    let entry = |action: DeploymentAction, id: &str, joined: bool| {
+        let hook = match action {
+            DeploymentAction::Redeploy => "hook.redeploy",
+            DeploymentAction::Upgrade => "hook.upgrade",
+        };
+        let mut event = audit::event(
+            caller.actor(),
+            hook,
+            Some(format!("{environment}/{stack_name}")),
+        );
+        event.spec.status_code = Some(200);
+        event.spec.detail = Some(if joined {
+            format!("joined waiting deployment {id}")
+        } else {
+            format!("deployment {id}")
+        });
+        event
+    };
     // Store failures (a lost race among them) are the outer error; a request the change refuses
     // is the inner one, and is answered at once.
     let attempt = || async {
@@ -84,14 +103,16 @@ where
         if let Some(action) = join
             && let Some(waiting) = pending_request(store, &stack, action).await?
         {
+            state.audit.record(entry(action, &waiting.name_any(), true));
             return Ok(Ok((stack, waiting)));
         }
         let (mut desired, mut spec) = match change(&stack) {
             Ok(changed) => changed,
             Err(refused) => return Ok(Err(refused)),
         };
-        spec.requested_by = requested_by.to_owned();
+        spec.requested_by = caller.key.spec.display_name.clone();
         let id = new_deployment_id();
+        let event = entry(spec.action, &id, false);
         desired
             .annotations_mut()
             .insert(DEPLOYMENT_ANNOTATION.into(), id.clone());
@@ -110,6 +131,7 @@ where
         let writes = vec![
             Write::Create(encode(&record)?),
             Write::Update(encode(&desired)?),
+            audit::write(&event)?,
         ];
         store.write(writes).await?;
         Ok(Ok((stack, record)))
@@ -191,21 +213,23 @@ fn rollout_result<T>(
 /// `POST /api/hooks/redeploy`
 pub async fn redeploy(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<RedeployResponse>, ApiError> {
-    let key = authenticate(&state, &headers, Some(Permission::Redeploy)).await?;
+) -> Result<(Extension<Audited>, Json<RedeployResponse>), ApiError> {
+    caller.require(&state, Permission::Redeploy)?;
+    let key = &caller.key;
     let request: RedeployRequest = read_json(&state, &headers, body).await?;
     if request.stack_name.is_empty() {
         return Err(ApiError::bad_request("stackName must not be empty."));
     }
-    let env = resolve_environment(&state, request.environment_id.as_deref(), &key).await?;
+    let env = resolve_environment(&state, request.environment_id.as_deref(), key).await?;
     let (environment, namespace) = (env.name_any(), env.stack_namespace());
     let (stack, record) = request_rollout(
-        &state.store,
+        &state,
         &env,
         &request.stack_name,
-        &key.spec.display_name,
+        &caller,
         Some(DeploymentAction::Redeploy),
         |stack| {
             let mut desired = stack.clone();
@@ -243,9 +267,9 @@ pub async fn redeploy(
     };
     if request.wait {
         let record = wait_for(&state.store, &namespace, &id).await?;
-        return rollout_result(&id, &record, answer);
+        return rollout_result(&id, &record, answer).map(|json| (Extension(Audited), json));
     }
-    Ok(Json(answer(None)))
+    Ok((Extension(Audited), Json(answer(None))))
 }
 
 /// The version a stack is asked to run: its pinned version, else the one it runs.
@@ -261,15 +285,17 @@ fn desired_version(stack: &Stack) -> Option<String> {
 /// `POST /api/hooks/upgrade`
 pub async fn upgrade(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<UpgradeResponse>, ApiError> {
-    let key = authenticate(&state, &headers, Some(Permission::Upgrade)).await?;
+) -> Result<(Extension<Audited>, Json<UpgradeResponse>), ApiError> {
+    caller.require(&state, Permission::Upgrade)?;
+    let key = &caller.key;
     let request: UpgradeRequest = read_json(&state, &headers, body).await?;
     if request.stack_name.is_empty() {
         return Err(ApiError::bad_request("stackName must not be empty."));
     }
-    let env = resolve_environment(&state, request.environment_id.as_deref(), &key).await?;
+    let env = resolve_environment(&state, request.environment_id.as_deref(), key).await?;
     let (environment, namespace) = (env.name_any(), env.stack_namespace());
     let target = catalog::parse_version(&request.target_version)
         .map_err(|e| ApiError::bad_request(format!("targetVersion {e}.")))?;
@@ -293,14 +319,9 @@ pub async fn upgrade(
             .await
             .map_err(|e| ApiError::bad_request(format!("Cannot upgrade to {target}: {e}.")))?;
     }
-    let (_, record) = request_rollout(
-        &state.store,
-        &env,
-        &request.stack_name,
-        &key.spec.display_name,
-        None,
-        |stack| upgraded(&state, &env, &request, &target, &from_secrets, stack),
-    )
+    let (_, record) = request_rollout(&state, &env, &request.stack_name, &caller, None, |stack| {
+        upgraded(&state, &env, &request, &target, &from_secrets, stack)
+    })
     .await?;
     let id = record.name_any();
     let previous = record.spec.from_version.clone().unwrap_or_default();
@@ -319,9 +340,9 @@ pub async fn upgrade(
     };
     if request.wait {
         let record = wait_for(&state.store, &namespace, &id).await?;
-        return rollout_result(&id, &record, answer);
+        return rollout_result(&id, &record, answer).map(|json| (Extension(Audited), json));
     }
-    Ok(Json(answer(None)))
+    Ok((Extension(Audited), Json(answer(None))))
 }
 
 /// The stack an upgrade asks for, and its record: the target must be in the catalog and newer
@@ -428,9 +449,9 @@ pub(super) fn merge(body: &mut Value, extra: Value) {
 /// `POST /api/hooks/sync-sources`: no body needed.
 pub async fn sync_sources(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<SyncResponse>, ApiError> {
-    authenticate(&state, &headers, Some(Permission::SyncSources)).await?;
+    caller.require(&state, Permission::SyncSources)?;
     let report = sync::sync_all(&state.store, &state.catalog).await?;
     state.catalog_synced.notify_one();
     if report.errors.is_empty() {
@@ -456,10 +477,21 @@ pub async fn sync_sources(
 /// `GET /api/deployments/{id}`: any valid key may read a record of an environment it may act on.
 pub async fn deployment(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DeploymentResponse>, ApiError> {
-    let key = authenticate(&state, &headers, None).await?;
+    let record = visible_record(&state, &caller, id).await?;
+    Ok(Json(deployment_response(record)))
+}
+
+/// The deployment record named in the path, if `caller` may see it: any valid key may read the
+/// records of the environments it may act on.
+pub(super) async fn visible_record(
+    state: &AppState,
+    caller: &Caller,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<DeploymentRecord, ApiError> {
+    let key = &caller.key;
     let Path(id) = id.map_err(|e| {
         ApiError::bad_request(format!("The deployment id in the path is not valid: {e}."))
     })?;
@@ -473,7 +505,7 @@ pub async fn deployment(
     if !crate::model::is_dns_subdomain(&id) {
         return Err(not_found());
     }
-    let record = state
+    state
         .store
         .find::<DeploymentRecord>(&id)
         .await?
@@ -483,12 +515,16 @@ pub async fn deployment(
                 .as_ref()
                 .is_none_or(|scope| *scope == r.spec.environment)
         })
-        .ok_or_else(not_found)?;
+        .ok_or_else(not_found)
+}
+
+/// The answer of `GET /api/deployments/{id}` for a record.
+pub(super) fn deployment_response(record: DeploymentRecord) -> DeploymentResponse {
     let status = record.status.clone().unwrap_or_default();
-    Ok(Json(DeploymentResponse {
+    DeploymentResponse {
         success: true,
         message: status.message,
-        deployment_id: id,
+        deployment_id: record.name_any(),
         stack_name: record.spec.stack,
         environment_id: record.spec.environment,
         action: record.spec.action,
@@ -502,7 +538,7 @@ pub async fn deployment(
         services: status.services,
         started_at: status.started_at,
         finished_at: status.finished_at,
-    }))
+    }
 }
 
 /// `GET /readyz`: ready when the store answers and the key index is loaded.

@@ -1,12 +1,19 @@
-//! The HTTP API: the three CI hooks, deployment status, and health probes.
+//! The HTTP API: the three CI hooks, deployment status and its live events, the admin API, the
+//! web console, metrics and health probes.
+
+mod access;
+mod admin;
+mod console;
 
 mod error;
+mod events;
 mod guard;
 mod hooks;
 pub mod refusals;
 mod request;
 pub mod responses;
 pub mod server;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -17,12 +24,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+pub use access::Caller;
 pub use error::ApiError;
 pub use guard::{AuthGuard, DEFAULT_FAILURES_PER_MINUTE};
 pub use refusals::RefusalLog;
 pub use request::{API_KEY_HEADER, RedeployRequest, UpgradeRequest, parse_body};
 pub use server::{HttpLimits, serve};
 
+use crate::audit::AuditLog;
 use crate::catalog::sync::SharedCatalog;
 use crate::store::Store;
 
@@ -52,15 +61,56 @@ pub struct AppState {
     pub refusals: Arc<RefusalLog>,
     /// Failed authentications per source address, and the addresses over their budget.
     pub guard: Arc<AuthGuard>,
+    /// The audit trail's queue for entries not written with a change.
+    pub audit: Arc<AuditLog>,
+}
+
+impl AppState {
+    /// State with default limits, a guard allowing [`DEFAULT_FAILURES_PER_MINUTE`] and an audit
+    /// trail keeping [`crate::audit::DEFAULT_RETENTION`] entries. Needs a Tokio runtime: it
+    /// starts the audit writer.
+    pub fn new(
+        store: Arc<dyn Store>,
+        catalog: Arc<SharedCatalog>,
+        keys: crate::auth::KeyIndex,
+        default_environment: impl Into<String>,
+    ) -> Self {
+        Self {
+            audit: AuditLog::start(store.clone(), crate::audit::DEFAULT_RETENTION),
+            store,
+            catalog,
+            default_environment: default_environment.into(),
+            catalog_synced: Default::default(),
+            keys,
+            http: Default::default(),
+            refusals: Default::default(),
+            guard: Arc::new(AuthGuard::new(DEFAULT_FAILURES_PER_MINUTE)),
+        }
+    }
 }
 
 /// The router with every route rsgo serves.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // Every route here needs a valid key; its handler checks the permission.
+    let authenticated = Router::new()
         .route("/api/hooks/redeploy", post(hooks::redeploy))
         .route("/api/hooks/upgrade", post(hooks::upgrade))
         .route("/api/hooks/sync-sources", post(hooks::sync_sources))
         .route("/api/deployments/{id}", get(hooks::deployment))
+        .route(
+            "/api/v1/deployments/{id}/events",
+            get(events::deployment_events),
+        )
+        .merge(admin::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authenticate,
+        ));
+    Router::new()
+        .merge(authenticated)
+        .merge(console::routes())
+
+        .route("/metrics", get(|| async { metrics_text() }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(hooks::ready))
         .fallback(|| async {
@@ -77,7 +127,23 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             guard::guard_authentication,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::account,
+        ))
         .with_state(state)
+}
+
+/// `GET /metrics`: the Prometheus text format.
+fn metrics_text() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::global().render(),
+    )
+        .into_response()
 }
 
 /// Answers over-long request targets (414) and heads (431) with the JSON every error has.

@@ -1,25 +1,20 @@
-//! What every hook does before it acts: read the body within limits, check the key and its
-//! permission, and resolve the environment the request acts on.
+//! What every hook does before it acts: read the body within limits and resolve the environment
+//! the request acts on.
 
 use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use futures::StreamExt;
-use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState, MAX_BODY_BYTES};
-use crate::auth::{self, KeyRejection};
-use crate::model::{ApiKey, ApiKeyStatus, Environment, Permission};
-use crate::store::Store;
+use crate::model::{ApiKey, Environment};
 
 /// Header carrying the API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
-/// How often a key's last-used time is written at most.
-const LAST_USED_GRANULARITY: SignedDuration = SignedDuration::from_secs(60);
 /// The body of `POST /api/hooks/redeploy`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -53,13 +48,22 @@ pub struct UpgradeRequest {
     pub wait: bool,
 }
 
-/// Reads a hook's JSON object body: refused at once when it announces more than
-/// [`MAX_BODY_BYTES`], cut off when it grows past them or takes longer than the body deadline.
+/// Reads a hook's JSON object body within the limits of [`read_body`].
 pub(super) async fn read_json<T: DeserializeOwned>(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
+    parse_body(&read_body(state, headers, body).await?)
+}
+
+/// Reads a request body: refused at once when it announces more than [`MAX_BODY_BYTES`], cut
+/// off when it grows past them or takes longer than the body deadline.
+pub(super) async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<u8>, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -91,7 +95,7 @@ pub(super) async fn read_json<T: DeserializeOwned>(
         Ok(bytes)
     };
     let deadline = state.http.body_timeout;
-    let bytes = tokio::time::timeout(deadline, read).await.map_err(|_| {
+    tokio::time::timeout(deadline, read).await.map_err(|_| {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             format!(
@@ -99,8 +103,7 @@ pub(super) async fn read_json<T: DeserializeOwned>(
                 deadline.as_secs()
             ),
         )
-    })??;
-    parse_body(&bytes)
+    })?
 }
 
 /// Parses a hook's body, which must be one JSON object with only the fields of `T`.
@@ -117,58 +120,6 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
 }
 
-/// Checks the key in `headers` and that it grants `permission`.
-pub(super) async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    permission: Option<Permission>,
-) -> Result<ApiKey, ApiError> {
-    let presented = headers
-        .get(API_KEY_HEADER)
-        .map(|v| v.to_str().unwrap_or_default());
-    // Refusals are logged with their reason, never with any part of the presented key.
-    let unauthorized = |rejection: KeyRejection| {
-        state.refusals.refused(rejection.label(), "");
-        ApiError::new(StatusCode::UNAUTHORIZED, rejection.message())
-    };
-    let wanted = auth::presented_hash(presented).map_err(unauthorized)?;
-    let candidates = state.keys.lookup(&wanted).await?.into_iter().collect();
-    let now = Timestamp::now();
-    let key = auth::verify(&wanted, candidates, now).map_err(unauthorized)?;
-    if let Some(permission) = permission
-        && !auth::grants(&key.spec.permissions, permission)
-    {
-        state.refusals.refused(
-            "missing permission",
-            &format!("key '{}' lacks {permission}", key.spec.display_name),
-        );
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "API key '{}' lacks the permission '{permission}'.",
-                key.spec.display_name
-            ),
-        ));
-    }
-    record_use(&state.store, &key, now).await;
-    Ok(key)
-}
-
-/// Records when a key was used, at most once a minute, so requests are not all writes.
-async fn record_use(store: &std::sync::Arc<dyn Store>, key: &ApiKey, now: Timestamp) {
-    let last = key.status.as_ref().and_then(|s| s.last_used_at);
-    if last.is_some_and(|at| now.duration_since(at) < LAST_USED_GRANULARITY) {
-        return;
-    }
-    let mut used = key.clone();
-    used.status = Some(ApiKeyStatus {
-        last_used_at: Some(now),
-    });
-    if let Err(error) = store.update_status(&used).await {
-        tracing::warn!(key = %key.name_any(), %error, "recording the key's last use failed");
-    }
-}
-
 /// The environment a request acts on: the body's, else the key's scope, else the default.
 pub(super) async fn resolve_environment(
     state: &AppState,
@@ -182,6 +133,7 @@ pub(super) async fn resolve_environment(
                 "foreign environment",
                 &format!("key '{}' is limited to '{scope}'", key.spec.display_name),
             );
+            crate::metrics::global().auth_failed("foreign environment");
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!(

@@ -1,6 +1,7 @@
 //! Serving the router over HTTP/1.1 with limits a hostile client cannot outwait: a deadline for
 //! each request head (which also closes idle kept-alive connections), a deadline for each body
-//! (enforced where bodies are read), and a cap on open connections.
+//! (enforced where bodies are read), and a cap on open connections. With certificates, every
+//! connection is TLS.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use super::tls::Certificates;
 
 /// How long open requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -44,12 +47,13 @@ impl Default for HttpLimits {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets open requests finish for
-/// a few seconds.
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown` completes, then
+/// lets open requests finish for a few seconds.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<Arc<Certificates>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -85,10 +89,30 @@ pub async fn serve(
                 .clone()
                 .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
         );
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let Some(tls) = &tls else {
+            let connection =
+                graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        let (acceptor, builder, watcher) = (tls.acceptor(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
+            // The handshake gets the time a request head gets.
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let connection =
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
             }
             drop(slot);
         });

@@ -89,6 +89,71 @@ pub fn grants(granted: &[Permission], wanted: Permission) -> bool {
     granted.iter().any(|p| p.covers(wanted))
 }
 
+/// A Kubernetes-style object name from a key's display name: each run of other characters
+/// becomes one dash.
+pub fn object_name(display: &str) -> String {
+    let words: Vec<&str> = display
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    crate::model::dns_label(&words.join("-"))
+}
+
+/// The ApiKey to store for `key`: only its hash and display prefix. Refuses a key without
+/// permissions or whose display name has no letter or digit to name it by.
+pub fn key_record(
+    key: &NewKey,
+    display_name: &str,
+    permissions: Vec<Permission>,
+    environment: Option<String>,
+    expires_at: Option<Timestamp>,
+) -> Result<ApiKey, String> {
+    validate_permissions(&permissions)?;
+    if environment.is_some() && permissions.contains(&Permission::Admin) {
+        return Err(
+            "an Admin key acts on every environment and cannot be limited to one; make a separate key for the hooks".into(),
+        );
+    }
+    let name = object_name(display_name);
+    if name.is_empty() {
+        return Err("a key's name needs at least one letter or digit".into());
+    }
+    Ok(ApiKey {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name),
+            ..Default::default()
+        },
+        spec: crate::model::ApiKeySpec {
+            display_name: display_name.to_owned(),
+            key_hash: key.hash.clone(),
+            prefix: key.prefix.clone(),
+            permissions,
+            environment,
+            expires_at,
+            ..Default::default()
+        },
+        status: None,
+    })
+}
+
+/// Whether a key is `active`, `revoked` or `expired` at `now`.
+pub fn state(key: &ApiKey, now: Timestamp) -> &'static str {
+    if key.spec.revoked {
+        "revoked"
+    } else if key.spec.expires_at.is_some_and(|at| at <= now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+/// Marks a key revoked now; it is refused from the next request on.
+pub fn revoke(key: &mut ApiKey, reason: Option<String>) {
+    key.spec.revoked = true;
+    key.spec.revoked_at = Some(Timestamp::now());
+    key.spec.revoked_reason = reason;
+}
+
 /// Why a presented key was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyRejection {

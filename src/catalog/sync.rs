@@ -322,6 +322,7 @@ async fn sync_in_turn(
                 rejected,
             }) => {
                 report.sources_synced += 1;
+                crate::metrics::global().catalog_synced(errors.is_empty() && rejected.is_none());
                 let errors: Vec<String> = match (&rejected, &revision) {
                     (Some(new), Some(kept)) => errors
                         .iter()
@@ -357,6 +358,7 @@ async fn sync_in_turn(
                 }
             }
             Err(error) => {
+                crate::metrics::global().catalog_synced(false);
                 let message = format!("source '{name}': {error}; keeping its last good catalog");
                 report.errors.push(message.clone());
                 CatalogSourceStatus {

@@ -5,14 +5,13 @@ use std::sync::Arc;
 use clap::{Args, Subcommand, ValueEnum};
 use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
-use kube::api::ObjectMeta;
 use serde_json::json;
 
 use super::{Format, out, print_as};
-use crate::auth;
-use crate::model::{ApiKey, ApiKeySpec, Environment, Permission, dns_label};
-use crate::store::Store;
+use crate::model::{ApiKey, Environment, Permission};
+use crate::store::{Store, Write, encode};
 use crate::{Error, Result};
+use crate::{audit, auth};
 
 /// API key commands.
 #[derive(Debug, Subcommand)]
@@ -98,15 +97,6 @@ fn expiry(text: &str, now: Timestamp) -> Result<Timestamp> {
         })
 }
 
-/// A Kubernetes-style object name from a display name: each run of other characters becomes one dash.
-fn object_name(display: &str) -> String {
-    let words: Vec<&str> = display
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .collect();
-    dns_label(&words.join("-"))
-}
-
 /// Runs an API key command.
 pub async fn run(store: &Arc<dyn Store>, command: ApikeyCommand) -> Result<()> {
     match command {
@@ -127,13 +117,6 @@ async fn create(store: &Arc<dyn Store>, args: CreateArgs) -> Result<()> {
         output,
     } = args;
 
-    auth::validate_permissions(&permissions).map_err(Error::Invalid)?;
-    let object = object_name(&name);
-    if object.is_empty() {
-        return Err(Error::Invalid(
-            "--name needs at least one letter or digit".into(),
-        ));
-    }
     // A manifest for git names a cluster environment this store does not know.
     let manifest_only = matches!(output, Some(KeyOutput::Yaml));
     if let Some(env) = &environment
@@ -146,22 +129,8 @@ async fn create(store: &Arc<dyn Store>, args: CreateArgs) -> Result<()> {
     }
     let expires_at = expiry_of(expires_in.as_deref(), expires_at.as_deref())?;
     let key = auth::generate();
-    let record = ApiKey {
-        metadata: ObjectMeta {
-            name: Some(object),
-            ..Default::default()
-        },
-        spec: ApiKeySpec {
-            display_name: name.clone(),
-            key_hash: key.hash.clone(),
-            prefix: key.prefix.clone(),
-            permissions: permissions.clone(),
-            environment: environment.clone(),
-            expires_at,
-            ..Default::default()
-        },
-        status: None,
-    };
+    let record = auth::key_record(&key, &name, permissions, environment, expires_at)
+        .map_err(Error::Invalid)?;
     if manifest_only {
         print_as(&crate::store::encode(&record)?, Format::Yaml)?;
         eprintln!("{}", key.plaintext);
@@ -172,12 +141,16 @@ async fn create(store: &Arc<dyn Store>, args: CreateArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let stored = store.create(&record).await.map_err(|e| match e {
-        Error::AlreadyExists { .. } => {
-            Error::Invalid(format!("an API key named '{name}' already exists"))
-        }
-        other => other,
-    })?;
+    let mut created = audit::event(audit::cli_actor(), "apikey.create", Some(record.name_any()));
+    created.spec.detail = Some(Permission::names(&record.spec.permissions));
+    let stored: ApiKey = audit::write_with(store, Write::Create(encode(&record)?), &created)
+        .await
+        .map_err(|e| match e {
+            Error::AlreadyExists { .. } => {
+                Error::Invalid(format!("an API key named '{name}' already exists"))
+            }
+            other => other,
+        })?;
     let id = stored.uid().unwrap_or_default();
     show_created(&key, &stored, &id, output)
 }
@@ -231,13 +204,7 @@ async fn list(store: &Arc<dyn Store>, output: Option<Format>) -> Result<()> {
         "NAME", "PREFIX", "PERMISSIONS", "ENVIRONMENT", "STATE"
     ))?;
     for key in keys {
-        let state = if key.spec.revoked {
-            "revoked"
-        } else if key.spec.expires_at.is_some_and(|at| at <= Timestamp::now()) {
-            "expired"
-        } else {
-            "active"
-        };
+        let state = auth::state(&key, Timestamp::now());
         let last_used = key
             .status
             .as_ref()
@@ -286,10 +253,9 @@ async fn revoke(store: &Arc<dyn Store>, name_or_id: String, reason: Option<Strin
         eprintln!("API key '{}' was already revoked.", key.spec.display_name);
         return Ok(());
     }
-    key.spec.revoked = true;
-    key.spec.revoked_at = Some(Timestamp::now());
-    key.spec.revoked_reason = reason;
-    store.update(&key).await?;
+    auth::revoke(&mut key, reason);
+    let revoked = audit::event(audit::cli_actor(), "apikey.revoke", Some(key.name_any()));
+    let _: ApiKey = audit::write_with(store, Write::Update(encode(&key)?), &revoked).await?;
     eprintln!(
         "Revoked API key '{}' ({}).",
         key.spec.display_name, key.spec.prefix
@@ -320,14 +286,5 @@ mod tests {
         assert!(far.contains("past the year 9999"), "{far}");
         let huge = expiry("106751991167300d", now).unwrap_err().to_string();
         assert!(huge.contains("is not a duration"), "{huge}");
-    }
-
-    #[test]
-    fn object_names_from_display_names() {
-        assert_eq!(
-            object_name("GitHub Actions  Deploy!"),
-            "github-actions-deploy"
-        );
-        assert_eq!(object_name("***"), "");
     }
 }

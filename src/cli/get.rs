@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::{Format, out, print_as};
-use crate::model::{CatalogSource, DeploymentRecord, Environment, Stack};
+use crate::model::{CatalogSource, DeploymentRecord, Environment, Stack, redact};
 use crate::store::{Object, Store, encode};
 use crate::{Error, Result};
 
@@ -109,35 +109,6 @@ fn source_row(c: &CatalogSource) -> Vec<String> {
     ]
 }
 
-/// What `rsgo get` shows instead of a hidden value.
-pub const HIDDEN: &str = "(hidden)";
-
-/// Replaces the values of the variables `which` picks in a map of variables.
-fn hide(variables: Option<&mut Value>, which: impl Fn(&str) -> bool) {
-    if let Some(Value::Object(variables)) = variables {
-        for (name, value) in variables.iter_mut() {
-            if which(name) {
-                *value = Value::String(HIDDEN.into());
-            }
-        }
-    }
-}
-
-/// Hides a stack's Password variables. Until the reconciler has looked at the current spec (and
-/// so knows which of its variables are Passwords), every value is hidden.
-fn hide_stack_secrets(doc: &mut Value) {
-    let generation = doc.pointer("/metadata/generation").cloned();
-    let status = doc.get("status").cloned().unwrap_or_default();
-    let current = status.get("observedGeneration").cloned() == generation;
-    let hidden: Vec<String> = status
-        .get("hiddenVariables")
-        .and_then(|h| serde_json::from_value(h.clone()).ok())
-        .unwrap_or_default();
-    hide(doc.pointer_mut("/spec/variables"), |name| {
-        !current || hidden.iter().any(|h| h == name)
-    });
-}
-
 fn secret_row(s: &Secret) -> Vec<String> {
     let keys: Vec<&str> = s
         .data
@@ -164,7 +135,7 @@ pub async fn get(
             let mut stacks = rows(store.list::<Stack>(environment).await?, stack_row)?;
             stacks
                 .iter_mut()
-                .for_each(|(doc, _)| hide_stack_secrets(doc));
+                .for_each(|(doc, _)| redact::hide_stack_secrets(doc));
             stacks
         }
         Listable::Deployments => {
@@ -172,7 +143,7 @@ pub async fn get(
             records.sort_by_key(|r| r.spec.requested_at);
             let mut records = rows(records, record_row)?;
             for (doc, _) in &mut records {
-                hide(doc.pointer_mut("/spec/previousVariables"), |_| true);
+                redact::hide(doc.pointer_mut("/spec/previousVariables"), |_| true);
             }
             records
         }
@@ -181,7 +152,7 @@ pub async fn get(
         Listable::Secrets => {
             let mut secrets = rows(store.list::<Secret>(None).await?, secret_row)?;
             for (doc, _) in &mut secrets {
-                hide(doc.get_mut("data"), |_| true);
+                redact::hide(doc.get_mut("data"), |_| true);
             }
             secrets
         }
@@ -237,8 +208,13 @@ pub async fn get(
         ],
         Listable::Secrets => &["NAME", "TYPE", "KEYS"],
     };
+    print_table(header, rows.into_iter().map(|(_, row)| row))
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Result<()> {
     let table: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
-        .chain(rows.into_iter().map(|(_, row)| row))
+        .chain(rows)
         .collect();
     let widths: Vec<usize> = (0..header.len())
         .map(|i| table.iter().map(|r| r[i].len()).max().unwrap_or(0))
@@ -254,32 +230,46 @@ pub async fn get(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_hidden_and_everything_is_until_reconciled() {
-        let mut reconciled = json!({
-            "metadata": {"generation": 2},
-            "spec": {"variables": {"PASSWORD": "s3cr3t", "PORT": "8080"}},
-            "status": {"observedGeneration": 2, "hiddenVariables": ["PASSWORD"]},
-        });
-        hide_stack_secrets(&mut reconciled);
-        assert_eq!(
-            reconciled["spec"]["variables"],
-            json!({"PASSWORD": HIDDEN, "PORT": "8080"})
-        );
-        let mut changed = json!({
-            "metadata": {"generation": 3},
-            "spec": {"variables": {"PASSWORD": "s3cr3t", "TOKEN": "t0k3n"}},
-            "status": {"observedGeneration": 2, "hiddenVariables": ["PASSWORD"]},
-        });
-        hide_stack_secrets(&mut changed);
-        assert_eq!(
-            changed["spec"]["variables"],
-            json!({"PASSWORD": HIDDEN, "TOKEN": HIDDEN}),
-            "a new spec may declare new passwords"
+/// Prints the audit trail, newest first.
+pub async fn audit(
+    store: &Arc<dyn Store>,
+    query: &crate::audit::Query,
+    output: Option<Format>,
+) -> Result<()> {
+    let events = crate::audit::read(store, query).await?;
+    if let Some(format) = output {
+        let items = events.iter().map(encode).collect::<Result<Vec<_>>>()?;
+        return print_as(
+            &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+            format,
         );
     }
+    let rows = events.iter().map(|e| {
+        let spec = &e.spec;
+        let actor = match (&spec.actor.key_prefix, &spec.actor.address) {
+            (Some(prefix), Some(address)) => format!("{} ({prefix}, {address})", spec.actor.name),
+            (Some(prefix), None) => format!("{} ({prefix})", spec.actor.name),
+            (None, Some(address)) => format!("{} ({address})", spec.actor.name),
+            (None, None) => spec.actor.name.clone(),
+        };
+        let mut detail = spec.detail.clone().unwrap_or_default();
+        if let Some(count) = spec.count {
+            detail = format!("{count}x {detail}");
+        }
+        vec![
+            spec.time.to_string(),
+            actor,
+            spec.action.clone(),
+            spec.target.clone().unwrap_or_else(|| "-".into()),
+            format!("{:?}", spec.outcome),
+            spec.status_code.map_or("-".into(), |c| c.to_string()),
+            detail,
+        ]
+    });
+    print_table(
+        &[
+            "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "STATUS", "DETAIL",
+        ],
+        rows,
+    )
 }

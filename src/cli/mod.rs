@@ -4,6 +4,7 @@ mod apikey;
 mod apply;
 mod delete;
 mod get;
+mod hook;
 mod serve;
 
 pub use apply::{Document, check_document, parse_documents};
@@ -82,6 +83,25 @@ pub enum Command {
         #[arg(long)]
         output_dir: Option<PathBuf>,
     },
+    /// Call a hook on a running rsgo (RSGO_URL, RSGO_API_KEY) and follow the rollout; exits
+    /// non-zero when it is refused or the rollout fails.
+    #[command(subcommand)]
+    Hook(hook::HookCommand),
+    /// Show the audit trail, newest first: who created or revoked keys, called hooks, was refused.
+    Audit {
+        /// Most entries shown.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only entries of this actor (a key's display name, or `cli`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only actions starting with this, such as `apikey.` or `hook.redeploy`.
+        #[arg(long)]
+        action: Option<String>,
+        /// Output format; a table when absent.
+        #[arg(short = 'o', long)]
+        output: Option<Format>,
+    },
     /// Delete a stack: its containers and network go, its volumes stay.
     Delete {
         /// What to delete.
@@ -108,11 +128,27 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Crd { output_dir } => return write_crds(output_dir.as_deref()),
         Command::Serve(args) => return serve::serve(&cli.data_dir, args).await,
+        Command::Hook(command) => return hook::run(command).await,
         _ => {}
     }
     let store = open_sqlite(&cli.data_dir).await?;
     match cli.command {
-        Command::Serve(_) | Command::Crd { .. } => unreachable!("handled above"),
+        Command::Serve(_) | Command::Crd { .. } | Command::Hook(_) => {
+            unreachable!("handled above")
+        }
+        Command::Audit {
+            limit,
+            actor,
+            action,
+            output,
+        } => {
+            let query = crate::audit::Query {
+                limit,
+                actor,
+                action,
+            };
+            get::audit(&store, &query, output).await
+        }
         Command::Apikey(command) => apikey::run(&store, command).await,
         Command::Apply { file } => apply::apply(&store, &file).await,
         Command::Get {

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::api::{
     AppState, AuthGuard, DEFAULT_FAILURES_PER_MINUTE, HttpLimits, RefusalLog, refusals, router,
 };
+use crate::audit::AuditLog;
 use crate::auth::KeyIndex;
 use crate::catalog::sync::{self, SharedCatalog};
 use crate::model::{
@@ -74,6 +75,16 @@ pub struct ServeArgs {
     /// Retry-After until its budget refills; 0 turns the limit off.
     #[arg(long, env = "RSGO_AUTH_FAILURES_PER_MINUTE", default_value_t = DEFAULT_FAILURES_PER_MINUTE)]
     pub auth_failures_per_minute: u32,
+    /// Audit entries kept; the oldest beyond it are removed. 0 keeps every entry.
+    #[arg(long, env = "RSGO_AUDIT_RETENTION", default_value_t = crate::audit::DEFAULT_RETENTION)]
+    pub audit_retention: usize,
+    /// PEM certificate chain to serve HTTPS with (needs --tls-key). Read again when the file
+    /// changes, so a renewed certificate is served without a restart.
+    #[arg(long, env = "RSGO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "RSGO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -117,6 +128,7 @@ async fn reconcile_when_locked(
                 .map_err(|e| Error::Task(e.to_string()))?
                 .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
             tracing::info!("the other rsgo serve stopped; this one reconciles now");
+            crate::metrics::global().set_leader(true);
             run.await;
             drop(file);
             return Ok(());
@@ -125,6 +137,7 @@ async fn reconcile_when_locked(
             return Err(Error::io(format!("locking {}", path.display()), e));
         }
     }
+    crate::metrics::global().set_leader(true);
     run.await;
     drop(file);
     Ok(())
@@ -226,6 +239,7 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     let guard = Arc::new(AuthGuard::new(args.auth_failures_per_minute));
     tokio::spawn(report_refusals(refusals.clone(), guard.clone()));
     let limits = args.http_limits();
+    let audit = AuditLog::start(hooks_store.clone(), args.audit_retention);
     let state = AppState {
         keys,
         store: hooks_store,
@@ -235,14 +249,22 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
         http: limits,
         refusals,
         guard,
+        audit: audit.clone(),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::api::tls::Certificates::load(cert, key)?),
+        _ => None,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Error::io(format!("listening on {}", args.listen), e))?;
-    tracing::info!(listen = %args.listen, "rsgo serving");
-    crate::api::serve(listener, router(state), limits, shutdown_signal())
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %args.listen, %scheme, "rsgo serving");
+    let served = crate::api::serve(listener, router(state), limits, tls, shutdown_signal())
         .await
-        .map_err(|e| Error::io("serving", e))
+        .map_err(|e| Error::io("serving", e));
+    audit.flush().await;
+    served
 }
 
 /// Where `serve` keeps its objects: one store for the reconciler and one for the hooks (the same

@@ -8,6 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod redact;
 mod validation;
 
 pub use validation::{
@@ -355,19 +356,24 @@ pub enum Permission {
     /// Call every hook.
     #[serde(rename = "Hooks.*")]
     AllHooks,
-    /// Everything a key can be granted.
+    /// Every hook, including hooks added later. It does not include `Admin`.
     #[serde(rename = "*")]
     All,
+    /// The admin API under `/api/v1/` and the web console: keys, stacks, deployments, audit.
+    /// Only granted by name, never by a wildcard.
+    #[serde(rename = "Admin")]
+    Admin,
 }
 
 impl Permission {
     /// Every permission, in the order the documentation lists them.
-    pub const ALL: [Permission; 5] = [
+    pub const ALL: [Permission; 6] = [
         Permission::Redeploy,
         Permission::Upgrade,
         Permission::SyncSources,
         Permission::AllHooks,
         Permission::All,
+        Permission::Admin,
     ];
 
     /// The name keys, manifests and messages use.
@@ -378,6 +384,7 @@ impl Permission {
             Permission::SyncSources => "Hooks.SyncSources",
             Permission::AllHooks => "Hooks.*",
             Permission::All => "*",
+            Permission::Admin => "Admin",
         }
     }
 
@@ -388,11 +395,13 @@ impl Permission {
     }
 
     /// Whether holding this permission allows what `wanted` allows. Every hook permission is
-    /// covered by `Hooks.*`, and everything by `*`.
+    /// covered by `Hooks.*` and by `*`; `Admin` only by itself, so no pipeline key made with a
+    /// wildcard can manage keys.
     pub fn covers(self, wanted: Permission) -> bool {
         self == wanted
-            || self == Permission::All
-            || (self == Permission::AllHooks && wanted != Permission::All)
+            || (self == Permission::All && wanted != Permission::Admin)
+            || (self == Permission::AllHooks
+                && !matches!(wanted, Permission::All | Permission::Admin))
     }
 }
 
@@ -438,7 +447,8 @@ pub struct ApiKeySpec {
     pub key_hash: String,
     /// First characters of the key, to recognise it in listings.
     pub prefix: String,
-    /// Granted permissions: `Hooks.Redeploy`, `Hooks.Upgrade`, `Hooks.SyncSources`, `Hooks.*` or `*`.
+    /// Granted permissions: `Hooks.Redeploy`, `Hooks.Upgrade`, `Hooks.SyncSources`, `Hooks.*`,
+    /// `*` (every hook) or `Admin` (the admin API and console).
     pub permissions: Vec<Permission>,
     /// When set, the key only works for this environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -600,6 +610,72 @@ pub enum ServiceAction {
     Applied,
 }
 
+/// One entry of the audit trail: who did what to what, from where, and how it ended. Written
+/// by rsgo only and never changed; the oldest are removed past the retention count.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "rsgo.io",
+    version = "v1alpha1",
+    kind = "AuditEvent",
+    doc = "One entry of rsgo's audit trail: who did what to what, from where, and how it ended.",
+    shortname = "audit",
+    printcolumn = r#"{"name":"Time","type":"string","jsonPath":".spec.time"}"#,
+    printcolumn = r#"{"name":"Actor","type":"string","jsonPath":".spec.actor.name"}"#,
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target"}"#,
+    printcolumn = r#"{"name":"Outcome","type":"string","jsonPath":".spec.outcome"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditEventSpec {
+    /// When it happened.
+    pub time: Timestamp,
+    /// Who acted.
+    pub actor: AuditActor,
+    /// What was done, such as `hook.redeploy`, `apikey.create` or `apikey.revoke`.
+    pub action: String,
+    /// What it was done to, such as `local/shop` for a stack or a key's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// How it ended.
+    pub outcome: AuditOutcome,
+    /// The HTTP status answered, for requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// Details: the refusal's reason, the deployment id, the permissions granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// How many identical refusals from the same address this entry stands for, when more
+    /// than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// Who acted, as far as rsgo knows. Never holds any part of a key beyond its display prefix.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditActor {
+    /// The key's display name, or `cli` for the command line on the server.
+    pub name: String,
+    /// The key's display prefix (`rsgo_` and four characters), when a known key acted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// The address the request came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// How an audited action ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AuditOutcome {
+    /// Done (for hooks: recorded; the rollout's outcome is the deployment's).
+    #[default]
+    Succeeded,
+    /// Refused: bad or missing key, missing permission, invalid request.
+    Refused,
+    /// Accepted but failed.
+    Failed,
+}
+
 /// The value of `key` in a Secret as text; `None` when the key is missing or not UTF-8.
 pub fn secret_text(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
@@ -613,6 +689,7 @@ pub fn crds()
     use kube::CustomResourceExt;
     vec![
         ApiKey::crd(),
+        AuditEvent::crd(),
         CatalogSource::crd(),
         DeploymentRecord::crd(),
         Environment::crd(),

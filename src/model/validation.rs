@@ -117,6 +117,9 @@ pub fn validate_document(doc: &Value, creating: bool) -> Result<()> {
         "ApiKey" => decode::<ApiKey>(doc).and_then(|k| k.validate()),
         "CatalogSource" => decode::<CatalogSource>(doc).and_then(|c| c.validate()),
         "DeploymentRecord" => decode::<DeploymentRecord>(doc).map(drop),
+        // The audit trail is append-only: an entry is written once and never changed.
+        "AuditEvent" if !creating => Err("audit events are never changed".into()),
+        "AuditEvent" => decode::<crate::model::AuditEvent>(doc).map(drop),
         "Secret" => decode::<k8s_openapi::api::core::v1::Secret>(doc)
             .map(drop)
             .map_err(|_| "not a Secret".to_owned()),

@@ -124,6 +124,7 @@ where
             }
         }
         tracing::info!(identity = %lock.identity, "became leader; reconciling");
+        crate::metrics::global().set_leader(true);
         let task = tokio::spawn(work());
         let mut renewed = tokio::time::Instant::now();
         loop {
@@ -138,6 +139,7 @@ where
             }
         }
         task.abort();
+        crate::metrics::global().set_leader(false);
         tracing::warn!(identity = %lock.identity, "lost the lease; stopped reconciling");
     }
 }

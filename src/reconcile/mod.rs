@@ -210,8 +210,15 @@ fn error_policy(stack: Arc<Stack>, error: &Error, _ctx: Arc<Context>) -> Action 
     Action::requeue(RETRY_AFTER)
 }
 
-/// Reconciles one stack.
+/// Reconciles one stack, counted in the metrics.
 pub async fn reconcile(trigger: Arc<Stack>, ctx: Arc<Context>) -> Result<Action> {
+    let started = std::time::Instant::now();
+    let result = reconcile_stack(trigger, ctx).await;
+    crate::metrics::global().reconciled(result.is_ok(), started.elapsed());
+    result
+}
+
+async fn reconcile_stack(trigger: Arc<Stack>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = trigger.namespace().unwrap_or_default();
     // Always act on the newest stored state, never on a possibly stale cached copy.
     let Some(stack) = ctx

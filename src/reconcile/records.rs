@@ -216,8 +216,15 @@ pub(super) async fn set_record(
     update: RecordUpdate,
 ) -> Result<DeploymentRecord> {
     let mut updated = record.clone();
-    updated.status = Some(record_status(record, update, Timestamp::now()));
-    ctx.store.update_status(&updated).await
+    let status = record_status(record, update, Timestamp::now());
+    let phase = status.phase;
+    updated.status = Some(status);
+    let stored = ctx.store.update_status(&updated).await?;
+    if phase.is_terminal() {
+        crate::metrics::global()
+            .rollout_finished(&format!("{:?}", record.spec.action), &format!("{phase:?}"));
+    }
+    Ok(stored)
 }
 
 /// The newest finished deployment records of a stack that are always kept.

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{Changes, Label, Store, Write, check_writes, identity, text};
-use crate::model::{ApiKey, CatalogSource, DeploymentRecord, Environment, Stack};
+use crate::model::{ApiKey, AuditEvent, CatalogSource, DeploymentRecord, Environment, Stack};
 use crate::{Error, Result};
 
 /// [`Store`] over a Kubernetes API server. Every write names the store's field manager, so
@@ -37,6 +37,7 @@ fn resource(kind: &str) -> Result<(ApiResource, bool)> {
         "Environment" => (ApiResource::erase::<Environment>(&()), false),
         "CatalogSource" => (ApiResource::erase::<CatalogSource>(&()), false),
         "ApiKey" => (ApiResource::erase::<ApiKey>(&()), false),
+        "AuditEvent" => (ApiResource::erase::<AuditEvent>(&()), false),
         // Credentials of git catalog sources, read from rsgo's namespace.
         "Secret" => (ApiResource::erase::<Secret>(&()), true),
         other => {

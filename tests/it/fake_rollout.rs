@@ -67,16 +67,7 @@ async fn cluster() -> Cluster {
         Context::new(controller, catalog.clone()).with_kubernetes(fake.client.clone(), "rsgo-0"),
     );
     let keys = crate::support::key_index(&hooks).await;
-    let hooks = AppState {
-        store: hooks,
-        catalog,
-        default_environment: "prod".into(),
-        catalog_synced: Default::default(),
-        keys,
-        http: Default::default(),
-        refusals: Default::default(),
-        guard: Default::default(),
-    };
+    let hooks = AppState::new(hooks, catalog, keys, "prod");
     Cluster { fake, ctx, hooks }
 }
 

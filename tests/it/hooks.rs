@@ -129,16 +129,7 @@ pub async fn fixture(backend: Backend) -> Fixture {
     );
     let keys = crate::support::key_index(&store).await;
     Fixture {
-        state: AppState {
-            store,
-            catalog,
-            default_environment: "local".into(),
-            catalog_synced: Default::default(),
-            http: Default::default(),
-            refusals: Default::default(),
-            guard: Default::default(),
-            keys,
-        },
+        state: AppState::new(store, catalog, keys, "local"),
         catalog_dir: manifests,
         _dir: dir,
     }

@@ -269,16 +269,12 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
         serde_json::from_value(api_key(&key)).unwrap(),
     ));
     keys.apply(kube::runtime::watcher::Event::InitDone);
-    let state = AppState {
+    let state = AppState::new(
+        Arc::new(KubeStore::new(client, rsgo::model::HOOKS_MANAGER)) as Arc<dyn Store>,
+        Arc::new(SharedCatalog::default()),
         keys,
-        store: Arc::new(KubeStore::new(client, rsgo::model::HOOKS_MANAGER)) as Arc<dyn Store>,
-        catalog: Arc::new(SharedCatalog::default()),
-        default_environment: "prod".into(),
-        catalog_synced: Default::default(),
-        http: Default::default(),
-        refusals: Default::default(),
-        guard: Default::default(),
-    };
+        "prod",
+    );
     let call = {
         let key = key.clone();
         tokio::spawn(async move {
@@ -358,6 +354,16 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
         )
         .await;
     assert_eq!(put["metadata"]["resourceVersion"], "101");
+    // The audit entry is written with the change, naming the key by name and prefix only.
+    let entry = server
+        .expect_with("POST", &format!("{API}/auditevents"), |sent| {
+            (201, sent.clone())
+        })
+        .await;
+    assert_eq!(entry["spec"]["action"], "hook.redeploy");
+    assert_eq!(entry["spec"]["target"], "prod/shop");
+    assert_eq!(entry["spec"]["actor"]["name"], "CI");
+    assert!(!entry.to_string().contains(&key), "{entry}");
     let (status_code, reply) = call.await.unwrap();
     assert_eq!(status_code, 200, "{reply}");
     assert_eq!(reply["deploymentId"], id.as_str());
@@ -791,16 +797,12 @@ async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_recor
         serde_json::from_value(upgrader).unwrap(),
     ));
     keys.apply(kube::runtime::watcher::Event::InitDone);
-    let state = AppState {
+    let state = AppState::new(
+        Arc::new(KubeStore::new(client, rsgo::model::HOOKS_MANAGER)) as Arc<dyn Store>,
+        Arc::new(SharedCatalog::new(catalog)),
         keys,
-        store: Arc::new(KubeStore::new(client, rsgo::model::HOOKS_MANAGER)) as Arc<dyn Store>,
-        catalog: Arc::new(SharedCatalog::new(catalog)),
-        default_environment: "prod".into(),
-        catalog_synced: Default::default(),
-        http: Default::default(),
-        refusals: Default::default(),
-        guard: Default::default(),
-    };
+        "prod",
+    );
     let call = tokio::spawn(async move {
         let body =
             json!({"stackName": "shop", "targetVersion": "6.5.0", "variables": {"MODE": "fast"}});
@@ -857,6 +859,12 @@ async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_recor
     assert_eq!(put["metadata"]["resourceVersion"], "300");
     assert_eq!(put["spec"]["version"], "6.5.0");
     assert_eq!(put["spec"]["variables"]["MODE"], "fast");
+    let entry = server
+        .expect_with("POST", &format!("{API}/auditevents"), |sent| {
+            (201, sent.clone())
+        })
+        .await;
+    assert_eq!(entry["spec"]["action"], "hook.upgrade");
     let (code, reply) = call.await.unwrap();
     assert_eq!(code, 200, "{reply}");
     assert_eq!(

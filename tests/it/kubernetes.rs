@@ -12,7 +12,7 @@ fn root() -> PathBuf {
 #[test]
 fn committed_crds_match_the_types_and_the_chart_carries_the_same() {
     let files = rsgo::cli::crd_files().unwrap();
-    assert_eq!(files.len(), 5);
+    assert_eq!(files.len(), 6);
     for dir in [root().join("crds"), root().join("charts/rsgo/crds")] {
         let on_disk = std::fs::read_dir(&dir).unwrap().count();
         assert_eq!(on_disk, files.len(), "{} holds other files", dir.display());
@@ -145,12 +145,47 @@ fn the_chart_lints_renders_and_validates_with_default_and_custom_values() {
 
     let custom = &report["non-default"]["deployment"]["spec"];
     let custom_args = &custom["template"]["spec"]["containers"][0]["args"];
-    for arg in ["--log-format=json", "--auth-failures-per-minute=0"] {
+    for arg in [
+        "--log-format=json",
+        "--auth-failures-per-minute=0",
+        "--audit-retention=5000",
+        "--tls-cert=/etc/rsgo/tls/tls.crt",
+        "--tls-key=/etc/rsgo/tls/tls.key",
+    ] {
         assert!(
             custom_args.as_array().unwrap().iter().any(|a| a == arg),
             "{arg} in {custom_args}"
         );
     }
+    let container = &custom["template"]["spec"]["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(
+        custom["template"]["spec"]["volumes"][1]["secret"]["secretName"],
+        "rsgo-serving-cert"
+    );
+    // The audit trail's kind is in the ClusterRole, without update: entries are never changed.
+    let audit_rule = report["default"]["clusterRole"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|rule| rule["resources"] == serde_json::json!(["auditevents"]))
+        .expect("a rule for auditevents")
+        .clone();
+    assert!(
+        !audit_rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "update" || v == "patch"),
+        "{audit_rule}"
+    );
+    // The ServiceMonitor is off by default and scrapes /metrics over HTTPS with TLS on.
+    assert!(report["default"]["serviceMonitor"].is_null());
+    let monitor = &report["non-default"]["serviceMonitor"];
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http");
+    assert_eq!(monitor["spec"]["endpoints"][0]["scheme"], "https");
     assert_eq!(custom["replicas"], 3);
     assert_eq!(
         custom["template"]["spec"]["containers"][0]["image"],
@@ -166,7 +201,7 @@ fn the_chart_lints_renders_and_validates_with_default_and_custom_values() {
             .unwrap()
             .contains("rsgo apikey create")
     );
-    assert_eq!(report["crds"].as_array().unwrap().len(), 5);
+    assert_eq!(report["crds"].as_array().unwrap().len(), 6);
 }
 
 /// Whether the key at `index` has a `# --` comment right above it, or sits inside a value

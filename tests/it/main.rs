@@ -3,6 +3,7 @@
 
 mod catalogs;
 mod cluster;
+mod console;
 mod docker_e2e;
 mod engine_proxy;
 mod fake_api;
@@ -13,5 +14,6 @@ mod guarantees;
 mod hooks;
 mod kube_mock;
 mod kubernetes;
+mod operator;
 mod store;
 mod support;
