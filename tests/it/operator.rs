@@ -544,17 +544,32 @@ fn rsgo_hook_follows_the_rollout_and_fails_with_it() {
 }
 
 #[test]
-fn https_is_served_with_a_certificate_made_here() {
+fn https_is_served_with_a_certificate_made_here_and_a_renewed_one_is_picked_up() {
     use rcgen::{CertificateParams, KeyPair};
+    /// A self-signed certificate for 127.0.0.1 and its key, as PEM.
+    fn self_signed() -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+    /// Kills the server however the test ends.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let dir = tempfile::TempDir::new().unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
     let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (first_cert, first_key) = self_signed();
+    std::fs::write(&cert_file, &first_cert).unwrap();
+    std::fs::write(&key_file, &first_key).unwrap();
+    let first_ca = dir.path().join("first.pem");
+    std::fs::write(&first_ca, &first_cert).unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let api_key = rsgo_ok(
@@ -569,25 +584,33 @@ fn https_is_served_with_a_certificate_made_here() {
         ],
     );
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rsgo"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--tls-cert")
-        .arg(&cert_file)
-        .arg("--tls-key")
-        .arg(&key_file)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _server = Running(
+        Command::new(env!("CARGO_BIN_EXE_rsgo"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(&cert_file)
+            .arg("--tls-key")
+            .arg(&key_file)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let url = format!("https://127.0.0.1:{port}");
-    let ca = cert_file.to_str().unwrap();
-    wait_for("rsgo to serve HTTPS", Duration::from_secs(30), || {
-        let out = Command::new("curl")
-            .args(["-s", "--cacert", ca, &format!("{url}/readyz")])
+    let trusted_by = |ca: &std::path::Path| {
+        Command::new("curl")
+            .args([
+                "-s",
+                "--cacert",
+                ca.to_str().unwrap(),
+                &format!("{url}/readyz"),
+            ])
             .output()
-            .ok()?;
-        (out.status.success() && out.stdout == b"ready").then_some(())
+            .is_ok_and(|out| out.status.success() && out.stdout == b"ready")
+    };
+    wait_for("rsgo to serve HTTPS", Duration::from_secs(30), || {
+        trusted_by(&first_ca).then_some(())
     });
     // Plain HTTP to the HTTPS port gets no answer; an unknown CA is refused by the client.
     let plain = Command::new("curl")
@@ -605,16 +628,29 @@ fn https_is_served_with_a_certificate_made_here() {
         .args(["hook", "sync-sources"])
         .env("RSGO_URL", &url)
         .env("RSGO_API_KEY", &api_key)
-        .env("SSL_CERT_FILE", &cert_file)
+        .env("SSL_CERT_FILE", &first_ca)
         .output()
         .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(
         synced.status.success(),
         "{}",
         String::from_utf8_lossy(&synced.stderr)
     );
+
+    // A renewed pair is served without a restart.
+    let (second_cert, second_key) = self_signed();
+    let second_ca = dir.path().join("second.pem");
+    std::fs::write(&second_ca, &second_cert).unwrap();
+    std::fs::write(&key_file, &second_key).unwrap();
+    std::fs::write(&cert_file, &second_cert).unwrap();
+    wait_for("the renewed certificate", Duration::from_secs(30), || {
+        trusted_by(&second_ca).then_some(())
+    });
+    assert!(!trusted_by(&first_ca), "the old certificate is gone");
+    // A broken file keeps the last good pair serving.
+    std::fs::write(&cert_file, "not a certificate").unwrap();
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(trusted_by(&second_ca));
 }
 
 #[test]
