@@ -30,8 +30,11 @@ pub const DEFAULT_RETENTION: usize = 100_000;
 const QUEUE: usize = 4096;
 /// Most entries written in one store write.
 const BATCH: usize = 512;
-/// How often the oldest entries beyond the retention count are removed at most.
-const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// When the first check for entries beyond the retention count runs after start.
+const FIRST_TRIM: Duration = Duration::from_secs(60);
+/// How often the oldest entries beyond the retention count are removed (the check lists every
+/// entry, so it is not done often).
+const TRIM_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// The actor of the command line on the server itself.
 pub fn cli_actor() -> AuditActor {
@@ -177,58 +180,81 @@ async fn write_queue(
     dropped: Arc<AtomicU64>,
     retention: usize,
 ) {
-    let mut last_trim: Option<tokio::time::Instant> = None;
-    while let Some(first) = receiver.recv().await {
-        let mut events = Vec::new();
-        let mut flushes = Vec::new();
-        let mut next = Some(first);
-        while let Some(message) = next {
-            match message {
-                Message::Record(event) => events.push(*event),
-                Message::Flush(done) => flushes.push(done),
+    let first_trim = tokio::time::Instant::now() + FIRST_TRIM;
+    let mut trim_tick = tokio::time::interval_at(first_trim, TRIM_EVERY);
+    trim_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            message = receiver.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+            _ = trim_tick.tick() => {
+                if retention > 0
+                    && let Err(error) = trim(&store, retention).await
+                {
+                    tracing::warn!(%error, "removing the oldest audit entries failed");
+                }
+                continue;
             }
-            next = if events.len() < BATCH {
-                receiver.try_recv().ok()
-            } else {
-                None
-            };
+        };
+        write_batch(&store, &mut receiver, &dropped, first).await;
+    }
+}
+
+/// Writes `first` and what else is queued (up to a batch), then answers the flushes among them.
+async fn write_batch(
+    store: &Arc<dyn Store>,
+    receiver: &mut mpsc::Receiver<Message>,
+    dropped: &AtomicU64,
+    first: Message,
+) {
+    let mut events = Vec::new();
+    let mut flushes = Vec::new();
+    let mut next = Some(first);
+    while let Some(message) = next {
+        match message {
+            Message::Record(event) => events.push(*event),
+            Message::Flush(done) => flushes.push(done),
         }
-        let lost = dropped.swap(0, Ordering::Relaxed);
-        if lost > 0 {
-            let mut summary = event(
-                AuditActor {
-                    name: "rsgo".into(),
-                    ..Default::default()
-                },
-                "audit.overflow",
-                None,
-            );
-            summary.spec.outcome = AuditOutcome::Failed;
-            summary.spec.detail = Some(format!(
-                "{lost} entries arrived faster than they could be written and were not recorded one by one"
-            ));
-            events.push(summary);
+        next = if events.len() < BATCH {
+            receiver.try_recv().ok()
+        } else {
+            None
+        };
+    }
+    let lost = dropped.swap(0, Ordering::Relaxed);
+    if lost > 0 {
+        let mut summary = event(
+            AuditActor {
+                name: "rsgo".into(),
+                ..Default::default()
+            },
+            "audit.overflow",
+            None,
+        );
+        summary.spec.outcome = AuditOutcome::Failed;
+        summary.spec.detail = Some(format!(
+            "{lost} entries arrived faster than they could be written and were not recorded one by one"
+        ));
+        events.push(summary);
+    }
+    let count = events.len();
+    if count > 0 {
+        let written = match merge_refusals(events)
+            .iter()
+            .map(write)
+            .collect::<Result<Vec<_>>>()
+        {
+            Ok(writes) => store.write(writes).await.map(drop),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
+            tracing::error!(%error, entries = count, "writing audit entries failed");
         }
-        let count = events.len();
-        if count > 0 {
-            let writes: Result<Vec<Write>> = merge_refusals(events).iter().map(write).collect();
-            let written = match writes {
-                Ok(writes) => store.write(writes).await.map(drop),
-                Err(error) => Err(error),
-            };
-            if let Err(error) = written {
-                tracing::error!(%error, entries = count, "writing audit entries failed");
-            }
-        }
-        for done in flushes {
-            let _ = done.send(());
-        }
-        if retention > 0 && last_trim.is_none_or(|at| at.elapsed() >= TRIM_EVERY) {
-            last_trim = Some(tokio::time::Instant::now());
-            if let Err(error) = trim(&store, retention).await {
-                tracing::warn!(%error, "removing the oldest audit entries failed");
-            }
-        }
+    }
+    for done in flushes {
+        let _ = done.send(());
     }
 }
 
@@ -287,16 +313,25 @@ pub async fn read(store: &Arc<dyn Store>, query: &Query) -> Result<Vec<AuditEven
         .collect())
 }
 
-/// Applies `change` and records `event` in one store write; returns the changed object.
+/// The writes that record `event` and make `changes`, in one store write. The entry goes first:
+/// on Kubernetes, where a batch is applied in order and the objects it created are deleted again
+/// when a later write fails, a change is never made without its entry.
+pub fn with_entry(event: &AuditEvent, changes: Vec<Write>) -> Result<Vec<Write>> {
+    let mut writes = vec![write(event)?];
+    writes.extend(changes);
+    Ok(writes)
+}
+
+/// Records `event` and applies `change` in one store write; returns the changed object.
 pub async fn write_with<K: Object>(
     store: &Arc<dyn Store>,
     change: Write,
     event: &AuditEvent,
 ) -> Result<K> {
-    let stored = store.write(vec![change, write(event)?]).await?;
+    let stored = store.write(with_entry(event, vec![change])?).await?;
     let object = stored
         .into_iter()
-        .next()
+        .nth(1)
         .ok_or_else(|| Error::Task("the store returned no document".into()))?;
     serde_json::from_value(object).map_err(|e| Error::json("decoding a stored object", e))
 }

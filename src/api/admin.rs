@@ -263,7 +263,7 @@ async fn delete_key(
     };
     state
         .store
-        .write(vec![delete, audit::write(&event)?])
+        .write(audit::with_entry(&event, vec![delete])?)
         .await?;
     tracing::info!(key = %key.name_any(), by = %caller.key.spec.display_name, "API key deleted");
     let answer = json!({"success": true, "message": format!("Deleted API key '{}'.", key.spec.display_name)});

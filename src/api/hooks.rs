@@ -128,11 +128,13 @@ where
             spec,
             status: None,
         };
-        let writes = vec![
-            Write::Create(encode(&record)?),
-            Write::Update(encode(&desired)?),
-            audit::write(&event)?,
-        ];
+        let writes = audit::with_entry(
+            &event,
+            vec![
+                Write::Create(encode(&record)?),
+                Write::Update(encode(&desired)?),
+            ],
+        )?;
         store.write(writes).await?;
         Ok(Ok((stack, record)))
     };

@@ -62,6 +62,11 @@ pub async fn secret_values(
     Ok(values)
 }
 
+/// A stack's key in the reconciler's memory: namespace and name.
+fn stack_key(namespace: &str, stack: &str) -> String {
+    format!("{namespace}/{stack}")
+}
+
 /// Resync period when none is set.
 const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
 
@@ -80,6 +85,10 @@ pub struct Context {
     environments: Environments,
     kube: Option<kube::Client>,
     recorder: Option<Recorder>,
+    /// Per stack (`namespace/name`), the id of its latest deployment record known to have
+    /// ended. An ended record never starts again, so a steady pass over a stack whose status
+    /// names that record need not read it to learn it has nothing to report to.
+    ended: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Context {
@@ -92,7 +101,30 @@ impl Context {
             environments: Environments::new(None, DEFAULT_RESYNC),
             kube: None,
             recorder: None,
+            ended: Default::default(),
         }
+    }
+
+    fn ended(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        self.ended.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether deployment `id` of `stack` is known to have ended.
+    fn has_ended(&self, stack: &Stack, id: &str) -> bool {
+        let key = stack_key(&stack.namespace().unwrap_or_default(), &stack.name_any());
+        self.ended().get(&key).is_some_and(|known| known == id)
+    }
+
+    /// Remembers a record that ended (one in a final phase).
+    fn remember_ended(&self, record: &crate::model::DeploymentRecord) {
+        let key = stack_key(&record.namespace().unwrap_or_default(), &record.spec.stack);
+        self.ended().insert(key, record.name_any());
+    }
+
+    /// Forgets a deleted stack.
+    fn forget(&self, stack: &Stack) {
+        let key = stack_key(&stack.namespace().unwrap_or_default(), &stack.name_any());
+        self.ended().remove(&key);
     }
 
     /// Sets the resync period (default 30 s).
@@ -266,6 +298,7 @@ async fn finalize(stack: &Stack, ctx: &Context) -> Result<Action> {
     ctx.store
         .write(vec![Write::Update(encode(&released)?)])
         .await?;
+    ctx.forget(stack);
     tracing::info!(stack = %name, "stack deleted; volumes kept");
     Ok(Action::await_change())
 }

@@ -221,6 +221,7 @@ pub(super) async fn set_record(
     updated.status = Some(status);
     let stored = ctx.store.update_status(&updated).await?;
     if phase.is_terminal() {
+        ctx.remember_ended(&stored);
         crate::metrics::global()
             .rollout_finished(&format!("{:?}", record.spec.action), &format!("{phase:?}"));
     }

@@ -126,12 +126,20 @@ async fn pending(stack: &Stack, old_status: &StackStatus, ctx: &Context) -> Resu
         old_status.last_deployment.clone()
     };
     let deployment = match deployment_id {
-        Some(id) => ctx
-            .store
-            .get::<DeploymentRecord>(&stack.namespace().unwrap_or_default(), &id)
-            .await?
-            .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_terminal())),
-        None => None,
+        Some(id) if !ctx.has_ended(stack, &id) => {
+            let record = ctx
+                .store
+                .get::<DeploymentRecord>(&stack.namespace().unwrap_or_default(), &id)
+                .await?;
+            match record {
+                Some(r) if r.status.as_ref().is_some_and(|s| s.phase.is_terminal()) => {
+                    ctx.remember_ended(&r);
+                    None
+                }
+                other => other,
+            }
+        }
+        _ => None,
     };
     Ok(Pending {
         requested,

@@ -284,7 +284,8 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
     };
     expect_environment(&mut server).await;
 
-    // First attempt: the stack changes under us, so the record created for it is deleted again.
+    // First attempt: the stack changes under us, so the audit entry and the record created for
+    // it are deleted again. The entry goes first, so no change is ever made without it.
     server
         .expect(
             "GET",
@@ -293,6 +294,11 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
             stack("100"),
         )
         .await;
+    let entries = format!("{API}/auditevents");
+    let first_entry = server
+        .expect_with("POST", &entries, |sent| (201, sent.clone()))
+        .await;
+    let first_entry = first_entry["metadata"]["name"].as_str().unwrap().to_owned();
     let records = format!("{API}/namespaces/prod/deploymentrecords");
     let record = server
         .expect_with("POST", &records, |sent| (201, sent.clone()))
@@ -322,14 +328,14 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
         stack("100")["spec"],
         "a redeploy never edits the spec"
     );
-    server
-        .expect(
-            "DELETE",
-            &format!("{API}/namespaces/prod/deploymentrecords/{first_id}"),
-            200,
-            status(200, "Success"),
-        )
-        .await;
+    for undone in [
+        format!("{entries}/{first_entry}"),
+        format!("{API}/namespaces/prod/deploymentrecords/{first_id}"),
+    ] {
+        server
+            .expect("DELETE", &undone, 200, status(200, "Success"))
+            .await;
+    }
 
     // Second attempt on the fresh stack succeeds.
     server
@@ -340,6 +346,14 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
             stack("101"),
         )
         .await;
+    // The audit entry is written with the change, naming the key by name and prefix only.
+    let entry = server
+        .expect_with("POST", &entries, |sent| (201, sent.clone()))
+        .await;
+    assert_eq!(entry["spec"]["action"], "hook.redeploy");
+    assert_eq!(entry["spec"]["target"], "prod/shop");
+    assert_eq!(entry["spec"]["actor"]["name"], "CI");
+    assert!(!entry.to_string().contains(&key), "{entry}");
     let record = server
         .expect_with("POST", &records, |sent| (201, sent.clone()))
         .await;
@@ -354,16 +368,6 @@ async fn a_redeploy_over_the_kubernetes_store_retries_a_stale_write_and_undoes_i
         )
         .await;
     assert_eq!(put["metadata"]["resourceVersion"], "101");
-    // The audit entry is written with the change, naming the key by name and prefix only.
-    let entry = server
-        .expect_with("POST", &format!("{API}/auditevents"), |sent| {
-            (201, sent.clone())
-        })
-        .await;
-    assert_eq!(entry["spec"]["action"], "hook.redeploy");
-    assert_eq!(entry["spec"]["target"], "prod/shop");
-    assert_eq!(entry["spec"]["actor"]["name"], "CI");
-    assert!(!entry.to_string().contains(&key), "{entry}");
     let (status_code, reply) = call.await.unwrap();
     assert_eq!(status_code, 200, "{reply}");
     assert_eq!(reply["deploymentId"], id.as_str());
@@ -833,6 +837,12 @@ async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_recor
             stack("300"),
         )
         .await;
+    let entry = server
+        .expect_with("POST", &format!("{API}/auditevents"), |sent| {
+            (201, sent.clone())
+        })
+        .await;
+    assert_eq!(entry["spec"]["action"], "hook.upgrade");
     let record = server
         .expect_with(
             "POST",
@@ -859,12 +869,6 @@ async fn an_upgrade_over_the_kubernetes_store_writes_version_variables_and_recor
     assert_eq!(put["metadata"]["resourceVersion"], "300");
     assert_eq!(put["spec"]["version"], "6.5.0");
     assert_eq!(put["spec"]["variables"]["MODE"], "fast");
-    let entry = server
-        .expect_with("POST", &format!("{API}/auditevents"), |sent| {
-            (201, sent.clone())
-        })
-        .await;
-    assert_eq!(entry["spec"]["action"], "hook.upgrade");
     let (code, reply) = call.await.unwrap();
     assert_eq!(code, 200, "{reply}");
     assert_eq!(

@@ -579,3 +579,78 @@ fn the_cli_refuses_what_the_store_would_and_never_panics() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The audit trail keeps the newest entries past its retention count, never lets an entry be
+/// changed, and writes a flood of identical refusals as few entries with counts.
+#[tokio::test]
+async fn audit_entries_are_append_only_trimmed_oldest_first_and_floods_are_counted() {
+    use rsgo::audit::{self, AuditLog, Query};
+    use rsgo::model::{AuditActor, AuditEvent, AuditOutcome};
+    let dir = TempDir::new().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let mut names = Vec::new();
+    for n in 0..5 {
+        let event = audit::event(audit::cli_actor(), "apikey.create", Some(format!("k{n}")));
+        names.push(store.create(&event).await.unwrap().metadata.name.unwrap());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(audit::trim(&store, 3).await.unwrap(), 2);
+    let kept = audit::read(
+        &store,
+        &Query {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let kept: Vec<String> = kept
+        .iter()
+        .map(|e| e.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        kept,
+        [names[4].clone(), names[3].clone(), names[2].clone()],
+        "newest first, oldest gone"
+    );
+
+    let mut changed: AuditEvent = store.get("", &names[4]).await.unwrap().unwrap();
+    changed.spec.action = "apikey.delete".into();
+    let refused = store.update(&changed).await.unwrap_err().to_string();
+    assert!(refused.contains("never changed"), "{refused}");
+
+    let log = AuditLog::start(store.clone(), 0);
+    for _ in 0..300 {
+        let mut refusal = audit::event(
+            AuditActor {
+                name: "unknown".into(),
+                key_prefix: None,
+                address: Some("192.0.2.7".into()),
+            },
+            "hook.redeploy",
+            None,
+        );
+        refusal.spec.outcome = AuditOutcome::Refused;
+        refusal.spec.status_code = Some(401);
+        refusal.spec.detail = Some("unknown key".into());
+        log.record(refusal);
+    }
+    log.flush().await;
+    let refusals = audit::read(
+        &store,
+        &Query {
+            limit: 1000,
+            action: Some("hook.".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let counted: u64 = refusals.iter().map(|e| e.spec.count.unwrap_or(1)).sum();
+    assert_eq!(counted, 300, "every refusal is counted");
+    assert!(
+        refusals.len() < 10,
+        "{} entries for one flood",
+        refusals.len()
+    );
+}
