@@ -149,6 +149,24 @@ impl SqliteStore {
     }
 
     /// Runs `work` on a read connection.
+    /// Runs a point read (one row by its key) on the calling thread: such a read takes
+    /// microseconds in WAL mode, where readers never wait for the writer, less than handing it
+    /// to a blocking thread and back would. Listings go through [`Self::read`].
+    fn read_point<T>(&self, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pool = &self.readers;
+        let idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => connect(&pool.path)?,
+        };
+        let result = work(&conn);
+        pool.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        result
+    }
+
     fn read<T, F>(&self, work: F) -> BoxFuture<'_, Result<T>>
     where
         T: Send + 'static,
@@ -471,7 +489,7 @@ impl Store for SqliteStore {
         namespace: String,
         name: String,
     ) -> BoxFuture<'_, Result<Option<Value>>> {
-        self.read(move |conn| load(conn, &kind, &namespace, &name))
+        std::future::ready(self.read_point(|conn| load(conn, &kind, &namespace, &name))).boxed()
     }
 
     fn list_raw(
