@@ -116,11 +116,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "No such route. The hooks are POST /api/hooks/redeploy, /api/hooks/upgrade and /api/hooks/sync-sources.",
+                "No such route. The hooks are POST /api/hooks/redeploy, /api/hooks/upgrade and /api/hooks/sync-sources; the admin API is under /api/v1/.",
             )
         })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed: the hooks take POST, the status pages GET.")
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed on this route: the hooks take POST, the status pages GET; the README lists the admin API's methods.")
         })
         .layer(axum::middleware::from_fn(check_head))
         .layer(axum::middleware::from_fn_with_state(
