@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use kube::Resource;
 use kube::runtime::watcher;
 use serde::Serialize;
@@ -75,6 +75,22 @@ pub trait Store: Send + Sync + 'static {
         namespace: String,
         name: String,
     ) -> BoxFuture<'_, Result<Option<Value>>>;
+    /// Reads one object as the store holds it: the stored JSON text when the store keeps text
+    /// (so it is parsed once, straight into its type), else the document.
+    fn get_stored(
+        &self,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> BoxFuture<'_, Result<Option<Stored>>> {
+        async move {
+            Ok(self
+                .get_raw(kind, namespace, name)
+                .await?
+                .map(Stored::Document))
+        }
+        .boxed()
+    }
     /// Lists the objects of a kind, in one namespace or in all; with `label`, only those that
     /// carry that label with that value (an index lookup, not a scan).
     fn list_raw(
@@ -111,6 +127,15 @@ pub trait Store: Send + Sync + 'static {
         since: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Option<Changes>>>;
+}
+
+/// One stored object, as [`Store::get_stored`] returns it.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    /// The object's JSON text.
+    Text(String),
+    /// The object as a document.
+    Document(Value),
 }
 
 /// A label and the value an object must carry for it.
@@ -197,10 +222,16 @@ pub fn encode<K: Object>(object: &K) -> Result<Value> {
 impl dyn Store {
     /// Reads one object of type `K`.
     pub async fn get<K: Object>(&self, namespace: &str, name: &str) -> Result<Option<K>> {
-        self.get_raw(kind_of::<K>(), namespace.into(), name.into())
+        match self
+            .get_stored(kind_of::<K>(), namespace.into(), name.into())
             .await?
-            .map(decode)
-            .transpose()
+        {
+            None => Ok(None),
+            Some(Stored::Document(value)) => decode(value).map(Some),
+            Some(Stored::Text(text)) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| Error::json(format!("decoding a stored {}", kind_of::<K>()), e)),
+        }
     }
 
     /// Reads one object of type `K`, failing with [`Error::NotFound`] when absent.

@@ -23,7 +23,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, oneshot, watch};
 
-use super::{CONTENT_FIELDS, Change, Changes, Label, Store, Write, check_writes, identity, text};
+use super::{
+    CONTENT_FIELDS, Change, Changes, Label, Store, Stored, Write, check_writes, identity, text,
+};
 use crate::{Error, Result};
 
 /// How often watchers look for writes made by other processes.
@@ -333,13 +335,19 @@ fn next_revision(tx: &Connection) -> Result<u64> {
 }
 
 fn load(tx: &Connection, kind: &str, namespace: &str, name: &str) -> Result<Option<Value>> {
-    tx.prepare_cached(
-        "SELECT body FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND deleted = 0",
-    )?
-    .query_row(params![kind, namespace, name], |r| r.get::<_, String>(0))
-    .optional()?
-    .map(|body| parse(&body))
-    .transpose()
+    load_text(tx, kind, namespace, name)?
+        .map(|body| parse(&body))
+        .transpose()
+}
+
+/// The stored text of one object.
+fn load_text(tx: &Connection, kind: &str, namespace: &str, name: &str) -> Result<Option<String>> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT body FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3 AND deleted = 0",
+        )?
+        .query_row(params![kind, namespace, name], |r| r.get::<_, String>(0))
+        .optional()?)
 }
 
 fn save(
@@ -490,6 +498,16 @@ impl Store for SqliteStore {
         name: String,
     ) -> BoxFuture<'_, Result<Option<Value>>> {
         std::future::ready(self.read_point(|conn| load(conn, &kind, &namespace, &name))).boxed()
+    }
+
+    fn get_stored(
+        &self,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> BoxFuture<'_, Result<Option<Stored>>> {
+        let text = self.read_point(|conn| load_text(conn, &kind, &namespace, &name));
+        std::future::ready(text.map(|text| text.map(Stored::Text))).boxed()
     }
 
     fn list_raw(
