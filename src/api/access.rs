@@ -175,6 +175,10 @@ fn action_of(method: &Method, path: &str) -> String {
 /// Runs the request, then counts it (hook metrics) and records it in the audit trail when it
 /// is a hook call, an admin change or a refusal that the handler did not record itself.
 pub async fn account(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // Probes, metrics and the console are neither counted nor audited.
+    if !request.uri().path().starts_with("/api/") {
+        return next.run(request).await;
+    }
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let address = peer(&request);
     let started = Instant::now();
@@ -191,10 +195,7 @@ pub async fn account(State(state): State<AppState>, request: Request, next: Next
     // A change is audited when a known key asked for it; unauthenticated ones are refusals.
     let known = response.extensions().get::<AuditActor>().cloned();
     let change = known.is_some() && !matches!(method, Method::GET | Method::HEAD);
-    if response.extensions().get::<Audited>().is_some()
-        || !path.starts_with("/api/")
-        || !(hook.is_some() || change || refused)
-    {
+    if response.extensions().get::<Audited>().is_some() || !(hook.is_some() || change || refused) {
         return response;
     }
     let actor = known.unwrap_or_else(|| AuditActor {

@@ -208,6 +208,12 @@ fn decode<K: Object>(value: Value) -> Result<K> {
         .map_err(|e| Error::json(format!("decoding a stored {}", kind_of::<K>()), e))
 }
 
+/// Parses an object's stored JSON text straight into its type.
+fn decode_text<K: Object>(text: &str) -> Result<K> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::json(format!("decoding a stored {}", kind_of::<K>()), e))
+}
+
 /// Serializes an object into a store document with `apiVersion` and `kind` set.
 pub fn encode<K: Object>(object: &K) -> Result<Value> {
     let mut value = serde_json::to_value(object)
@@ -228,9 +234,7 @@ impl dyn Store {
         {
             None => Ok(None),
             Some(Stored::Document(value)) => decode(value).map(Some),
-            Some(Stored::Text(text)) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| Error::json(format!("decoding a stored {}", kind_of::<K>()), e)),
+            Some(Stored::Text(text)) => decode_text(&text).map(Some),
         }
     }
 

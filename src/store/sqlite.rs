@@ -150,25 +150,14 @@ impl SqliteStore {
             .map_err(|_| Error::Task("the store's writer thread has stopped".into()))?
     }
 
-    /// Runs `work` on a read connection.
     /// Runs a point read (one row by its key) on the calling thread: such a read takes
     /// microseconds in WAL mode, where readers never wait for the writer, less than handing it
     /// to a blocking thread and back would. Listings go through [`Self::read`].
     fn read_point<T>(&self, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let pool = &self.readers;
-        let idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => connect(&pool.path)?,
-        };
-        let result = work(&conn);
-        pool.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(conn);
-        result
+        self.readers.with_connection(work)
     }
 
+    /// Runs `work` on a read connection of the blocking pool.
     fn read<T, F>(&self, work: F) -> BoxFuture<'_, Result<T>>
     where
         T: Send + 'static,
@@ -182,23 +171,29 @@ impl SqliteStore {
                 .await
                 .map_err(|_| Error::Task("the store is closed".into()))?;
             let pool = readers.clone();
-            tokio::task::spawn_blocking(move || {
-                let idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                let conn = match idle {
-                    Some(conn) => conn,
-                    None => connect(&pool.path)?,
-                };
-                let result = work(&conn);
-                pool.idle
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(conn);
-                result
-            })
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?
+            tokio::task::spawn_blocking(move || pool.with_connection(work))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
         }
         .boxed()
+    }
+}
+
+impl Readers {
+    /// Runs `work` on an idle connection (one is opened when none is idle), which is kept for
+    /// the next read afterwards.
+    fn with_connection<T>(&self, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => connect(&self.path)?,
+        };
+        let result = work(&conn);
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(conn);
+        result
     }
 }
 
