@@ -3,8 +3,8 @@
 //!
 //! A change and its audit entry are written in one store write, so an acknowledged change is
 //! never missing from the trail. Refusals and other entries that change nothing go through a
-//! bounded queue that one task writes in batches: a flood of bad keys costs one write per
-//! batch, identical refusals from one address in a batch become one entry with a count, and
+//! bounded queue that one task writes in batches gathered over a second: a flood of bad keys
+//! costs one write per second, identical calls from one address become one entry with a count, and
 //! when the queue is full further entries are counted and reported in one entry instead of
 //! growing memory. Past the retention count, the oldest entries are removed.
 
@@ -28,8 +28,13 @@ use crate::{Error, Result};
 pub const DEFAULT_RETENTION: usize = 100_000;
 /// Entries waiting to be written at most; beyond it they are counted, not kept.
 const QUEUE: usize = 4096;
-/// Most entries written in one store write.
+/// Most different entries written in one store write.
 const BATCH: usize = 512;
+/// How long the writer gathers queued entries before writing them, so that a flood of identical
+/// calls costs one entry (with a count) and one store write per window.
+const WINDOW: Duration = Duration::from_secs(1);
+/// The kind of the trail's objects.
+const KIND: &str = "AuditEvent";
 /// When the first check for entries beyond the retention count runs after start.
 const FIRST_TRIM: Duration = Duration::from_secs(60);
 /// How often the oldest entries beyond the retention count are removed (the check lists every
@@ -134,44 +139,46 @@ impl AuditLog {
     }
 }
 
-/// What makes two refusals the same: actor (address included), action, target, status, detail.
+/// What makes two queued entries the same call: actor (address included), action, target,
+/// outcome, status and detail.
 type Sameness = (
     AuditActor,
     String,
     Option<String>,
+    AuditOutcome,
     Option<u16>,
     Option<String>,
 );
 
-/// Identical refusals from one address in one batch are one entry with a count.
-fn merge_refusals(events: Vec<AuditEvent>) -> Vec<AuditEvent> {
-    let mut merged: Vec<AuditEvent> = Vec::with_capacity(events.len());
-    let mut index: HashMap<Sameness, usize> = HashMap::new();
-    for event in events {
-        if event.spec.outcome != AuditOutcome::Refused {
-            merged.push(event);
-            continue;
-        }
+/// Queued entries gathered for one write, identical calls merged into one entry with a count.
+#[derive(Default)]
+struct Gathered {
+    entries: Vec<AuditEvent>,
+    index: HashMap<Sameness, usize>,
+}
+
+impl Gathered {
+    fn add(&mut self, event: AuditEvent) {
         let spec = &event.spec;
         let same = (
             spec.actor.clone(),
             spec.action.clone(),
             spec.target.clone(),
+            spec.outcome,
             spec.status_code,
             spec.detail.clone(),
         );
-        match index.get(&same) {
+        match self.index.get(&same) {
             Some(&at) => {
-                let first = &mut merged[at].spec;
+                let first = &mut self.entries[at].spec;
                 first.count = Some(first.count.unwrap_or(1) + event.spec.count.unwrap_or(1));
             }
             None => {
-                index.insert(same, merged.len());
-                merged.push(event);
+                self.index.insert(same, self.entries.len());
+                self.entries.push(event);
             }
         }
     }
-    merged
 }
 
 async fn write_queue(
@@ -202,23 +209,28 @@ async fn write_queue(
     }
 }
 
-/// Writes `first` and what else is queued (up to a batch), then answers the flushes among them.
+/// Gathers `first` and what else arrives within [`WINDOW`] (until a flush is asked for or a
+/// batch of different entries is full), writes it in one store write, then answers the flushes.
 async fn write_batch(
     store: &Arc<dyn Store>,
     receiver: &mut mpsc::Receiver<Message>,
     dropped: &AtomicU64,
     first: Message,
 ) {
-    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + WINDOW;
+    let mut gathered = Gathered::default();
     let mut flushes = Vec::new();
     let mut next = Some(first);
     while let Some(message) = next {
         match message {
-            Message::Record(event) => events.push(*event),
+            Message::Record(event) => gathered.add(*event),
             Message::Flush(done) => flushes.push(done),
         }
-        next = if events.len() < BATCH {
-            receiver.try_recv().ok()
+        next = if flushes.is_empty() && gathered.entries.len() < BATCH {
+            tokio::select! {
+                message = receiver.recv() => message,
+                _ = tokio::time::sleep_until(deadline) => None,
+            }
         } else {
             None
         };
@@ -237,20 +249,16 @@ async fn write_batch(
         summary.spec.detail = Some(format!(
             "{lost} entries arrived faster than they could be written and were not recorded one by one"
         ));
-        events.push(summary);
+        gathered.add(summary);
     }
-    let count = events.len();
-    if count > 0 {
-        let written = match merge_refusals(events)
-            .iter()
-            .map(write)
-            .collect::<Result<Vec<_>>>()
-        {
+    let entries = gathered.entries;
+    if !entries.is_empty() {
+        let written = match entries.iter().map(write).collect::<Result<Vec<_>>>() {
             Ok(writes) => store.write(writes).await.map(drop),
             Err(error) => Err(error),
         };
         if let Err(error) = written {
-            tracing::error!(%error, entries = count, "writing audit entries failed");
+            tracing::error!(%error, entries = entries.len(), "writing audit entries failed");
         }
     }
     for done in flushes {
@@ -258,14 +266,9 @@ async fn write_batch(
     }
 }
 
-/// Removes the oldest entries beyond `retention`.
+/// Removes the oldest entries beyond `retention`. Only the entries' names are read.
 pub async fn trim(store: &Arc<dyn Store>, retention: usize) -> Result<usize> {
-    let mut names: Vec<String> = store
-        .list::<AuditEvent>(None)
-        .await?
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
+    let mut names = store.names_raw(KIND.into()).await?;
     if names.len() <= retention {
         return Ok(0);
     }
@@ -275,7 +278,7 @@ pub async fn trim(store: &Arc<dyn Store>, retention: usize) -> Result<usize> {
         let deletes = chunk
             .iter()
             .map(|name| Write::Delete {
-                kind: "AuditEvent".into(),
+                kind: KIND.into(),
                 namespace: String::new(),
                 name: name.clone(),
             })
@@ -296,8 +299,21 @@ pub struct Query {
     pub action: Option<String>,
 }
 
-/// Entries newest first, filtered by `query`.
+/// Entries newest first, filtered by `query`. Without a filter only the newest `limit` entries
+/// are read; a filter reads them all.
 pub async fn read(store: &Arc<dyn Store>, query: &Query) -> Result<Vec<AuditEvent>> {
+    if query.actor.is_none() && query.action.is_none() {
+        let mut names = store.names_raw(KIND.into()).await?;
+        names.sort_unstable_by(|a, b| b.cmp(a));
+        let mut events = Vec::with_capacity(query.limit.min(names.len()));
+        for name in names.iter().take(query.limit) {
+            // An entry trimmed since the names were read is simply left out.
+            if let Some(event) = store.get::<AuditEvent>("", name).await? {
+                events.push(event);
+            }
+        }
+        return Ok(events);
+    }
     let mut events = store.list::<AuditEvent>(None).await?;
     events.sort_unstable_by_key(|e| std::cmp::Reverse(e.name_any()));
     Ok(events
@@ -357,16 +373,26 @@ mod tests {
     }
 
     #[test]
-    fn identical_refusals_in_a_batch_are_counted_in_one_entry() {
-        let mut batch = vec![refusal("10.0.0.1", "unknown key"); 3];
-        batch.push(refusal("10.0.0.2", "unknown key"));
-        batch.push(refusal("10.0.0.1", "revoked key"));
-        batch.push(event(cli_actor(), "apikey.create", Some("ci".into())));
-        let merged = merge_refusals(batch);
-        assert_eq!(merged.len(), 4);
+    fn identical_calls_gathered_together_are_counted_in_one_entry() {
+        let mut gathered = Gathered::default();
+        for _ in 0..3 {
+            gathered.add(refusal("10.0.0.1", "unknown key"));
+        }
+        gathered.add(refusal("10.0.0.2", "unknown key"));
+        gathered.add(refusal("10.0.0.1", "revoked key"));
+        let joined = event(cli_actor(), "hook.redeploy", Some("prod/web".into()));
+        gathered.add(joined.clone());
+        gathered.add(joined);
+        let mut failed = event(cli_actor(), "hook.redeploy", Some("prod/web".into()));
+        failed.spec.outcome = AuditOutcome::Failed;
+        gathered.add(failed);
+        let merged = gathered.entries;
+        assert_eq!(merged.len(), 5);
         assert_eq!(merged[0].spec.count, Some(3));
         assert_eq!(merged[1].spec.count, None);
-        assert_eq!(merged[3].spec.action, "apikey.create");
+        assert_eq!(merged[3].spec.count, Some(2));
+        assert_eq!(merged[4].spec.outcome, AuditOutcome::Failed);
+        assert_eq!(merged[4].spec.count, None);
     }
 
     #[test]

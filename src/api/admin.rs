@@ -415,7 +415,7 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-/// `GET /api/v1/audit`: newest first.
+/// `GET /api/v1/audit`: newest first, including every entry queued before the request.
 async fn list_audit(
     State(state): State<AppState>,
     caller: Caller,
@@ -428,6 +428,7 @@ async fn list_audit(
         actor: wanted.actor,
         action: wanted.action,
     };
+    state.audit.flush().await;
     let events = audit::read(&state.store, &query).await?;
     items(&events, encode)
 }

@@ -644,8 +644,8 @@ pub struct AuditEventSpec {
     /// Details: the refusal's reason, the deployment id, the permissions granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// How many identical refusals from the same address this entry stands for, when more
-    /// than one.
+    /// How many identical calls (same actor and address, action, target, outcome, status and
+    /// detail, within about a second) this entry stands for, when more than one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
 }
@@ -665,7 +665,7 @@ pub struct AuditActor {
 }
 
 /// How an audited action ended.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum AuditOutcome {
     /// Done (for hooks: recorded; the rollout's outcome is the deployment's).
     #[default]

@@ -99,6 +99,20 @@ pub trait Store: Send + Sync + 'static {
         namespace: Option<String>,
         label: Option<Label>,
     ) -> BoxFuture<'_, Result<Vec<Value>>>;
+    /// The names of the objects of a kind in every namespace, without reading the objects
+    /// themselves where the store can (for counting and trimming, such as the audit trail's
+    /// retention).
+    fn names_raw(&self, kind: String) -> BoxFuture<'_, Result<Vec<String>>> {
+        async move {
+            Ok(self
+                .list_raw(kind, None, None)
+                .await?
+                .iter()
+                .map(|doc| text(doc, "/metadata/name"))
+                .collect())
+        }
+        .boxed()
+    }
     /// The object of a kind with this name, in whichever namespace it is (names such as
     /// deployment ids are unique across namespaces). One lookup, never a listing.
     fn find_raw(&self, kind: String, name: String) -> BoxFuture<'_, Result<Option<Value>>>;

@@ -534,6 +534,15 @@ impl Store for SqliteStore {
         })
     }
 
+    fn names_raw(&self, kind: String) -> BoxFuture<'_, Result<Vec<String>>> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT name FROM objects WHERE kind = ?1 AND deleted = 0")?;
+            let rows = stmt.query_map(params![kind], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
     fn find_raw(&self, kind: String, name: String) -> BoxFuture<'_, Result<Option<Value>>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
