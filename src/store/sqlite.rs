@@ -31,6 +31,8 @@ use crate::{Error, Result};
 
 /// How often the store looks for writes made by other processes.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Every how many looks the store's revision is read even though the WAL file looks unchanged.
+const FULL_POLL_EVERY: u64 = 4;
 /// Most reads served at once, each on its own connection.
 const READERS: usize = 4;
 /// Most write batches committed together.
@@ -129,22 +131,38 @@ impl SqliteStore {
     }
 
     /// Starts, once, the task that looks for writes of other processes (`rsgo apply`, `rsgo
-    /// apikey revoke`, ...) every [`POLL_INTERVAL`] and wakes the subscribers when it finds one:
-    /// one row read for all of them, rather than a read per watch. It ends with the store.
+    /// apikey revoke`, ...) every [`POLL_INTERVAL`] (always within [`FULL_POLL_EVERY`] of them)
+    /// and wakes the subscribers when it finds one: one look for all of them, rather than a read
+    /// per watch. It ends with the store.
     fn follow_other_writers(&self) {
         if self.polling.swap(true, Ordering::AcqRel) {
             return;
         }
         let readers = self.readers.clone();
         let written = Arc::downgrade(&self.written);
+        let mut wal = readers.path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            let mut last_file = None;
+            for round in 0u64.. {
                 tick.tick().await;
                 let Some(written) = written.upgrade() else {
                     return;
                 };
+                // Every commit writes to the WAL file; while its size and time stay as they were,
+                // nothing was committed, and the read is skipped. Two commits within one tick of
+                // the file clock can leave both alike, so the revision is read every
+                // [`FULL_POLL_EVERY`] rounds anyway.
+                let file = std::fs::metadata(&wal)
+                    .and_then(|m| Ok((m.len(), m.modified()?)))
+                    .ok();
+                if file.is_some() && file == last_file && round % FULL_POLL_EVERY != 0 {
+                    continue;
+                }
+                last_file = file;
                 match readers.with_connection(newest_revision) {
                     Ok(newest) => {
                         written.send_if_modified(|seen| {
@@ -777,5 +795,20 @@ impl SqliteStore {
                 revision: revision as u64,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_keep_their_query_plans() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let conn = connect(&dir.path().join(DATABASE_FILE)).unwrap();
+        assert!(
+            conn.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG)
+                .unwrap()
+        );
     }
 }
