@@ -51,11 +51,19 @@ pub(super) async fn finish(
     done: Done,
     result: Result<&Outcome, &Error>,
 ) -> Result<()> {
+    let Done {
+        status,
+        record,
+        version,
+    } = done;
     let update = match result {
-        Ok(outcome) => succeeded(ctx, stack, old_status, &done, outcome).await?,
-        Err(error) => failed(ctx, stack, old_status, &done, error).await?,
+        Ok(outcome) => {
+            let to = version.as_deref();
+            succeeded(ctx, stack, old_status, status, record.as_ref(), to, outcome).await?
+        }
+        Err(error) => failed(ctx, stack, old_status, status, record.as_ref(), error).await?,
     };
-    let (Some(record), Some(update)) = (&done.record, update) else {
+    let (Some(record), Some(update)) = (&record, update) else {
         return Ok(());
     };
     let (phase, message) = (update.phase, update.message.clone().unwrap_or_default());
@@ -69,24 +77,27 @@ async fn succeeded(
     ctx: &Context,
     stack: &Stack,
     old_status: &StackStatus,
-    done: &Done,
+    mut status: StackStatus,
+    record: Option<&DeploymentRecord>,
+    version: Option<&str>,
     outcome: &Outcome,
 ) -> Result<Option<RecordUpdate>> {
-    let from = old_status.deployed_version.clone();
-    let mut status = done.status.clone();
     status.phase = Some(StackPhase::Running);
     status.services = outcome.services.clone();
     status.message = None;
-    status.deployed_version = done.version.clone().or(status.deployed_version);
-    write_status(ctx, stack, old_status, &status).await?;
-    let Some(record) = &done.record else {
+    if let Some(version) = version {
+        status.deployed_version = Some(version.to_owned());
+    }
+    write_status(ctx, stack, old_status, status).await?;
+    let Some(record) = record else {
         return Ok(None);
     };
-    let to = done.version.clone().unwrap_or_default();
+    let from = old_status.deployed_version.as_deref();
+    let to = version.unwrap_or_default();
     Ok(Some(RecordUpdate {
-        message: Some(describe_success(&record.spec.stack, from.as_deref(), &to)),
+        message: Some(describe_success(&record.spec.stack, from, to)),
         services: outcome.results.clone(),
-        version: done.version.clone(),
+        version: version.map(str::to_owned),
         ..RecordUpdate::phase(DeploymentPhase::Succeeded)
     }))
 }
@@ -97,11 +108,11 @@ async fn failed(
     ctx: &Context,
     stack: &Stack,
     old_status: &StackStatus,
-    done: &Done,
+    mut status: StackStatus,
+    record: Option<&DeploymentRecord>,
     error: &Error,
 ) -> Result<Option<RecordUpdate>> {
     let from = old_status.deployed_version.clone();
-    let record = done.record.as_ref();
     // The version a failed upgrade goes back to.
     let previous = record.and_then(|r| match r.spec.action {
         DeploymentAction::Upgrade => r.spec.from_version.clone(),
@@ -110,7 +121,6 @@ async fn failed(
     let target = record
         .and_then(|r| r.spec.to_version.clone())
         .unwrap_or_default();
-    let mut status = done.status.clone();
     // A failed upgrade is not a failed stack yet: it is on its way back.
     (status.phase, status.message) = match &previous {
         Some(previous) => (
@@ -121,7 +131,7 @@ async fn failed(
         ),
         None => (Some(StackPhase::Failed), Some(error.to_string())),
     };
-    write_status(ctx, stack, old_status, &status).await?;
+    write_status(ctx, stack, old_status, status).await?;
     let Some(record) = record else {
         return Ok(None);
     };

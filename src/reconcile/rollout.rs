@@ -25,12 +25,13 @@ const ROLLOUT_POLL: Duration = Duration::from_secs(5);
 
 /// Moves a stack one step towards its plan and records the outcome.
 pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
-    let old_status = stack.status.clone().unwrap_or_default();
+    let unset = StackStatus::default();
+    let old_status = stack.status.as_ref().unwrap_or(&unset);
     let Pending {
         requested,
         changed,
         deployment,
-    } = pending(stack, &old_status, ctx).await?;
+    } = pending(stack, old_status, ctx).await?;
     // The redeploy request counts as handled only once the rollout ends: a rollout cut short by
     // a crash is taken up again, and containers it already recreated carry the request's label.
     let mut status = StackStatus {
@@ -55,7 +56,7 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
                 record: deployment,
                 version: None,
             };
-            finish(ctx, stack, &old_status, done, Err(&error)).await?;
+            finish(ctx, stack, old_status, done, Err(&error)).await?;
             return Err(error);
         }
     };
@@ -68,12 +69,15 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
     status.hidden_variables = hidden;
     if changed {
         status.phase = Some(StackPhase::Deploying);
-        write_status(ctx, stack, &old_status, &status).await?;
+        write_status(ctx, stack, old_status, status.clone()).await?;
     }
+    // What the store holds now: the status just written, or the one read.
+    let written;
     let status_before = if changed {
-        status.clone()
+        written = status.clone();
+        &written
     } else {
-        old_status.clone()
+        old_status
     };
     let pass = Rollout {
         stack,
@@ -88,7 +92,7 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
         Ok(Progress::Progressing(progress)) => {
             status.phase = Some(StackPhase::Deploying);
             status.message = Some(format!("Rolling out: {progress}"));
-            write_status(ctx, stack, &status_before, &status).await?;
+            write_status(ctx, stack, status_before, status).await?;
             return Ok(Action::requeue(ROLLOUT_POLL));
         }
         Err(error) => Err(error),
@@ -99,7 +103,7 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
         record: deployment,
         version: Some(plan.version.clone()),
     };
-    finish(ctx, stack, &status_before, done, result.as_ref()).await?;
+    finish(ctx, stack, status_before, done, result.as_ref()).await?;
     result.map(|_| Action::await_change())
 }
 

@@ -12,9 +12,8 @@ pub(super) async fn write_status(
     ctx: &Context,
     stack: &Stack,
     old: &StackStatus,
-    new: &StackStatus,
+    mut new: StackStatus,
 ) -> Result<()> {
-    let mut new = new.clone();
     new.conditions = ready_condition(&old.conditions, &new, Timestamp::now());
     if *old != new {
         let mut updated = stack.clone();
