@@ -136,6 +136,21 @@ impl Environments {
         };
         let next = {
             let mut engines = self.lock();
+            // Said once per change for the whole environment, under the lock, so the stacks of a
+            // pass that each tried the engine do not each say it (see `reconcile::error_policy`).
+            let was_down = matches!(engines.get(&host), Some(Engine::Down { .. }));
+            match &next {
+                Engine::Down { reason, .. } if !was_down => tracing::warn!(
+                    environment = %env.name_any(),
+                    %host,
+                    %reason,
+                    "the Docker engine cannot be reached; its stacks wait, and it is tried again with a growing delay"
+                ),
+                Engine::Up { .. } if was_down => {
+                    tracing::info!(environment = %env.name_any(), %host, "the Docker engine can be reached again")
+                }
+                _ => {}
+            }
             // Stacks that arrived together may each have connected; all share the runtime that
             // was stored first, so the engine's request limit holds over every stack.
             let next = match (engines.get(&host), next) {

@@ -238,7 +238,13 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, catalog_synced: Arc<tokio:
 }
 
 fn error_policy(stack: Arc<Stack>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(stack = %stack.name_any(), kind = error.label(), %error, "reconcile failed; retrying");
+    if matches!(error, Error::Unreachable(_)) {
+        // Said once for the whole environment when its engine went out of reach; a line per
+        // stack per retry would flood the log with thousands of stacks.
+        tracing::debug!(stack = %stack.name_any(), %error, "reconcile waits for the engine; retrying");
+    } else {
+        tracing::warn!(stack = %stack.name_any(), kind = error.label(), %error, "reconcile failed; retrying");
+    }
     Action::requeue(RETRY_AFTER)
 }
 

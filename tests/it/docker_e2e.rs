@@ -587,10 +587,13 @@ fn an_engine_that_does_not_answer_stalls_no_other_environment() {
     )]);
     let silent_env = unique("env");
     let (stuck, fine) = (unique("st"), unique("st"));
+    let more_stuck = [unique("st"), unique("st")];
     server.apply(&format!(
-        "apiVersion: rsgo.io/v1alpha1\nkind: Environment\nmetadata: {{name: {silent_env}}}\nspec:\n  docker: {{host: '{silent_host}'}}\n---\n{}---\n{}",
+        "apiVersion: rsgo.io/v1alpha1\nkind: Environment\nmetadata: {{name: {silent_env}}}\nspec:\n  docker: {{host: '{silent_host}'}}\n---\n{}---\n{}---\n{}---\n{}",
         stack_yaml(&stuck, &silent_env, &product, "1.0.0"),
         stack_yaml(&fine, &server.environment, &product, "1.0.0"),
+        stack_yaml(&more_stuck[0], &silent_env, &product, "1.0.0"),
+        stack_yaml(&more_stuck[1], &silent_env, &product, "1.0.0"),
     ));
     let started = std::time::Instant::now();
     wait_running(&server, &fine, "1.0.0");
@@ -609,6 +612,18 @@ fn an_engine_that_does_not_answer_stalls_no_other_environment() {
     );
     let message = status["message"].as_str().unwrap();
     assert!(message.contains("no answer within 10 s"), "{status}");
+    // The log says it once for the environment, not once per stack and retry.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = server.log();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("cannot be reached"))
+        .collect();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(
+        said[0].contains(&silent_env) && said[0].contains("WARN"),
+        "{said:#?}"
+    );
     drop(silent);
 }
 
