@@ -4,9 +4,9 @@
 //! A change and its audit entry are written in one store write, so an acknowledged change is
 //! never missing from the trail. Refusals and other entries that change nothing go through a
 //! bounded queue that one task writes in batches gathered over a second: a flood of bad keys
-//! costs one write per second, identical calls from one address become one entry with a count, and
-//! when the queue is full further entries are counted and reported in one entry instead of
-//! growing memory. Past the retention count, the oldest entries are removed.
+//! costs one write per second, identical calls from one address become one entry with a
+//! count, and when the queue is full further entries are counted and reported in one entry
+//! instead of growing memory. Past the retention count, the oldest entries are removed.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,7 +38,7 @@ const KIND: &str = "AuditEvent";
 /// When the first check for entries beyond the retention count runs after start.
 const FIRST_TRIM: Duration = Duration::from_secs(60);
 /// How often the oldest entries beyond the retention count are removed (the check lists every
-/// entry, so it is not done often).
+/// entry's name, so it is not done often).
 const TRIM_EVERY: Duration = Duration::from_secs(10 * 60);
 
 /// The actor of the command line on the server itself.

@@ -748,8 +748,9 @@ impl SqliteStore {
         revision: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Changes>> {
-        // Most calls (each key lookup, each poll of a watch) find nothing new: one row read on
-        // the calling thread tells, without the hand-off to a reader thread.
+        // Most calls find nothing new (a key lookup between writes, a watch woken for a write it
+        // already read): one row read on the calling thread tells, without the hand-off to a
+        // reader thread.
         match self.read_point(newest_revision) {
             Ok(newest) if newest as u64 <= revision => {
                 return std::future::ready(Ok(Changes {
