@@ -37,7 +37,7 @@ pub struct Reason {
 /// How something ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
-    /// `ok` or `error`, or a deployment phase.
+    /// `ok`, `error` or `steady` (a reconcile), or a deployment phase.
     pub result: String,
 }
 
@@ -175,6 +175,15 @@ impl Metrics {
             })
             .inc();
         self.reconcile_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a resync pass over a stack that found it steady without a full reconcile.
+    pub fn found_steady(&self) {
+        self.reconciles
+            .get_or_create(&Outcome {
+                result: "steady".to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a rollout that ended in `phase`.

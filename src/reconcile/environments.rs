@@ -47,6 +47,9 @@ enum Engine {
 /// The runtimes of every Environment.
 pub struct Environments {
     engines: Mutex<HashMap<String, Engine>>,
+    /// Per engine never reached yet, the turn to make the first connection: the stacks that
+    /// need it together wait for one connection instead of each opening their own.
+    first_connects: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     kube: Option<kube::Client>,
     /// How often a connected engine is checked again.
     recheck: Duration,
@@ -57,6 +60,7 @@ impl Environments {
     pub fn new(kube: Option<kube::Client>, recheck: Duration) -> Self {
         Self {
             engines: Mutex::default(),
+            first_connects: Mutex::default(),
             kube,
             recheck,
         }
@@ -89,8 +93,16 @@ impl Environments {
                     env.name_any()
                 ))
             })?;
+        let mut known = self.claim(&host, Instant::now());
+        let _turn = match known {
+            None => {
+                let turn = self.first_connect(&host).lock_owned().await;
+                known = self.claim(&host, Instant::now());
+                Some(turn)
+            }
+            Some(_) => None,
+        };
         let now = Instant::now();
-        let known = self.claim(&host, now);
         let engine = match known {
             Some(Engine::Up { runtime, checked }) if !self.check_due(checked, now) => {
                 return Ok(Arc::new(runtime));
@@ -205,6 +217,15 @@ impl Environments {
         known
     }
 
+    /// The turn to connect to `host` for the first time.
+    fn first_connect(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self
+            .first_connects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        turns.entry(host.to_owned()).or_default().clone()
+    }
+
     /// Whether an engine checked at `checked` is due for another check: a little before a whole
     /// period has passed, so the pass that comes one period after the last check makes one.
     fn check_due(&self, checked: Instant, now: Instant) -> bool {
@@ -250,6 +271,70 @@ async fn check(runtime: DockerRuntime) -> Result<(DockerRuntime, String), String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in engine on 127.0.0.1 that answers every request with its version after a
+    /// moment, and counts the requests.
+    async fn slow_engine() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = format!("tcp://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    while let Ok(read) = socket.read(&mut buffer).await {
+                        if read == 0 {
+                            return;
+                        }
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let body = r#"{"Version":"27.0.0","ApiVersion":"1.47"}"#;
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if socket.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (host, requests)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stacks_that_need_a_new_engine_together_share_one_connection() {
+        let (host, requests) = slow_engine().await;
+        let dir = tempfile::TempDir::new().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::open(dir.path()).unwrap());
+        let mut env = Environment::new(
+            "busy",
+            crate::model::EnvironmentSpec {
+                docker: Some(crate::model::DockerEndpoint {
+                    host,
+                    allowed_host_paths: vec![],
+                    allow_engine_socket: false,
+                }),
+                kubernetes: None,
+            },
+        );
+        env = store.create(&env).await.unwrap();
+        let environments = Environments::new(None, Duration::from_secs(60));
+        let runtimes =
+            futures::future::join_all((0..20).map(|_| environments.runtime(&store, &env))).await;
+        assert!(runtimes.iter().all(Result::is_ok));
+        // One connection: the API version, then the engine's version.
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let stored = store.require::<Environment>("", "busy").await.unwrap();
+        assert_eq!(
+            stored.status.and_then(|s| s.engine_version).as_deref(),
+            Some("27.0.0")
+        );
+    }
 
     #[test]
     fn retries_back_off_and_level_out() {

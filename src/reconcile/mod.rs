@@ -3,13 +3,15 @@
 //!
 //! [`run`] wires kube-runtime's controller to the store's change feed; [`reconcile`] handles one
 //! stack (`rollout` for one that should run, `finalize` for one being deleted); `records` and
-//! `status` write what came of it; `environments` keeps a runtime per Environment.
+//! `status` write what came of it; `environments` keeps a runtime per Environment; `steady`
+//! spares resync passes over stacks that nothing changed.
 
 mod environments;
 pub mod leader;
 mod records;
 mod rollout;
 mod status;
+mod steady;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, reflector};
 use kube::{Resource, ResourceExt};
 
@@ -89,6 +92,8 @@ pub struct Context {
     /// ended. An ended record never starts again, so a steady pass over a stack whose status
     /// names that record need not read it to learn it has nothing to report to.
     ended: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// What the last pass over each steady stack rendered and found.
+    steady: steady::SteadyPasses,
 }
 
 impl Context {
@@ -102,6 +107,7 @@ impl Context {
             kube: None,
             recorder: None,
             ended: Default::default(),
+            steady: Default::default(),
         }
     }
 
@@ -123,8 +129,9 @@ impl Context {
 
     /// Forgets a deleted stack.
     fn forget(&self, stack: &Stack) {
-        let key = stack_key(&stack.namespace().unwrap_or_default(), &stack.name_any());
-        self.ended().remove(&key);
+        let (namespace, name) = (stack.namespace().unwrap_or_default(), stack.name_any());
+        self.ended().remove(&stack_key(&namespace, &name));
+        self.steady.forget(&namespace, &name);
     }
 
     /// Sets the resync period (default 30 s).
@@ -198,8 +205,10 @@ fn rollout_trigger(stack: &Stack) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// Runs the controller until the process ends: every Stack change, every `resync` period, and
-/// every catalog sync (`catalog_synced`) reconciles.
+/// Runs the controller until the process ends: every Stack change and every catalog sync
+/// (`catalog_synced`) reconciles; every `resync` period, each stack is reconciled unless it is
+/// found steady: unchanged since a pass that found it running as planned, and still so in its
+/// environment's listing.
 pub async fn run(ctx: Arc<Context>, resync: Duration, catalog_synced: Arc<tokio::sync::Notify>) {
     match records::label_history(&ctx.store).await {
         Ok(0) => {}
@@ -225,16 +234,49 @@ pub async fn run(ctx: Arc<Context>, resync: Duration, catalog_synced: Arc<tokio:
         interval.tick().await;
         Some(((), interval))
     });
-    Controller::for_stream(stacks, reader)
-        .reconcile_all_on(futures::stream::select(ticks, synced))
+    let environments = ctx.steady.follow_environments(ctx.store.clone());
+    let passes = resync_passes(ticks, reader.clone(), ctx.clone());
+    let controller = Controller::for_stream(stacks, reader)
+        .reconcile_on(passes)
+        .reconcile_all_on(synced)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(error) = result {
                 // error_policy already logged reconciler failures; this adds the controller's view.
                 tracing::debug!(%error, "reconcile ended with an error");
             }
-        })
-        .await;
+        });
+    futures::future::join(controller, environments).await;
+}
+
+/// How many stacks of a resync pass are checked against their kept steady pass at once.
+const STEADY_CHECKS: usize = 32;
+
+/// On every tick, the stacks the controller knows that a full reconcile must look at: every one
+/// except those whose kept steady pass still holds (see [`steady`]). Those are counted in the
+/// metrics as `steady` and cost the controller nothing.
+fn resync_passes(
+    ticks: impl futures::Stream<Item = ()> + Send + 'static,
+    stacks: reflector::Store<Stack>,
+    ctx: Arc<Context>,
+) -> impl futures::Stream<Item = ObjectRef<Stack>> + Send + 'static {
+    ticks.flat_map(move |()| {
+        let ctx = ctx.clone();
+        futures::stream::iter(stacks.state())
+            .map(move |stack| {
+                let ctx = ctx.clone();
+                async move {
+                    if ctx.steady.still_steady(&stack, &ctx).await {
+                        crate::metrics::global().found_steady();
+                        None
+                    } else {
+                        Some(ObjectRef::from_obj(&*stack))
+                    }
+                }
+            })
+            .buffer_unordered(STEADY_CHECKS)
+            .filter_map(std::future::ready)
+    })
 }
 
 fn error_policy(stack: Arc<Stack>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -12,7 +12,7 @@ use super::records::{Done, RecordUpdate, finish, set_record};
 use super::status::write_status;
 use crate::catalog::manifest::VariableType;
 use crate::catalog::sync;
-use crate::catalog::{StackPlan, render_with_secrets};
+use crate::catalog::{ProductVersion, StackPlan, render_with_secrets};
 use crate::model::{
     DEPLOYMENT_ANNOTATION, DeploymentPhase, DeploymentRecord, Environment, REDEPLOY_ANNOTATION,
     Stack, StackPhase, StackStatus, check_label,
@@ -43,7 +43,13 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
         ..old_status.clone()
     };
 
-    let (runtime, plan, hidden) = match prepare(stack, ctx).await {
+    let Prepared {
+        env,
+        runtime,
+        version,
+        plan,
+        hidden,
+    } = match prepare(stack, ctx).await {
         Ok(prepared) => prepared,
         Err(error) => {
             let transient = !error.is_invalid_spec();
@@ -60,6 +66,8 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
             return Err(error);
         }
     };
+    // A pass nothing asked for, whose result can be kept for the next pass over the stack.
+    let drift_check = !changed && deployment.is_none();
     let deployment = match deployment {
         Some(record) if record.status.is_none() => {
             Some(set_record(ctx, &record, RecordUpdate::phase(DeploymentPhase::Running)).await?)
@@ -104,7 +112,12 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
         version: Some(plan.version.clone()),
     };
     finish(ctx, stack, status_before, done, result.as_ref()).await?;
-    result.map(|_| Action::await_change())
+    let outcome = result?;
+    if drift_check && runtime.checks_drift_cheaply() {
+        ctx.steady
+            .keep(stack, &env, version, plan, outcome.services);
+    }
+    Ok(Action::await_change())
 }
 
 /// What a pass over a stack is asked to do.
@@ -152,12 +165,19 @@ async fn pending(stack: &Stack, old_status: &StackStatus, ctx: &Context) -> Resu
     })
 }
 
-/// Resolves the environment, its runtime, the product version and the rendered plan of a
-/// stack, and the names of the Password variables the version declares.
-async fn prepare(
-    stack: &Stack,
-    ctx: &Context,
-) -> Result<(Arc<dyn Runtime>, StackPlan, Vec<String>)> {
+/// What a pass deploys with: the stack's environment and its runtime, the product version and
+/// the plan rendered from it, and the names of the Password variables the version declares.
+struct Prepared {
+    env: Environment,
+    runtime: Arc<dyn Runtime>,
+    version: Arc<ProductVersion>,
+    plan: StackPlan,
+    hidden: Vec<String>,
+}
+
+/// Resolves the environment, its runtime and the product version of a stack, and renders its
+/// plan.
+async fn prepare(stack: &Stack, ctx: &Context) -> Result<Prepared> {
     // Objects stored before names were checked, or written to a cluster behind rsgo's back, are
     // checked again here: nothing is created from a name or spec rsgo would have refused.
     check_label("stack", &stack.name_any()).map_err(|e| {
@@ -224,5 +244,11 @@ async fn prepare(
         })
         .unwrap_or_default();
     let runtime = ctx.runtime(&env).await?;
-    Ok((runtime, plan, hidden))
+    Ok(Prepared {
+        env,
+        runtime,
+        version: pv,
+        plan,
+        hidden,
+    })
 }

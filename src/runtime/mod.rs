@@ -5,6 +5,7 @@
 pub mod docker;
 pub mod kubernetes;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 
 pub use docker::DockerRuntime;
@@ -53,4 +54,20 @@ pub trait Runtime: Send + Sync {
     fn roll_out<'a>(&'a self, rollout: Rollout<'a>) -> BoxFuture<'a, Result<Progress>>;
     /// Removes everything the stack runs, except its data (volumes, claims).
     fn tear_down<'a>(&'a self, stack: &'a Stack) -> BoxFuture<'a, Result<()>>;
+    /// Whether [`Runtime::unchanged`] can answer without asking the platform about the stack
+    /// itself, so the reconciler gains by keeping a steady stack's plan between passes.
+    fn checks_drift_cheaply(&self) -> bool {
+        false
+    }
+    /// What a drift check of the stack (a rollout nothing asked for) would find, when the
+    /// runtime can tell from what it already knows without acting: the outcome when every
+    /// workload runs as planned; `None` when anything differs or it cannot tell, and only a
+    /// rollout can say.
+    fn unchanged<'a>(
+        &'a self,
+        _plan: &'a StackPlan,
+        _restarted_at: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<Outcome>>> {
+        async { Ok(None) }.boxed()
+    }
 }

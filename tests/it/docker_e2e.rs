@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::support::{Server, build_and_push, docker, inspect, registry, unique, wait_for};
+use crate::support::{
+    Server, build_and_push, docker, inspect, registry, try_inspect, unique, wait_for,
+};
 
 fn manifest(product: &str, version: &str, services: &str, variables: &str) -> String {
     format!(
@@ -337,6 +339,72 @@ fn drift_is_corrected_and_foreign_containers_are_left_alone() {
         inspect(&server.name(&stack, "data"), "{{.Name}}"),
         server.name(&stack, "data"),
         "volumes are kept"
+    );
+}
+
+/// A resync pass over a stack that nothing changed since its last steady pass keeps that pass's
+/// plan; a change of its catalog entry or of its environment must still reach it.
+#[test]
+fn steady_stacks_still_follow_their_catalog_entry_and_their_environment() {
+    let image = format!("{}/{}/app:latest", registry(), unique("steady"));
+    build_and_push(&image, "v1");
+    let host_dir = tempfile::TempDir::new().unwrap();
+    let host = host_dir.path().to_str().unwrap().to_owned();
+    let product = unique("app");
+    let services = |mode: &str| {
+        format!(
+            "  app:\n    image: {image}\n    environment: {{MODE: {mode}}}\n    volumes: [\"{host}:/host\"]\n"
+        )
+    };
+    let server = Server::start(&[(
+        "app.yaml",
+        manifest(&product, "1.0.0", &services("first"), "  {}"),
+    )]);
+    let environment = |allowed: &str| {
+        format!(
+            "apiVersion: rsgo.io/v1alpha1\nkind: Environment\nmetadata: {{name: {}}}\nspec:\n  docker: {{host: \"unix:///var/run/docker.sock\", allowedHostPaths: [{allowed}]}}\n",
+            server.environment
+        )
+    };
+    server.apply(&environment(&format!("\"{host}\"")));
+    let stack = unique("st");
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
+    wait_running(&server, &stack, "1.0.0");
+    let container = server.name(&stack, "app");
+    let first = inspect(&container, "{{.Id}}");
+    // Passes every 2 s: the stack is steady, and its pass is kept.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        inspect(&container, "{{.Id}}"),
+        first,
+        "a steady stack is left alone"
+    );
+
+    // The same version edited in place and synced: the next pass renders the new entry.
+    std::fs::write(
+        server.catalog.join("app.yaml"),
+        manifest(&product, "1.0.0", &services("second"), "  {}"),
+    )
+    .unwrap();
+    let key = server.key(&["Hooks.SyncSources"]);
+    assert_eq!(server.hook("/api/hooks/sync-sources", &key, None).0, 200);
+    wait_for(
+        "the container to run the edited catalog entry",
+        Duration::from_secs(60),
+        || {
+            try_inspect(&container, "{{json .Config.Env}}")
+                .filter(|env| env.contains("MODE=second"))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(5));
+
+    // The environment no longer allows the stack's host path: the next pass refuses the stack.
+    server.apply(&environment(""));
+    let status = server.wait_phase(&stack, "Failed");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&host) && message.contains("allowedHostPaths"),
+        "{status}"
     );
 }
 

@@ -505,6 +505,19 @@ pub fn inspect(target: &str, format: &str) -> String {
     docker(&["inspect", "-f", format, target])
 }
 
+/// `docker inspect -f FORMAT target`, or `None` while there is no such target (such as between
+/// the removal and the creation of a container that is being replaced).
+pub fn try_inspect(target: &str, format: &str) -> Option<String> {
+    let output = Command::new("docker")
+        .args(["inspect", "-f", format, target])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
 /// What a deployment record says its rollout did to each service, in order.
 pub fn service_actions(record: &Value) -> Vec<&str> {
     record["services"]

@@ -60,7 +60,7 @@ impl DockerRuntime {
     /// environment's listing shows the stack exactly as planned (every container kept, every
     /// network there and no other), the outcome, with nothing sent to the engine but the
     /// listing; otherwise `None`, and the caller takes the exact path.
-    pub(super) async fn unchanged(
+    pub(super) async fn as_listed(
         &self,
         plan: &StackPlan,
         restarted_at: Option<&str>,

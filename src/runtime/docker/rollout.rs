@@ -43,6 +43,19 @@ impl Runtime for DockerRuntime {
         }
         .boxed()
     }
+
+    /// The environment's listing is taken once per pass for all its stacks.
+    fn checks_drift_cheaply(&self) -> bool {
+        true
+    }
+
+    fn unchanged<'a>(
+        &'a self,
+        plan: &'a StackPlan,
+        restarted_at: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<Outcome>>> {
+        self.as_listed(plan, restarted_at).boxed()
+    }
 }
 
 /// Pulls, then acts on the plan. Any failed pull fails the rollout before anything is stopped.
@@ -57,7 +70,7 @@ async fn apply_plan(
 ) -> Result<Outcome> {
     let (env, name) = (&plan.environment, &plan.stack);
     if !pull_fresh {
-        if let Some(outcome) = runtime.unchanged(plan, provenance.restarted_at).await? {
+        if let Some(outcome) = runtime.as_listed(plan, provenance.restarted_at).await? {
             return Ok(outcome);
         }
         tracing::debug!(stack = %name, environment = %env, "the listing differs from the plan; reading the engine");
