@@ -25,6 +25,9 @@ const ROLLOUT_POLL: Duration = Duration::from_secs(5);
 
 /// Moves a stack one step towards its plan and records the outcome.
 pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
+    // Taken before the environment and the catalog are read, so never newer than what this
+    // pass works with.
+    let inputs = ctx.steady.inputs(stack, &ctx.catalog);
     let unset = StackStatus::default();
     let old_status = stack.status.as_ref().unwrap_or(&unset);
     let Pending {
@@ -63,6 +66,11 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
                 version: None,
             };
             finish(ctx, stack, old_status, done, Err(&error)).await?;
+            // Refused before anything was asked of the runtime: the same stack, environment and
+            // catalog entry are refused again.
+            if let (false, Some((_, inputs))) = (transient, inputs) {
+                ctx.steady.keep_refused(stack, inputs);
+            }
             return Err(error);
         }
     };
@@ -115,7 +123,7 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
     let outcome = result?;
     if drift_check && runtime.checks_drift_cheaply() {
         ctx.steady
-            .keep(stack, &env, version, plan, outcome.services);
+            .keep_running(stack, &env, version, plan, outcome.services);
     }
     Ok(Action::await_change())
 }

@@ -1,9 +1,10 @@
 //! Steady passes. A resync pass finds nearly every stack as the last pass left it: the same
-//! stored stack, environment and catalog entry, and workloads that still run as planned. Reading,
-//! checking and rendering all of that again for every stack was most of a pass's CPU, so after a
-//! pass that found a stack steady the reconciler keeps what it rendered and found; the next pass
-//! over the stack, when none of those inputs changed, only asks the runtime whether the
-//! workloads still match (on Docker, from the environment's listing, taken once per pass).
+//! stored stack, environment and catalog entry, and workloads that still run as planned (or a
+//! spec that still cannot be deployed). Reading, checking and rendering all of that again for
+//! every stack was most of a pass's CPU, so after a pass that found a stack steady the
+//! reconciler keeps what it rendered and found; the next pass over the stack, when none of those
+//! inputs changed, only asks the runtime whether the workloads still match (on Docker, from the
+//! environment's listing, taken once per pass), or, for a refused stack, nothing at all.
 //!
 //! A kept pass never causes an action. When anything differs, or the runtime cannot tell, the
 //! pass takes the full path, which reads the store afresh.
@@ -17,23 +18,50 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, reflector::Store as Reflected};
 
 use super::{Context, stack_key};
+use crate::catalog::sync::{self, SharedCatalog};
 use crate::catalog::{ProductVersion, StackPlan};
 use crate::model::{Environment, REDEPLOY_ANNOTATION, ServiceStatus, Stack};
 use crate::store::Store;
 
-/// What a steady pass over a stack rendered and found, and the inputs it came from.
+/// What a steady pass over a stack came from and what it found.
 struct Steady {
     /// The stack's `resourceVersion` the pass read: any write to the stack (spec, annotations,
     /// status, deletion) changes it.
     stack: String,
-    /// Its environment's `resourceVersion`.
+    /// Its environment and catalog entry.
+    inputs: Inputs,
+    found: Found,
+}
+
+/// What a pass over a stack depends on besides the stack itself.
+#[derive(Clone)]
+pub(super) struct Inputs {
+    /// The environment's `resourceVersion`.
     environment: String,
-    /// The catalog entry the plan was rendered from; a catalog sync replaces every entry.
-    version: Arc<ProductVersion>,
-    /// The rendered plan.
-    plan: StackPlan,
-    /// The services as the pass found them (and as the stack's status records them).
-    services: Vec<ServiceStatus>,
+    /// The catalog entry of the stack's product version, if the catalog has it; a catalog sync
+    /// replaces every entry.
+    version: Option<Arc<ProductVersion>>,
+}
+
+impl PartialEq for Inputs {
+    fn eq(&self, other: &Self) -> bool {
+        self.environment == other.environment
+            && match (&self.version, &other.version) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            }
+    }
+}
+
+/// What a steady pass found.
+enum Found {
+    /// Every workload runs as this plan says, and the status records these services.
+    Running {
+        plan: StackPlan,
+        services: Vec<ServiceStatus>,
+    },
+    /// The stack cannot be deployed as specified; its status says why.
+    Refused,
 }
 
 /// The kept steady passes, one per stack, and the Environments as the store's change feed shows
@@ -55,6 +83,27 @@ impl SteadyPasses {
         environments.as_ref()?.get(&ObjectRef::new(name))
     }
 
+    /// The stack's environment as the change feed shows it, and what the stack's pass depends
+    /// on now; `None` while the environment is not known. Taken before a full pass reads the
+    /// store, it can only be as new as what the pass reads, never newer: a change in between
+    /// shows as a difference at the next check.
+    pub(super) fn inputs(
+        &self,
+        stack: &Stack,
+        catalog: &SharedCatalog,
+    ) -> Option<(Arc<Environment>, Inputs)> {
+        let env = self.environment(&stack.spec.environment)?;
+        let version = catalog
+            .read()
+            .ok()?
+            .resolve(&stack.spec.product, stack.spec.version.as_deref());
+        let inputs = Inputs {
+            environment: env.resource_version()?,
+            version,
+        };
+        Some((env, inputs))
+    }
+
     /// Starts afresh for a run of the controller: forgets every kept pass, and follows the
     /// Environments of `store` for as long as the returned future is polled.
     pub(super) fn follow_environments(
@@ -70,10 +119,9 @@ impl SteadyPasses {
             .for_each(|_| std::future::ready(()))
     }
 
-    /// Keeps a pass that found `stack` (as read) steady in `env`, with the plan rendered from
-    /// `version`. Stacks whose variables come from Secrets are not kept: a Secret can change
-    /// without the stack changing.
-    pub(super) fn keep(
+    /// Keeps a pass that found `stack` (as read) running in `env` as planned, with the plan
+    /// rendered from `version`.
+    pub(super) fn keep_running(
         &self,
         stack: &Stack,
         env: &Environment,
@@ -81,9 +129,26 @@ impl SteadyPasses {
         plan: StackPlan,
         services: Vec<ServiceStatus>,
     ) {
-        let (Some(stack_version), Some(env_version)) =
-            (stack.resource_version(), env.resource_version())
-        else {
+        let Some(environment) = env.resource_version() else {
+            return;
+        };
+        let inputs = Inputs {
+            environment,
+            version: Some(version),
+        };
+        self.keep(stack, inputs, Found::Running { plan, services });
+    }
+
+    /// Keeps a pass that found `stack` (as read) impossible to deploy as specified, given
+    /// `inputs` taken before the pass.
+    pub(super) fn keep_refused(&self, stack: &Stack, inputs: Inputs) {
+        self.keep(stack, inputs, Found::Refused);
+    }
+
+    /// Stacks whose variables come from Secrets are not kept: a Secret can change without the
+    /// stack changing.
+    fn keep(&self, stack: &Stack, inputs: Inputs, found: Found) {
+        let Some(stack_version) = stack.resource_version() else {
             return;
         };
         if !stack.spec.variables_from.is_empty() {
@@ -92,10 +157,8 @@ impl SteadyPasses {
         let key = stack_key(&stack.namespace().unwrap_or_default(), &stack.name_any());
         let steady = Steady {
             stack: stack_version,
-            environment: env_version,
-            version,
-            plan,
-            services,
+            inputs,
+            found,
         };
         self.kept().insert(key, Arc::new(steady));
     }
@@ -106,8 +169,9 @@ impl SteadyPasses {
     }
 
     /// Whether `stack`, exactly as it was when its last steady pass was kept, is still steady:
-    /// same stack, environment and catalog entry, and the runtime sees every workload as
-    /// planned. Any doubt (an error included) answers `false`, and the full pass finds out.
+    /// same stack, environment and catalog entry, and either still refused or seen by the
+    /// runtime with every workload as planned. Any doubt (an error included) answers `false`,
+    /// and the full pass finds out.
     pub(super) async fn still_steady(&self, stack: &Stack, ctx: &Context) -> bool {
         let key = stack_key(&stack.namespace().unwrap_or_default(), &stack.name_any());
         let Some(kept) = self.kept().get(&key).cloned() else {
@@ -116,27 +180,34 @@ impl SteadyPasses {
         if stack.metadata.resource_version.as_ref() != Some(&kept.stack) {
             return false;
         }
-        let Some(env) = self.environment(&stack.spec.environment) else {
+        if matches!(kept.found, Found::Refused) {
+            // A version the catalog lacks is looked for in the sources as a full pass would:
+            // at most once per period, however many stacks miss one.
+            let (product, version) = (&stack.spec.product, stack.spec.version.as_deref());
+            let policy = sync::MissPolicy::OncePer(ctx.resync);
+            if sync::ensure_version(&ctx.store, &ctx.catalog, product, version, policy)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        let Some((env, inputs)) = self.inputs(stack, &ctx.catalog) else {
             return false;
         };
-        if env.metadata.resource_version.as_ref() != Some(&kept.environment) {
+        if inputs != kept.inputs {
             return false;
         }
-        let same_version = ctx.catalog.read().is_ok_and(|catalog| {
-            catalog
-                .resolve(&stack.spec.product, stack.spec.version.as_deref())
-                .is_some_and(|current| Arc::ptr_eq(&current, &kept.version))
-        });
-        if !same_version {
-            return false;
-        }
+        let Found::Running { plan, services } = &kept.found else {
+            return true;
+        };
         let Ok(runtime) = ctx.runtime(&env).await else {
             return false;
         };
         let restarted_at = stack.annotations().get(REDEPLOY_ANNOTATION);
         let found = runtime
-            .unchanged(&kept.plan, restarted_at.map(String::as_str))
+            .unchanged(plan, restarted_at.map(String::as_str))
             .await;
-        matches!(found, Ok(Some(outcome)) if outcome.services == kept.services)
+        matches!(found, Ok(Some(outcome)) if &outcome.services == services)
     }
 }

@@ -406,6 +406,42 @@ fn steady_stacks_still_follow_their_catalog_entry_and_their_environment() {
         message.contains(&host) && message.contains("allowedHostPaths"),
         "{status}"
     );
+    // Refused passes are kept too; allowing the path again reaches the stack all the same.
+    std::thread::sleep(Duration::from_secs(5));
+    server.apply(&environment(&format!("\"{host}\"")));
+    server.wait_phase(&stack, "Running");
+}
+
+/// A stack refused for a version the catalog lacks is deployed once the version appears in a
+/// catalog source, without a sync being asked for: its passes look for it, at most once a period.
+#[test]
+fn a_refused_stack_is_deployed_once_its_version_appears_in_the_catalog() {
+    let image = format!("{}/{}/app:latest", registry(), unique("later"));
+    build_and_push(&image, "v1");
+    let product = unique("app");
+    let services = format!("  app:\n    image: {image}\n");
+    let server = Server::start(&[("1.yaml", manifest(&product, "1.0.0", &services, "  {}"))]);
+    let stack = unique("st");
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "2.0.0"));
+    let status = server.wait_phase(&stack, "Failed");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(message.contains("is not in the catalog"), "{status}");
+    // Passes every 2 s find it refused again, and keep that.
+    std::thread::sleep(Duration::from_secs(5));
+    std::fs::write(
+        server.catalog.join("2.yaml"),
+        manifest(&product, "2.0.0", &services, "  {}"),
+    )
+    .unwrap();
+    let status = server.wait_phase(&stack, "Running");
+    assert_eq!(status["deployedVersion"], "2.0.0", "{status}");
+    let log = server.log();
+    // Said by the pass that wrote the Failed status and by the next, which kept it; not by
+    // the three or more passes after them.
+    assert!(
+        log.matches("stack cannot be deployed as specified").count() <= 2,
+        "said on every pass:\n{log}"
+    );
 }
 
 #[test]
