@@ -207,8 +207,8 @@ fn rollout_trigger(stack: &Stack) -> Option<u64> {
 
 /// Runs the controller until the process ends: every Stack change and every catalog sync
 /// (`catalog_synced`) reconciles; every `resync` period, each stack is reconciled unless it is
-/// found steady: unchanged since a pass that found it running as planned, and still so in its
-/// environment's listing.
+/// found steady: unchanged since a pass that found it running as planned (and still so in its
+/// environment's listing) or refused it.
 pub async fn run(ctx: Arc<Context>, resync: Duration, catalog_synced: Arc<tokio::sync::Notify>) {
     match records::label_history(&ctx.store).await {
         Ok(0) => {}

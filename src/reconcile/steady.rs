@@ -38,8 +38,8 @@ struct Steady {
 pub(super) struct Inputs {
     /// The environment's `resourceVersion`.
     environment: String,
-    /// The catalog entry of the stack's product version, if the catalog has it; a catalog sync
-    /// replaces every entry.
+    /// The catalog entry of the stack's product version, if the catalog has it; a sync that
+    /// reads the entry's source again replaces it, changed or not.
     version: Option<Arc<ProductVersion>>,
 }
 
