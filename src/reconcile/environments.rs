@@ -163,8 +163,9 @@ impl Environments {
                 }
                 _ => {}
             }
-            // Stacks that arrived together may each have connected; all share the runtime that
-            // was stored first, so the engine's request limit holds over every stack.
+            // A check hands back the runtime it was given; should an engine ever have been
+            // connected to twice, every stack keeps the runtime stored first, so the engine's
+            // request limit holds over all of them (first connections take one turn, above).
             let next = match (engines.get(&host), next) {
                 (Some(Engine::Up { runtime, .. }), Engine::Up { checked, .. }) => Engine::Up {
                     runtime: runtime.clone(),
