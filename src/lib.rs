@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod cli;
 pub mod duration;
 pub mod error;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod reconcile;
