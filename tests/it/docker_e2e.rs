@@ -782,10 +782,9 @@ fn independent_services_roll_out_together_and_dependents_wait_for_theirs() {
     check("redeploy");
 }
 
-/// A server whose environment reaches the engine through a counting proxy, serving a
-/// one-service product (returned by name) on a freshly pushed image.
-fn behind_a_counting_proxy(label: &str) -> (crate::engine_proxy::EngineProxy, Server, String) {
-    let proxy = crate::engine_proxy::EngineProxy::start();
+/// A server whose environment reaches the engine through `proxy`, serving a one-service
+/// product (returned by name) on a freshly pushed image.
+fn behind(proxy: &crate::engine_proxy::EngineProxy, label: &str) -> (Server, String) {
     let image = format!("{}/{}/app:latest", registry(), unique(label));
     build_and_push(&image, "v1");
     let product = unique("app");
@@ -798,20 +797,31 @@ fn behind_a_counting_proxy(label: &str) -> (crate::engine_proxy::EngineProxy, Se
         &[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))],
         options,
     );
+    (server, product)
+}
+
+/// A server behind a counting proxy (see [`behind`]).
+fn behind_a_counting_proxy(label: &str) -> (crate::engine_proxy::EngineProxy, Server, String) {
+    let proxy = crate::engine_proxy::EngineProxy::start();
+    let (server, product) = behind(&proxy, label);
     (proxy, server, product)
 }
 
-#[test]
-fn resync_passes_list_each_environment_once_and_touch_only_what_drifted() {
-    let (proxy, server, product) = behind_a_counting_proxy("listing");
+/// Runs six stacks behind `proxy` until they are steady and returns the engine calls of three
+/// resync periods (2 s each here) after that; then stops one container behind rsgo's back and
+/// checks that a following pass starts it again and touches nothing else.
+fn steady_calls_then_drift(
+    proxy: &crate::engine_proxy::EngineProxy,
+    server: &Server,
+    product: &str,
+) -> std::collections::BTreeMap<String, u64> {
     let stacks: Vec<String> = (0..6).map(|_| unique("st")).collect();
     for stack in &stacks {
-        server.apply(&stack_yaml(stack, &server.environment, &product, "1.0.0"));
+        server.apply(&stack_yaml(stack, &server.environment, product, "1.0.0"));
     }
     for stack in &stacks {
-        wait_running(&server, stack, "1.0.0");
+        wait_running(server, stack, "1.0.0");
     }
-
     let ids = || -> Vec<String> {
         stacks
             .iter()
@@ -819,39 +829,12 @@ fn resync_passes_list_each_environment_once_and_touch_only_what_drifted() {
             .collect()
     };
     let before = ids();
-
-    // Three resync periods (2 s each here) of a steady state.
+    // The pass after the rollouts' own status writes finds them steady.
+    std::thread::sleep(Duration::from_secs(2));
     proxy.take();
     std::thread::sleep(Duration::from_secs(6));
-    let calls = proxy.take();
-    let lists = calls.get("GET /containers/json").copied().unwrap_or(0);
-    // One per pass, two when a loaded machine spreads a pass over more than the listing's
-    // age (half a period); one per stack would be 18 or more.
-    assert!(
-        (2..=6).contains(&lists),
-        "one container list per pass, not one per stack: {calls:?}"
-    );
-    assert_eq!(calls.get("GET /networks"), Some(&lists), "{calls:?}");
-    let checks = calls.get("GET /version").copied().unwrap_or(0);
-    assert!(
-        checks <= lists + 1,
-        "the engine is checked once per pass, not once per stack: {calls:?}"
-    );
-    let others: Vec<_> = calls
-        .keys()
-        .filter(|call| {
-            !matches!(
-                call.as_str(),
-                "GET /containers/json" | "GET /networks" | "GET /version"
-            )
-        })
-        .collect();
-    assert!(
-        others.is_empty(),
-        "a steady state asks nothing else: {calls:?}"
-    );
+    let steady = proxy.take();
 
-    // Drift after a listing is still repaired on a following pass, and only there.
     let stopped = server.name(&stacks[0], "app");
     docker(&["stop", "-t", "1", &stopped]);
     wait_for(
@@ -866,6 +849,77 @@ fn resync_passes_list_each_environment_once_and_touch_only_what_drifted() {
         "{calls:?}"
     );
     assert_eq!(ids(), before, "every container is the one it was");
+    steady
+}
+
+/// Calls other than the listings and the engine check.
+fn other_calls(calls: &std::collections::BTreeMap<String, u64>) -> Vec<&String> {
+    calls
+        .keys()
+        .filter(|call| {
+            !matches!(
+                call.as_str(),
+                "GET /containers/json" | "GET /networks" | "GET /version"
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn steady_passes_reuse_a_listing_while_the_engine_reports_no_change() {
+    let (proxy, server, product) = behind_a_counting_proxy("listing");
+    let calls = steady_calls_then_drift(&proxy, &server, &product);
+    let lists = calls.get("GET /containers/json").copied().unwrap_or(0);
+    // Without the event feed every pass would list: three or more.
+    assert!(
+        lists <= 1,
+        "a listing serves while the engine reports nothing: {calls:?}"
+    );
+    assert_eq!(
+        calls.get("GET /networks").copied().unwrap_or(0),
+        lists,
+        "{calls:?}"
+    );
+    let checks = calls.get("GET /version").copied().unwrap_or(0);
+    assert!(
+        checks <= 4,
+        "the engine is checked once per pass, not once per stack: {calls:?}"
+    );
+    assert!(
+        other_calls(&calls).is_empty(),
+        "a steady state asks nothing else: {calls:?}"
+    );
+    let log = server.log();
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+}
+
+#[test]
+fn without_the_engines_event_feed_every_pass_lists_each_environment_once() {
+    let proxy = crate::engine_proxy::EngineProxy::refusing(&["GET /events"]);
+    let (server, product) = behind(&proxy, "nofeed");
+    let calls = steady_calls_then_drift(&proxy, &server, &product);
+    let lists = calls.get("GET /containers/json").copied().unwrap_or(0);
+    // One per pass, two when a loaded machine spreads a pass over more than the listing's
+    // age (half a period); one per stack would be 18 or more.
+    assert!(
+        (2..=6).contains(&lists),
+        "one container list per pass, not one per stack: {calls:?}"
+    );
+    assert_eq!(calls.get("GET /networks"), Some(&lists), "{calls:?}");
+    let checks = calls.get("GET /version").copied().unwrap_or(0);
+    assert!(
+        checks <= lists + 1,
+        "the engine is checked once per pass, not once per stack: {calls:?}"
+    );
+    // The feed is asked for again now and then (after 2 s, then less and less often).
+    let others: Vec<_> = other_calls(&calls)
+        .into_iter()
+        .filter(|call| !matches!(call.as_str(), "GET /events" | "GET /info"))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "a steady state asks nothing else: {calls:?}"
+    );
 }
 
 #[test]

@@ -8,10 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::Request;
-use hyper::body::Incoming;
+use http_body_util::{Either, Full};
+use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 
 const SOCKET: &str = "/var/run/docker.sock";
+
+/// What the proxy answers with: the engine's body, or its own refusal.
+type Body = Either<Incoming, Full<Bytes>>;
 
 /// A running proxy; it stops when dropped.
 pub struct EngineProxy {
@@ -27,15 +31,24 @@ struct Counts {
     /// Calls by method and path.
     calls: Mutex<BTreeMap<String, u64>>,
     /// Requests sent on and not yet answered, leaving out those that wait by design (a
-    /// container's exit or stop, an image pull's progress, the engine's version check).
+    /// container's exit or stop, an image pull's progress, the engine's version check, its
+    /// event feed).
     in_flight: AtomicUsize,
     /// The most `in_flight` has been.
     most_in_flight: AtomicUsize,
+    /// Calls answered 503 instead of being forwarded.
+    refused: Vec<String>,
 }
 
 impl EngineProxy {
     /// Starts the proxy on a free port of 127.0.0.1.
     pub fn start() -> Self {
+        Self::refusing(&[])
+    }
+
+    /// Starts the proxy, answering the calls named in `refused` (as [`EngineProxy::take`]
+    /// names them, `GET /events`) with 503 instead of forwarding them.
+    pub fn refusing(refused: &[&str]) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -45,7 +58,10 @@ impl EngineProxy {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("binding the proxy");
         let addr = listener.local_addr().expect("the proxy's address");
-        let counts = Arc::new(Counts::default());
+        let counts = Arc::new(Counts {
+            refused: refused.iter().map(|call| (*call).to_owned()).collect(),
+            ..Counts::default()
+        });
         let counted = counts.clone();
         runtime.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -93,26 +109,42 @@ async fn serve(client: tokio::net::TcpStream, counts: Arc<Counts>) {
             let key = call_name(request.method().as_str(), request.uri().path());
             let waits = key.ends_with("/wait")
                 || key.ends_with("/images/create")
-                || key.ends_with("/version");
+                || key.ends_with("/version")
+                || key.ends_with("/events");
+            let refused = counts.refused.contains(&key);
             *counts
                 .calls
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .entry(key)
                 .or_default() += 1;
+            if refused {
+                let mut answer = http::Response::new(Either::Right(Full::new(Bytes::from_static(
+                    b"{\"message\": \"refused by the test proxy\"}",
+                ))));
+                *answer.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                return Ok(answer);
+            }
             if waits {
-                return sender.lock().await.send_request(request).await;
+                return forwarded(sender.lock().await.send_request(request).await);
             }
             let now = counts.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             counts.most_in_flight.fetch_max(now, Ordering::SeqCst);
             let answer = sender.lock().await.send_request(request).await;
             counts.in_flight.fetch_sub(1, Ordering::SeqCst);
-            answer
+            forwarded(answer)
         }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(client), service)
         .await;
+}
+
+/// The engine's answer, passed on as it came.
+fn forwarded(
+    answer: hyper::Result<http::Response<Incoming>>,
+) -> hyper::Result<http::Response<Body>> {
+    answer.map(|response| response.map(Either::Left))
 }
 
 /// A call's method and path, with the API version and ids left out: `GET /containers/json`.

@@ -5,6 +5,11 @@
 //! against that. A stack the listing shows exactly as planned needs nothing more; any difference
 //! (or any doubt) sends it down the exact path, which reads the engine afresh. So a listing can
 //! only ever delay the repair of drift that happened after it was taken, by less than its age.
+//!
+//! A listing older than that still serves while the engine's event feed (see `events`) has
+//! stayed connected and reported nothing that could change it since before it was requested,
+//! up to [`FOLLOWED_AGES`] times its age: the feed is what makes it current, and the limit
+//! bounds what an event the engine dropped could delay.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +18,7 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::ListNetworksOptionsBuilder;
 
 use super::container::{self, LABEL_ENVIRONMENT, LABEL_MANAGED, LABEL_STACK};
+use super::events;
 use super::rollout::{check_kept, outcome_from};
 use super::steps::{self, Step};
 use super::{DockerRuntime, ObservedContainer};
@@ -30,10 +36,21 @@ struct Listing {
     networks: HashMap<String, Vec<String>>,
 }
 
-/// One environment's newest listing and when it was taken; its lock is held while it is
-/// refilled, so the stacks of a pass that arrive together wait for one listing instead of each
-/// making their own.
-type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<Listing>)>>>;
+/// How many times its age a listing may serve while the event feed reports no change.
+pub(super) const FOLLOWED_AGES: u32 = 20;
+
+/// A listing as it was taken.
+struct Taken {
+    /// When it was requested.
+    at: Instant,
+    /// The event feed's mark from just before it was requested, if the feed was connected.
+    mark: Option<events::Mark>,
+    listing: Arc<Listing>,
+}
+
+/// One environment's newest listing; its lock is held while it is refilled, so the stacks of a
+/// pass that arrive together wait for one listing instead of each making their own.
+type Slot = Arc<tokio::sync::Mutex<Option<Taken>>>;
 
 /// The newest listing of each environment, and how old one may be to serve a drift check.
 pub(super) struct Listings {
@@ -102,19 +119,39 @@ impl DockerRuntime {
     async fn listing(&self, environment: &str) -> Result<Arc<Listing>> {
         let slot = self.shared.listings.slot(environment);
         let mut slot = slot.lock().await;
-        if let Some((taken, listing)) = slot.as_ref()
-            && taken.elapsed() < self.shared.listings.max_age
-        {
-            return Ok(listing.clone());
+        let changes = &self.shared.changes;
+        self.shared.feed.get_or_init(|| {
+            let feed = events::follow(
+                self.docker.clone(),
+                self.shared.requests.clone(),
+                changes.clone(),
+            );
+            tokio::spawn(feed).abort_handle()
+        });
+        let max_age = self.shared.listings.max_age;
+        if let Some(taken) = slot.as_ref() {
+            let age = taken.at.elapsed();
+            let followed = age < max_age * FOLLOWED_AGES
+                && taken
+                    .mark
+                    .is_some_and(|mark| changes.unchanged_since(environment, mark));
+            if age < max_age || followed {
+                return Ok(taken.listing.clone());
+            }
         }
-        let taken = Instant::now();
+        let mark = changes.mark(environment);
+        let at = Instant::now();
         let listing = Arc::new(self.list_environment(environment).await?);
         tracing::debug!(
             %environment,
             stacks = listing.containers.len(),
             "listed what rsgo runs in the environment"
         );
-        *slot = Some((taken, listing.clone()));
+        *slot = Some(Taken {
+            at,
+            mark,
+            listing: listing.clone(),
+        });
         Ok(listing)
     }
 

@@ -4,6 +4,7 @@
 //! reconciler sees only the [`Runtime`](super::Runtime) trait.
 
 pub mod container;
+mod events;
 mod listing;
 mod resources;
 mod rollout;
@@ -147,17 +148,30 @@ pub struct DockerRuntime {
 struct Shared {
     /// Engine requests in flight at once, over every stack; waiting requests are served in the
     /// order they asked, so one big stack cannot starve the others.
-    requests: Semaphore,
+    requests: Arc<Semaphore>,
     /// Image pulls in flight at once; separate, so a slow registry holds up no other request.
     pulls: Semaphore,
     /// Rollouts under way at once (see [`ENGINE_ROLLOUTS`]).
     rollouts: Semaphore,
     /// What rsgo runs on the engine, listed at most once per pass for drift checks.
     listings: Listings,
+    /// What the engine's event feed reported since a listing was taken.
+    changes: Arc<events::Changes>,
+    /// The task that follows the feed, started by the first listing; it ends with the last
+    /// clone of the runtime.
+    feed: std::sync::OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(feed) = self.feed.get() {
+            feed.abort();
+        }
+    }
 }
 
 /// Waits in line for one of a limit's places. The engine's limits are never closed.
-async fn turn(limit: &Semaphore) -> SemaphorePermit<'_> {
+pub(super) async fn turn(limit: &Semaphore) -> SemaphorePermit<'_> {
     limit
         .acquire()
         .await
@@ -184,7 +198,8 @@ impl DockerRuntime {
     /// Connects to `host` (`unix://...`, `tcp://...` or `http://...`) and negotiates the API version,
     /// so engines old (API 1.41) and new both work.
     /// A listing of an environment younger than `listing_age` serves the drift checks of all
-    /// its stacks, so one listing serves a whole resync pass.
+    /// its stacks, so one listing serves a whole resync pass; while the engine's event feed
+    /// reports nothing that could change it, it serves later passes too (see `events`).
     pub async fn connect(host: &str, listing_age: Duration) -> Result<Self> {
         let version = bollard::API_DEFAULT_VERSION;
         let docker = if host.starts_with("unix://") || host.starts_with('/') {
@@ -198,10 +213,12 @@ impl DockerRuntime {
             .await
             .map_err(|e| Error::docker(format!("negotiating the API version with {host}"), e))?;
         let shared = Shared {
-            requests: Semaphore::new(ENGINE_REQUESTS),
+            requests: Arc::new(Semaphore::new(ENGINE_REQUESTS)),
             pulls: Semaphore::new(ENGINE_PULLS),
             rollouts: Semaphore::new(ENGINE_ROLLOUTS),
             listings: Listings::new(listing_age),
+            changes: Arc::default(),
+            feed: std::sync::OnceLock::new(),
         };
         Ok(Self {
             docker,

@@ -1,0 +1,339 @@
+//! The engine's change feed. A resync pass checks every stack against one listing of the
+//! environment (see `listing`); at 1,000 stacks that listing is about 1.6 MB of JSON for the
+//! engine to write and for rsgo to read, every pass, though between passes usually nothing
+//! changed. So rsgo follows the engine's events about containers and networks, and a listing
+//! keeps serving later passes while the feed has been connected throughout and has reported
+//! nothing that could change it. The feed is followed from the engine's first listing on.
+//!
+//! The feed is asked for events since a second before the engine's own clock read just before
+//! connecting, so a change the engine makes while the subscription is still on its way is
+//! reported too. When the feed breaks (or cannot be opened), every listing is taken afresh
+//! each pass, as without it, until it is connected again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{EventMessage, EventMessageTypeEnum};
+use bollard::query_parameters::EventsOptionsBuilder;
+use futures::StreamExt;
+
+use tokio::sync::Semaphore;
+
+use super::container::{LABEL_ENVIRONMENT, LABEL_MANAGED};
+use super::turn;
+use crate::reconcile::retry_delay;
+
+/// A feed that stayed connected this long was healthy: the next failure waits the shortest
+/// delay again.
+const HEALTHY: Duration = Duration::from_secs(60);
+
+/// What the engine's feed has reported, in a form listings can compare against.
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    /// Moves on whenever the feed connects or breaks, and with every event that could change
+    /// the listing of any environment.
+    everything: AtomicU64,
+    /// Whether the feed is connected.
+    connected: std::sync::atomic::AtomicBool,
+    /// Moves on with every event about a container of one environment, by environment.
+    environments: Mutex<HashMap<String, u64>>,
+}
+
+/// Where the feed stood for one environment when a listing was requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Mark {
+    everything: u64,
+    environment: u64,
+}
+
+/// What an event can change.
+#[derive(Debug, PartialEq, Eq)]
+enum Change<'a> {
+    /// No listing.
+    Nothing,
+    /// The listing of one environment.
+    Environment(&'a str),
+    /// Any listing.
+    Everything,
+}
+
+impl Changes {
+    fn environments(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.environments.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self, environment: &str) -> Mark {
+        let everything = self.everything.load(Ordering::SeqCst);
+        let environment = self.environments().get(environment).copied().unwrap_or(0);
+        Mark {
+            everything,
+            environment,
+        }
+    }
+
+    /// A mark to take before a listing of `environment` is requested: `None` while the feed
+    /// is not connected.
+    pub(super) fn mark(&self, environment: &str) -> Option<Mark> {
+        let mark = self.now(environment);
+        self.connected.load(Ordering::SeqCst).then_some(mark)
+    }
+
+    /// Whether nothing that could change the listing of `environment` happened since `mark`
+    /// was taken: the feed stayed connected and reported nothing about it.
+    pub(super) fn unchanged_since(&self, environment: &str, mark: Mark) -> bool {
+        self.connected.load(Ordering::SeqCst) && self.now(environment) == mark
+    }
+
+    fn record(&self, change: Change<'_>) {
+        match change {
+            Change::Nothing => {}
+            Change::Environment(environment) => {
+                *self
+                    .environments()
+                    .entry(environment.to_owned())
+                    .or_default() += 1;
+            }
+            Change::Everything => {
+                self.everything.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::SeqCst);
+        self.record(Change::Everything);
+    }
+}
+
+/// What an event can change in a listing. Listings show rsgo's containers and the names of
+/// its networks. An event about a container rsgo made changes its environment's listing
+/// (from its labels), except the commands run in it (health checks run that way; their results
+/// arrive as `health_status` events). A network's events carry no labels, only its name: one
+/// made or removed changes the listing of the environment its name starts with
+/// (`<environment>_<stack>_<network>`, see `docker_name`), or of every environment when the
+/// name has another form; a container attached or detached changes none.
+fn change(event: &EventMessage) -> Change<'_> {
+    let action = event.action.as_deref().unwrap_or_default();
+    let attributes = event
+        .actor
+        .as_ref()
+        .and_then(|actor| actor.attributes.as_ref());
+    let label = |key: &str| attributes.and_then(|a| a.get(key)).map(String::as_str);
+    match event.typ {
+        Some(EventMessageTypeEnum::NETWORK) => match action {
+            "connect" | "disconnect" => Change::Nothing,
+            _ => match label("name").and_then(|name| name.split_once('_')) {
+                Some((environment, rest)) if rest.contains('_') => Change::Environment(environment),
+                _ => Change::Everything,
+            },
+        },
+        Some(EventMessageTypeEnum::CONTAINER) => {
+            if label(LABEL_MANAGED) != Some("true") || action.starts_with("exec_") {
+                Change::Nothing
+            } else if let Some(environment) = label(LABEL_ENVIRONMENT) {
+                Change::Environment(environment)
+            } else {
+                Change::Everything
+            }
+        }
+        _ => Change::Nothing,
+    }
+}
+
+/// The engine's clock, in whole seconds since the epoch.
+async fn engine_clock(docker: &Docker) -> Result<i64, String> {
+    let info = docker.info().await.map_err(|e| e.to_string())?;
+    let time = info
+        .system_time
+        .ok_or_else(|| "the engine did not tell its time".to_owned())?;
+    let time: jiff::Timestamp = time
+        .parse()
+        .map_err(|e| format!("the engine's time {time:?}: {e}"))?;
+    Ok(time.as_second())
+}
+
+/// Follows the engine's events into `changes` for as long as it is polled, connecting again
+/// after a break. Reading the engine's clock takes a turn among the engine's `requests`; the
+/// feed itself only waits, and takes none.
+pub(super) async fn follow(docker: Docker, requests: Arc<Semaphore>, changes: Arc<Changes>) {
+    let filters = HashMap::from([("type", vec!["container", "network"])]);
+    let mut failures = 0;
+    loop {
+        let connected_at = Instant::now();
+        let clock = {
+            let _turn = turn(&requests).await;
+            engine_clock(&docker).await
+        };
+        match clock {
+            Ok(now) => {
+                let since = (now - 1).to_string();
+                let options = EventsOptionsBuilder::new()
+                    .since(&since)
+                    .filters(&filters)
+                    .build();
+                let mut events = docker.events(Some(options));
+                changes.set_connected(true);
+                let ended = loop {
+                    match events.next().await {
+                        Some(Ok(event)) => changes.record(change(&event)),
+                        Some(Err(error)) => break error.to_string(),
+                        None => break "the engine ended it".to_owned(),
+                    }
+                };
+                changes.set_connected(false);
+                tracing::debug!(reason = %ended, "the engine's event feed broke");
+            }
+            Err(error) => tracing::debug!(%error, "cannot follow the engine's events"),
+        }
+        failures = if connected_at.elapsed() >= HEALTHY {
+            1
+        } else {
+            failures + 1
+        };
+        tokio::time::sleep(retry_delay(failures)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::EventActor;
+
+    fn event(typ: EventMessageTypeEnum, action: &str, labels: &[(&str, &str)]) -> EventMessage {
+        EventMessage {
+            typ: Some(typ),
+            action: Some(action.into()),
+            actor: Some(EventActor {
+                id: Some("0123".into()),
+                attributes: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_change_the_listing_of_their_containers_environment_or_of_all() {
+        let ours = [
+            (LABEL_MANAGED, "true"),
+            (LABEL_ENVIRONMENT, "prod"),
+            ("name", "web"),
+        ];
+        let container = |action, labels| event(EventMessageTypeEnum::CONTAINER, action, labels);
+        let network =
+            |action, name| event(EventMessageTypeEnum::NETWORK, action, &[("name", name)]);
+        for action in ["die", "destroy", "start", "health_status: unhealthy"] {
+            assert_eq!(
+                change(&container(action, &ours)),
+                Change::Environment("prod")
+            );
+        }
+        for action in ["create", "destroy"] {
+            let ours = network(action, "prod_web_default");
+            assert_eq!(change(&ours), Change::Environment("prod"), "{action}");
+            let other = network(action, "bridge2");
+            assert_eq!(change(&other), Change::Everything, "{action}");
+        }
+        let unlabelled = container("die", &[(LABEL_MANAGED, "true")]);
+        assert_eq!(change(&unlabelled), Change::Everything);
+        let nothing = [
+            container("exec_start: true", &ours),
+            container("die", &[("name", "other")]),
+            container("die", &[(LABEL_MANAGED, "false")]),
+            network("connect", "prod_web_default"),
+            network("disconnect", "bridge2"),
+            event(EventMessageTypeEnum::IMAGE, "pull", &ours),
+        ];
+        for e in &nothing {
+            assert_eq!(change(e), Change::Nothing, "{:?}", e.action);
+        }
+    }
+
+    #[test]
+    fn a_mark_holds_while_the_feed_stays_connected_and_quiet() {
+        let changes = Changes::default();
+        assert_eq!(changes.mark("prod"), None, "not connected yet");
+        changes.set_connected(true);
+        let mark = changes.mark("prod").expect("connected");
+        assert!(changes.unchanged_since("prod", mark));
+        changes.record(Change::Environment("staging"));
+        assert!(
+            changes.unchanged_since("prod", mark),
+            "another environment's container changed"
+        );
+        changes.record(Change::Environment("prod"));
+        assert!(
+            !changes.unchanged_since("prod", mark),
+            "one of its containers changed"
+        );
+        let mark = changes.mark("prod").expect("connected");
+        changes.record(Change::Everything);
+        assert!(!changes.unchanged_since("prod", mark), "a network changed");
+        let mark = changes.mark("prod").expect("connected");
+        changes.set_connected(false);
+        changes.set_connected(true);
+        assert!(
+            !changes.unchanged_since("prod", mark),
+            "the feed broke and came back: events may have been missed"
+        );
+    }
+
+    /// Polls `done` every 100 ms for at most 30 s.
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..300 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{what} did not happen within 30 s");
+    }
+
+    /// Against the local engine, as every test that needs one.
+    #[tokio::test]
+    async fn the_engines_feed_reports_a_network_made_behind_rsgos_back() {
+        let docker = Docker::connect_with_unix(
+            "unix:///var/run/docker.sock",
+            30,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .expect("the local engine's socket");
+        let changes = Arc::new(Changes::default());
+        let requests = Arc::new(Semaphore::new(1));
+        let feed = tokio::spawn(follow(docker.clone(), requests, changes.clone()));
+        eventually("connecting to the feed", || changes.mark("any").is_some()).await;
+        // A mark that holds for a second: the events replayed from the second before
+        // connecting (and any other engine activity) have passed.
+        let mut mark = changes.mark("any").expect("connected");
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if changes.unchanged_since("any", mark) {
+                break;
+            }
+            mark = changes.mark("any").expect("connected");
+        }
+        assert!(
+            changes.unchanged_since("any", mark),
+            "the engine never went quiet"
+        );
+        let name = format!("rsgo-feed-test-{}", std::process::id());
+        let network = bollard::models::NetworkCreateRequest {
+            name: name.clone(),
+            ..Default::default()
+        };
+        docker.create_network(network).await.expect("a network");
+        eventually("the feed reporting the new network", || {
+            !changes.unchanged_since("any", mark)
+        })
+        .await;
+        docker.remove_network(&name).await.expect("removing it");
+        feed.abort();
+    }
+}
