@@ -9,7 +9,8 @@
 //! A listing older than that still serves while the engine's event feed (see `events`) has
 //! stayed connected and reported nothing that could change it since before it was requested,
 //! up to [`FOLLOWED_AGES`] times its age: the feed is what makes it current, and the limit
-//! bounds what an event the engine dropped could delay.
+//! bounds the delay when the feed misses something without breaking (an event the engine
+//! dropped for a slow reader, a remote engine's connection lost without a reset).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
