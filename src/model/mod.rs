@@ -12,8 +12,8 @@ pub mod redact;
 mod validation;
 
 pub use validation::{
-    check_label, dns_label, docker_name, is_dns_label, is_dns_subdomain, normalize_host_path,
-    validate_document,
+    check_label, dns_label, docker_name, docker_name_environment, is_dns_label, is_dns_subdomain,
+    normalize_host_path, validate_document,
 };
 
 /// `apiVersion` of every rsgo resource.

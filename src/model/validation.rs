@@ -87,6 +87,13 @@ pub fn docker_name(environment: &str, stack: &str, part: &str) -> String {
     format!("{environment}_{stack}_{part}")
 }
 
+/// The environment of a Docker object named by [`docker_name`]; `None` for a name of another
+/// form.
+pub fn docker_name_environment(name: &str) -> Option<&str> {
+    let (environment, rest) = name.split_once('_')?;
+    rest.contains('_').then_some(environment)
+}
+
 /// Checks a document about to be created or updated. Names are checked only on creation (they
 /// cannot change afterwards), so an object stored before these rules can still be updated and
 /// deleted.
@@ -405,6 +412,18 @@ impl GitSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_docker_name_tells_its_environment() {
+        let name = docker_name("prod", "shop", "default");
+        assert_eq!(docker_name_environment(&name), Some("prod"));
+        assert_eq!(
+            docker_name_environment("shop_default"),
+            None,
+            "an older name"
+        );
+        assert_eq!(docker_name_environment("bridge"), None);
+    }
 
     #[test]
     fn labels_and_subdomains() {

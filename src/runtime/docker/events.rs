@@ -11,7 +11,7 @@
 //! each pass, as without it, until it is connected again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 
 use super::container::{LABEL_ENVIRONMENT, LABEL_MANAGED};
 use super::turn;
+use crate::model::docker_name_environment;
 use crate::reconcile::retry_delay;
 
 /// A feed that stayed connected this long was healthy: the next failure waits the shortest
@@ -37,7 +38,7 @@ pub(super) struct Changes {
     /// the listing of any environment.
     everything: AtomicU64,
     /// Whether the feed is connected.
-    connected: std::sync::atomic::AtomicBool,
+    connected: AtomicBool,
     /// Moves on with every event about a container of one environment, by environment.
     environments: Mutex<HashMap<String, u64>>,
 }
@@ -125,9 +126,9 @@ fn change(event: &EventMessage) -> Change<'_> {
     match event.typ {
         Some(EventMessageTypeEnum::NETWORK) => match action {
             "connect" | "disconnect" => Change::Nothing,
-            _ => match label("name").and_then(|name| name.split_once('_')) {
-                Some((environment, rest)) if rest.contains('_') => Change::Environment(environment),
-                _ => Change::Everything,
+            _ => match label("name").and_then(docker_name_environment) {
+                Some(environment) => Change::Environment(environment),
+                None => Change::Everything,
             },
         },
         Some(EventMessageTypeEnum::CONTAINER) => {

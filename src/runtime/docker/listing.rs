@@ -38,7 +38,7 @@ struct Listing {
 }
 
 /// How many times its age a listing may serve while the event feed reports no change.
-pub(super) const FOLLOWED_AGES: u32 = 20;
+const FOLLOWED_AGES: u32 = 20;
 
 /// A listing as it was taken.
 struct Taken {
