@@ -4,7 +4,6 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    rsgo::memory::limit_malloc_arenas();
     // HTTPS fetches of git sources use rustls without a built-in crypto provider; ring is the
     // one kube's client uses too. Installing fails only when one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();

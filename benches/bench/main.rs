@@ -327,7 +327,7 @@ async fn memory() {
     }
     let burst_big = big.rss();
     big.settle(Duration::from_secs(60));
-    // rsgo hands freed memory back once it has been quiet for a second.
+    // jemalloc's background thread hands back pages left unused for about a second.
     std::thread::sleep(Duration::from_secs(3));
     let after_big = big.rss();
     println!("\n## Memory (resident)");

@@ -238,7 +238,6 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     let refusals = Arc::new(RefusalLog::default());
     let guard = Arc::new(AuthGuard::new(args.auth_failures_per_minute));
     tokio::spawn(report_refusals(refusals.clone(), guard.clone()));
-    tokio::spawn(crate::memory::return_freed_memory());
     let limits = args.http_limits();
     let audit = AuditLog::start(hooks_store.clone(), args.audit_retention);
     let state = AppState {
