@@ -105,6 +105,42 @@ fn redeploy_recreates_from_the_fresh_image_and_keeps_volumes() {
         ),
         id
     );
+    assert_eq!(
+        try_inspect(&server.name(&stack, "_app"), "{{.Id}}"),
+        None,
+        "the new container was made under a stand-in name and then took the service's name"
+    );
+}
+
+/// A rollout cut short after it made a service's new container under its stand-in name leaves
+/// that container behind; the next pass removes it and keeps the service's own container.
+#[test]
+fn a_new_container_left_under_its_stand_in_name_is_removed_by_the_next_pass() {
+    let (server, image, stack, _) = deploy_single_service("standin", "");
+    let container = server.name(&stack, "app");
+    let id = inspect(&container, "{{.Id}}");
+    let standby = server.name(&stack, "_app");
+    let labels = inspect(
+        &container,
+        "{{range $k, $v := .Config.Labels}}{{$k}}={{$v}}\n{{end}}",
+    );
+    let mut args = vec!["create", "--name", &standby];
+    for label in labels.lines().filter(|l| l.starts_with("io.rsgo.")) {
+        args.extend(["--label", label]);
+    }
+    args.push(&image);
+    docker(&args);
+    wait_for(
+        "the stand-in container to be removed",
+        Duration::from_secs(30),
+        || try_inspect(&standby, "{{.Id}}").is_none().then_some(()),
+    );
+    assert_eq!(
+        inspect(&container, "{{.Id}}"),
+        id,
+        "the service's container stays"
+    );
+    assert_eq!(inspect(&container, "{{.State.Running}}"), "true");
 }
 
 #[test]

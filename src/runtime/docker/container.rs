@@ -57,6 +57,17 @@ pub fn container_name(plan: &StackPlan, container: &ContainerPlan) -> String {
     docker_name(&plan.environment, &plan.stack, &container.service)
 }
 
+/// Name a service's new container has while the container it replaces stops: a second `_`
+/// after the stack (`<environment>_<stack>__<service>`). Manifest names start with a letter or
+/// digit, so no container a stack wants is ever named so, and a pass removes one it finds.
+pub fn standby_name(plan: &StackPlan, container: &ContainerPlan) -> String {
+    docker_name(
+        &plan.environment,
+        &plan.stack,
+        &format!("_{}", container.service),
+    )
+}
+
 /// Docker name of a network of the stack, by its manifest name (`default` for the stack's own).
 pub fn network_name(plan: &StackPlan, network: &str) -> String {
     docker_name(&plan.environment, &plan.stack, network)

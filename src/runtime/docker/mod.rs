@@ -19,7 +19,7 @@ use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerSummary, HealthStatusEnum, NetworkConnectRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -314,10 +314,27 @@ impl DockerRuntime {
         provenance: Provenance<'_>,
     ) -> Result<String> {
         let name = container::container_name(plan, service);
+        let id = self
+            .create(plan, service, resources, provenance, &name)
+            .await?;
+        self.start(&id, &name).await?;
+        Ok(id)
+    }
+
+    /// Creates a service's container under `name`, on the networks and volumes of `resources`,
+    /// without starting it; returns its id.
+    pub async fn create(
+        &self,
+        plan: &StackPlan,
+        service: &ContainerPlan,
+        resources: &StackResources,
+        provenance: Provenance<'_>,
+        name: &str,
+    ) -> Result<String> {
         let body = container::create_body(plan, service, resources, provenance)
             .map_err(|e| Error::Task(format!("container {name}: {e}")))?;
-        let options = CreateContainerOptionsBuilder::new().name(&name).build();
-        let permit = self.permit().await;
+        let options = CreateContainerOptionsBuilder::new().name(name).build();
+        let _permit = self.permit().await;
         let created = self
             .docker
             .create_container(Some(options), body)
@@ -337,9 +354,17 @@ impl DockerRuntime {
                 .await
                 .map_err(|e| Error::docker(format!("connecting {name} to network {network}"), e))?;
         }
-        drop(permit);
-        self.start(&created.id, &name).await?;
         Ok(created.id)
+    }
+
+    /// Gives a container another name.
+    pub async fn rename(&self, id: &str, name: &str) -> Result<()> {
+        let options = RenameContainerOptionsBuilder::new().name(name).build();
+        let _permit = self.permit().await;
+        self.docker
+            .rename_container(id, options)
+            .await
+            .map_err(|e| Error::docker(format!("giving container {id} the name {name}"), e))
     }
 
     /// Waits until a one-shot container exits and fails unless it exited 0.
@@ -439,18 +464,24 @@ impl DockerRuntime {
             .map_err(|e| Error::docker(format!("starting container {name}"), e))
     }
 
-    /// Stops (with a grace period) and removes a container. Its volumes stay. The stop is mostly
-    /// the engine waiting for the container to exit, so it takes no turn (see
-    /// [`ENGINE_REQUESTS`]); the removal does.
-    pub async fn remove(&self, id: &str, name: &str) -> Result<()> {
+    /// Stops a container, with a grace period; one already stopped or gone counts as stopped.
+    /// The stop is mostly the engine waiting for the container to exit, so it takes no turn
+    /// (see [`ENGINE_REQUESTS`]).
+    pub async fn stop(&self, id: &str, name: &str) -> Result<()> {
         let stop = StopContainerOptionsBuilder::new()
             .t(STOP_TIMEOUT_SECS)
             .build();
         match self.docker.stop_container(id, Some(stop)).await {
-            Ok(()) => {}
-            Err(e) if is_status(&e, 304) || is_status(&e, 404) => {}
-            Err(e) => return Err(Error::docker(format!("stopping container {name}"), e)),
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
+            Err(e) => Err(Error::docker(format!("stopping container {name}"), e)),
         }
+    }
+
+    /// Stops (see [`Self::stop`]) and removes a container. Its volumes stay. The removal takes
+    /// a turn of the engine's request limit.
+    pub async fn remove(&self, id: &str, name: &str) -> Result<()> {
+        self.stop(id, name).await?;
         let remove = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(false)

@@ -150,8 +150,15 @@ async fn take_step(
             (i, ServiceAction::Created)
         }
         Step::Recreate(i, have) => {
-            runtime.remove(&have.id, &have.name).await?;
-            run_to_plan(runtime, plan, &plan.containers[i], resources, provenance).await?;
+            replace(
+                runtime,
+                plan,
+                &plan.containers[i],
+                &have,
+                resources,
+                provenance,
+            )
+            .await?;
             (i, ServiceAction::Recreated)
         }
         Step::Start(i, have) => {
@@ -273,6 +280,42 @@ async fn run_to_plan(
         &container::container_name(plan, service),
     )
     .await
+}
+
+/// Replaces a service's container. The new one is created under a stand-in name (see
+/// [`container::standby_name`]) while the old one stops, so the creation overlaps the stop's
+/// wait; then the old one is removed and the new one takes the service's name and starts. A
+/// rollout cut short in between leaves the old container stopped, or only the new one under
+/// either name: the next pass plans from what it finds and removes a stand-in it finds.
+async fn replace(
+    runtime: &DockerRuntime,
+    plan: &StackPlan,
+    service: &ContainerPlan,
+    have: &ObservedContainer,
+    resources: &StackResources,
+    provenance: Provenance<'_>,
+) -> Result<()> {
+    let standby = container::standby_name(plan, service);
+    let (created, stopped) = tokio::join!(
+        runtime.create(plan, service, resources, provenance, &standby),
+        runtime.stop(&have.id, &have.name),
+    );
+    let id = match (created, stopped) {
+        (Ok(id), Ok(())) => id,
+        (Ok(id), Err(error)) => {
+            // The old container may still run: it stays, and the new one goes.
+            if let Err(cleanup) = runtime.remove(&id, &standby).await {
+                tracing::warn!(error = %cleanup, container = %standby, "removing an unused new container; the next pass removes it");
+            }
+            return Err(error);
+        }
+        (Err(error), _) => return Err(error),
+    };
+    let name = container::container_name(plan, service);
+    runtime.remove(&have.id, &have.name).await?;
+    runtime.rename(&id, &name).await?;
+    runtime.start(&id, &name).await?;
+    wait_ready(runtime, service, &id, &name).await
 }
 
 /// Waits until a started container counts as up: a one-shot one exited 0, one with a health
