@@ -26,6 +26,9 @@ pub struct Stats {
     pub expected: u64,
     /// How many did not.
     pub unexpected: u64,
+    /// CPU time the serving process used per answered request (user and system), set by the
+    /// caller, which knows that process; zero until then.
+    pub cpu_per_request: Duration,
 }
 
 impl Stats {
@@ -42,6 +45,7 @@ impl Stats {
             rate: mid(runs.iter().map(|r| r.rate).collect()),
             p50: secs(|r| r.p50),
             p99: secs(|r| r.p99),
+            cpu_per_request: secs(|r| r.cpu_per_request),
             expected: runs.iter().map(|r| r.expected).sum(),
             unexpected: runs.iter().map(|r| r.unexpected).sum(),
         }
@@ -88,6 +92,7 @@ pub async fn run(
         p99: at(0.99),
         expected,
         unexpected,
+        cpu_per_request: Duration::ZERO,
     }
 }
 

@@ -156,10 +156,11 @@ fn hook_server(catalog: &std::path::Path, environment: &str, keys: usize, stacks
     server
 }
 
-/// One measured case: a label, where it runs, and what it sends.
+/// One measured case: a label, where it runs (address and process), and what it sends.
 struct Case {
     label: String,
     addr: SocketAddr,
+    pid: u32,
     connections: usize,
     expect: StatusCode,
     make: MakeRequest,
@@ -169,7 +170,8 @@ async fn measure(cases: &[Case]) -> Vec<Stats> {
     let mut runs: Vec<Vec<Stats>> = cases.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
         for (case, runs) in cases.iter().zip(runs.iter_mut()) {
-            let stats = load::run(
+            let cpu_before = server::cpu_time(case.pid);
+            let mut stats = load::run(
                 case.addr,
                 case.connections,
                 RUN,
@@ -177,6 +179,8 @@ async fn measure(cases: &[Case]) -> Vec<Stats> {
                 case.make.clone(),
             )
             .await;
+            let answered = (stats.expected + stats.unexpected).max(1);
+            stats.cpu_per_request = (server::cpu_time(case.pid) - cpu_before) / answered as u32;
             assert!(
                 stats.unexpected * 100 <= stats.expected,
                 "{}: {} of {} answers were not {}",
@@ -227,6 +231,7 @@ async fn hooks() {
         cases.push(Case {
             label: format!("ceiling (axum, 401 only), {connections} connections"),
             addr: ceiling.addr,
+            pid: ceiling.child.id(),
             connections,
             expect: StatusCode::UNAUTHORIZED,
             make: refused(fixtures::unknown_key()),
@@ -237,6 +242,7 @@ async fn hooks() {
             cases.push(Case {
                 label: format!("unknown key (401), {name}, {connections} connections"),
                 addr: server.addr,
+                pid: server.pid(),
                 connections,
                 expect: StatusCode::UNAUTHORIZED,
                 make: refused(fixtures::unknown_key()),
@@ -244,6 +250,7 @@ async fn hooks() {
             cases.push(Case {
                 label: format!("accepted redeploy, {name}, {connections} connections"),
                 addr: server.addr,
+                pid: server.pid(),
                 connections,
                 expect: StatusCode::OK,
                 make: redeploy_request(fixtures::key(0), environment.to_string(), BUSY_STACKS),
@@ -252,15 +259,16 @@ async fn hooks() {
     }
     let results = measure(&cases).await;
     println!("\n## Hooks");
-    println!("| case | requests/s | p50 | p99 |");
-    println!("|---|---|---|---|");
+    println!("| case | requests/s | p50 | p99 | server CPU per request |");
+    println!("|---|---|---|---|---|");
     for (case, stats) in cases.iter().zip(&results) {
         println!(
-            "| {} | {:.0} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {:.0} µs |",
             case.label,
             stats.rate,
             ms(stats.p50),
-            ms(stats.p99)
+            ms(stats.p99),
+            stats.cpu_per_request.as_secs_f64() * 1e6
         );
     }
     let find = |label: &str| {
@@ -294,6 +302,10 @@ async fn hooks() {
             println!(
                 "| {path}: p50 with 10 000 {what} / with 10, 4 connections | {:.2}× |",
                 lots.p50.as_secs_f64() / few.p50.as_secs_f64()
+            );
+            println!(
+                "| {path}: server CPU per request with 10 000 {what} / with 10, 4 connections | {:.2}× |",
+                lots.cpu_per_request.as_secs_f64() / few.cpu_per_request.as_secs_f64()
             );
         }
     }

@@ -106,6 +106,11 @@ impl Server {
         cpu_time(self.child.id())
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until the server has used less than 2 % of a core for a second (it has finished
     /// what starting up asked of it), at most `limit`.
     pub fn settle(&self, limit: Duration) {
