@@ -407,6 +407,16 @@ fn slow_and_idle_clients_are_cut_off_and_oversized_announcements_refused_at_once
     let (answer, waited) = raw(&server, head.as_bytes(), limit);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(waited < Duration::from_secs(2), "refused after {waited:?}");
+    // A head of 100 header lines is read; one of 101 gets the HTTP layer's bare 431.
+    for (lines, status) in [(100, "HTTP/1.1 200"), (101, "HTTP/1.1 431")] {
+        let mut head = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for n in 2..lines {
+            head.push_str(&format!("X-Line-{n}: x\r\n"));
+        }
+        head.push_str("\r\n");
+        let (answer, _) = raw(&server, head.as_bytes(), limit);
+        assert!(answer.starts_with(status), "{lines} lines: {answer}");
+    }
 }
 
 #[test]
