@@ -478,10 +478,16 @@ impl DockerRuntime {
         }
     }
 
-    /// Stops (see [`Self::stop`]) and removes a container. Its volumes stay. The removal takes
-    /// a turn of the engine's request limit.
+    /// Stops (see [`Self::stop`]) and removes a container. Its volumes stay.
     pub async fn remove(&self, id: &str, name: &str) -> Result<()> {
         self.stop(id, name).await?;
+        self.delete(id, name).await
+    }
+
+    /// Removes a container that is stopped or never ran (one still running is killed); one
+    /// already gone counts as removed. Its volumes stay. Takes a turn of the engine's request
+    /// limit.
+    pub async fn delete(&self, id: &str, name: &str) -> Result<()> {
         let remove = RemoveContainerOptionsBuilder::new()
             .force(true)
             .v(false)

@@ -304,7 +304,7 @@ async fn replace(
         (Ok(id), Ok(())) => id,
         (Ok(id), Err(error)) => {
             // The old container may still run: it stays, and the new one goes.
-            if let Err(cleanup) = runtime.remove(&id, &standby).await {
+            if let Err(cleanup) = runtime.delete(&id, &standby).await {
                 tracing::warn!(error = %cleanup, container = %standby, "removing an unused new container; the next pass removes it");
             }
             return Err(error);
@@ -312,7 +312,7 @@ async fn replace(
         (Err(error), _) => return Err(error),
     };
     let name = container::container_name(plan, service);
-    runtime.remove(&have.id, &have.name).await?;
+    runtime.delete(&have.id, &have.name).await?;
     runtime.rename(&id, &name).await?;
     runtime.start(&id, &name).await?;
     wait_ready(runtime, service, &id, &name).await
