@@ -170,6 +170,7 @@ async fn measure(cases: &[Case]) -> Vec<Stats> {
     let mut runs: Vec<Vec<Stats>> = cases.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
         for (case, runs) in cases.iter().zip(runs.iter_mut()) {
+            server::quiet_machine(Duration::from_secs(30));
             let cpu_before = server::cpu_time(case.pid);
             let mut stats = load::run(
                 case.addr,

@@ -142,6 +142,39 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Busy and total CPU time of the whole machine so far, in clock ticks, from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    let total: u64 = ticks.iter().take(8).sum();
+    (total - idle, total)
+}
+
+/// Waits until the whole machine has been under 5 % busy for half a second, at most `limit`:
+/// what an earlier measurement set going (rollouts the engine still carries out, a server
+/// catching up) is over before the next one starts. Says so on stderr when it never was.
+pub fn quiet_machine(limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let (busy_before, total_before) = machine_ticks();
+        std::thread::sleep(Duration::from_millis(500));
+        let (busy, total) = machine_ticks();
+        if (busy - busy_before) * 20 < (total - total_before).max(1) {
+            return;
+        }
+    }
+    eprintln!("bench: the machine stayed busy for {limit:?}; measuring anyway");
+}
+
 /// User plus system CPU time of a process, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

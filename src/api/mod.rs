@@ -42,9 +42,13 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// Largest request head (request line and headers) rsgo answers.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
-/// What the handlers share.
+/// What the handlers share. Every middleware layer and extractor clones it per request, so a
+/// clone is one reference count: the parts live in [`Shared`].
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// Desired state; the handlers' only way to change anything.
     pub store: Arc<dyn Store>,
     /// Products, for validating upgrades and for sync-sources.
@@ -65,6 +69,20 @@ pub struct AppState {
     pub audit: Arc<AuditLog>,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
 impl AppState {
     /// State with default limits, a guard allowing [`DEFAULT_FAILURES_PER_MINUTE`] and an audit
     /// trail keeping [`crate::audit::DEFAULT_RETENTION`] entries. Needs a Tokio runtime: it
@@ -75,7 +93,7 @@ impl AppState {
         keys: crate::auth::KeyIndex,
         default_environment: impl Into<String>,
     ) -> Self {
-        Self {
+        Shared {
             audit: AuditLog::start(store.clone(), crate::audit::DEFAULT_RETENTION),
             store,
             catalog,
@@ -86,6 +104,7 @@ impl AppState {
             refusals: Default::default(),
             guard: Arc::new(AuthGuard::new(DEFAULT_FAILURES_PER_MINUTE)),
         }
+        .into()
     }
 }
 

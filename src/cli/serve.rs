@@ -14,7 +14,8 @@ use kube::runtime::WatchStreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    AppState, AuthGuard, DEFAULT_FAILURES_PER_MINUTE, HttpLimits, RefusalLog, refusals, router,
+    AppState, AuthGuard, DEFAULT_FAILURES_PER_MINUTE, HttpLimits, RefusalLog, Shared, refusals,
+    router,
 };
 use crate::audit::AuditLog;
 use crate::auth::KeyIndex;
@@ -240,7 +241,7 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
     tokio::spawn(report_refusals(refusals.clone(), guard.clone()));
     let limits = args.http_limits();
     let audit = AuditLog::start(hooks_store.clone(), args.audit_retention);
-    let state = AppState {
+    let state = AppState::from(Shared {
         keys,
         store: hooks_store,
         catalog,
@@ -250,7 +251,7 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
         refusals,
         guard,
         audit: audit.clone(),
-    };
+    });
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(crate::api::tls::Certificates::load(cert, key)?),
         _ => None,

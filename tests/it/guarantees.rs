@@ -576,13 +576,26 @@ fn environments_on_one_engine_never_share_volumes_and_old_names_are_adopted() {
             .then_some(())
         },
     );
-    server.cli(&["delete", "stack", &stack, "--environment", &a]);
+    let torn_down = |environment: &str, container: &str| {
+        server.cli(&["delete", "stack", &stack, "--environment", environment]);
+        wait_for(
+            "the deleted stack's container to be removed",
+            Duration::from_secs(60),
+            || {
+                docker(&["ps", "-aq", "--filter", &format!("name=^{container}$")])
+                    .is_empty()
+                    .then_some(())
+            },
+        );
+    };
+    torn_down(&a, &server.name(&stack, "app"));
     assert_eq!(
         inspect(&env_b, "{{.State.Running}}"),
         "true",
         "deleting one leaves the other"
     );
-    docker(&["rm", "-f", &env_b]);
+    // Through rsgo: a container removed by hand would be put back by the next pass.
+    torn_down(&b, &env_b);
     for name in [legacy_volume, Server::name_in(&b, &stack, "data")] {
         docker(&["volume", "rm", &name]);
     }
