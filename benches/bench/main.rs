@@ -310,11 +310,13 @@ async fn hooks() {
             );
         }
     }
-    for (name, environment, server) in &servers {
+    for (name, environment, server) in servers {
         println!(
             "| RSS after the runs, {name} | {:.1} MiB |",
             server.rss() as f64 / 1048576.0
         );
+        // Stopped first: a live server would put back the containers it finds removed.
+        drop(server);
         docker::clean_up(environment);
     }
 }
