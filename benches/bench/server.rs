@@ -114,14 +114,11 @@ impl Server {
     /// Waits until the server has used less than 2 % of a core for a second (it has finished
     /// what starting up asked of it), at most `limit`.
     pub fn settle(&self, limit: Duration) {
-        let start = Instant::now();
-        while start.elapsed() < limit {
+        until_quiet(limit, || {
             let before = self.cpu();
             std::thread::sleep(Duration::from_secs(1));
-            if self.cpu() - before < Duration::from_millis(20) {
-                return;
-            }
-        }
+            self.cpu() - before < Duration::from_millis(20)
+        });
     }
 }
 
@@ -163,16 +160,27 @@ fn machine_ticks() -> (u64, u64) {
 /// what an earlier measurement set going (rollouts the engine still carries out, a server
 /// catching up) is over before the next one starts. Says so on stderr when it never was.
 pub fn quiet_machine(limit: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
+    let quiet = until_quiet(limit, || {
         let (busy_before, total_before) = machine_ticks();
         std::thread::sleep(Duration::from_millis(500));
         let (busy, total) = machine_ticks();
-        if (busy - busy_before) * 20 < (total - total_before).max(1) {
-            return;
+        (busy - busy_before) * 20 < (total - total_before).max(1)
+    });
+    if !quiet {
+        eprintln!("bench: the machine stayed busy for {limit:?}; measuring anyway");
+    }
+}
+
+/// Runs `quiet_window` (which watches a stretch of time and says whether it was quiet) until
+/// one says so, at most `limit`; says whether one did.
+fn until_quiet(limit: Duration, mut quiet_window: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if quiet_window() {
+            return true;
         }
     }
-    eprintln!("bench: the machine stayed busy for {limit:?}; measuring anyway");
+    false
 }
 
 /// User plus system CPU time of a process, from `/proc/PID/stat`.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    Options, Server, build_and_push, curl, docker, inspect, registry, rsgo, unique, wait_for,
+    Options, Server, build_and_push, curl, docker, inspect, registry, rsgo, try_inspect, unique,
+    wait_for,
 };
 
 fn manifest(product: &str, version: &str, services: &str) -> String {
@@ -581,11 +582,7 @@ fn environments_on_one_engine_never_share_volumes_and_old_names_are_adopted() {
         wait_for(
             "the deleted stack's container to be removed",
             Duration::from_secs(60),
-            || {
-                docker(&["ps", "-aq", "--filter", &format!("name=^{container}$")])
-                    .is_empty()
-                    .then_some(())
-            },
+            || try_inspect(container, "{{.Id}}").is_none().then_some(()),
         );
     };
     torn_down(&a, &server.name(&stack, "app"));
