@@ -76,12 +76,7 @@ impl KeptClone {
     ) -> Result<KeptClone, String> {
         let dir = cache.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        // A fetch that outlived its timeout still holds the lock, and the next sync says so
-        // instead of racing it.
-        let lock = std::fs::File::create(dir.join("lock"))
-            .map_err(|e| format!("creating {}: {e}", dir.join("lock").display()))?;
-        lock.try_lock()
-            .map_err(|_| "an earlier fetch of this source is still running".to_owned())?;
+        let lock = lock_clone(&dir)?;
         let mut repo = open_clone(&dir, url)?;
         if let Some(Credentials::Ssh {
             identity,
@@ -90,6 +85,26 @@ impl KeptClone {
         {
             use_ssh_keys(&mut repo, &dir, identity, known_hosts)?;
         }
+        Ok(KeptClone {
+            dir,
+            repo,
+            _lock: lock,
+        })
+    }
+
+    /// Opens the clone an earlier fetch of source `name` made from `url`, to read commits it
+    /// already has. Fails, and changes nothing, when there is none for that URL.
+    pub fn open_existing(cache: &Path, name: &str, url: &str) -> Result<KeptClone, String> {
+        let dir = cache.join(name);
+        if !dir.join("repo.git").is_dir() {
+            return Err("no clone of it is kept yet".to_owned());
+        }
+        let lock = lock_clone(&dir)?;
+        if std::fs::read_to_string(dir.join("url")).ok().as_deref() != Some(url) {
+            return Err("the clone kept for it was made from another URL".to_owned());
+        }
+        let repo =
+            gix::open(dir.join("repo.git")).map_err(|e| format!("opening the clone: {e}"))?;
         Ok(KeptClone {
             dir,
             repo,
@@ -191,6 +206,17 @@ fn use_ssh_keys(
         .commit()
         .map_err(|e| format!("configuring ssh: {e}"))?;
     Ok(())
+}
+
+/// Takes the lock of the clone kept in `dir`. A fetch that outlived its timeout still holds it,
+/// and the next sync says so instead of racing it.
+fn lock_clone(dir: &Path) -> Result<std::fs::File, String> {
+    let path = dir.join("lock");
+    let lock =
+        std::fs::File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    lock.try_lock()
+        .map_err(|_| "an earlier fetch of this source is still running".to_owned())?;
+    Ok(lock)
 }
 
 /// The bare clone of `url` in `dir`, made when missing or when the source now names another URL.

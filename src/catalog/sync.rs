@@ -32,9 +32,9 @@ pub struct SyncReport {
 pub struct SharedCatalog {
     catalog: RwLock<Catalog>,
     turn: tokio::sync::Mutex<()>,
-    /// Syncs that have taken their turn so far.
+    /// Syncs of every source that have taken their turn so far.
     started: AtomicU64,
-    /// When the last sync ended.
+    /// When the last sync of every source ended.
     finished: std::sync::Mutex<Option<std::time::Instant>>,
     /// Where git sources keep their clones; without it, git sources fail to sync.
     git_cache: Option<PathBuf>,
@@ -96,7 +96,8 @@ impl SharedCatalog {
 
 /// Reads every CatalogSource now, after any sync already under way.
 pub async fn sync_all(store: &Arc<dyn Store>, catalog: &SharedCatalog) -> Result<SyncReport> {
-    sync_some(store, catalog, &|_| true).await
+    let turn = catalog.turn.lock().await;
+    sync_in_turn(store, catalog, turn, None).await
 }
 
 /// Reads the CatalogSources `which` picks now, after any sync already under way; the others keep
@@ -107,7 +108,7 @@ pub async fn sync_some(
     which: &(dyn Fn(&CatalogSource) -> bool + Sync),
 ) -> Result<SyncReport> {
     let turn = catalog.turn.lock().await;
-    sync_in_turn(store, catalog, turn, which).await
+    sync_in_turn(store, catalog, turn, Some(which)).await
 }
 
 /// Makes sure the catalog has had a chance to load `product` at `version` (the newest when
@@ -138,7 +139,7 @@ pub async fn ensure_version(
     if catalog.started.load(Ordering::Acquire) > seen {
         return Ok(());
     }
-    let report = sync_in_turn(store, catalog, turn, &|_| true).await?;
+    let report = sync_in_turn(store, catalog, turn, None).await?;
     for error in &report.errors {
         tracing::warn!(%error, "catalog problem");
     }
@@ -161,12 +162,9 @@ async fn read_source(
     catalog: &SharedCatalog,
     source: &CatalogSource,
 ) -> Result<Read> {
-    let join = |e: tokio::task::JoinError| Error::Task(e.to_string());
     if let Some(dir) = &source.spec.directory {
         let path = PathBuf::from(&dir.path);
-        let loaded = tokio::task::spawn_blocking(move || load_directory(&path))
-            .await
-            .map_err(join)??;
+        let loaded = blocking(move || load_directory(&path)).await?;
         return Ok(Read {
             loaded,
             revision: None,
@@ -189,10 +187,9 @@ async fn read_source(
     };
     let name = source.name_any();
     let last_good = source.status.as_ref().and_then(|s| s.revision.clone());
-    let fetch =
-        tokio::task::spawn_blocking(move || read_git(&cache, &name, &spec, credentials, last_good));
+    let fetch = blocking(move || read_git(&cache, &name, &spec, credentials, last_good));
     match tokio::time::timeout(git::FETCH_TIMEOUT, fetch).await {
-        Ok(read) => read.map_err(join)?,
+        Ok(read) => read,
         Err(_) => Err(Error::Unreachable(format!(
             "fetching took longer than {} s; gave up",
             git::FETCH_TIMEOUT.as_secs()
@@ -219,19 +216,7 @@ fn read_git(
     let tree = clone
         .checkout(&fetched.revision, path, &keep)
         .map_err(Error::Invalid)?;
-    // A compose project at the top of what the source reads is named after the folder (or the
-    // repository), not after the folder its files were written to.
-    let root_name = spec
-        .path
-        .as_deref()
-        .and_then(|path| std::path::Path::new(path).file_name())
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| {
-            let url = spec.url.trim_end_matches('/');
-            let last = url.rsplit(['/', ':']).next().unwrap_or(url);
-            last.trim_end_matches(".git").to_owned()
-        });
-    let loaded = load_source(&tree, Some(&root_name))?;
+    let loaded = load_source(&tree, Some(&root_name(spec)))?;
     let good = match last_good {
         Some(good) if !loaded.errors.is_empty() && good != fetched.revision => good,
         _ => {
@@ -245,7 +230,7 @@ fn read_git(
     let tree = clone
         .checkout(&good, path, &[&fetched.revision])
         .map_err(Error::Invalid)?;
-    let kept = load_source(&tree, Some(&root_name))?;
+    let kept = load_source(&tree, Some(&root_name(spec)))?;
     Ok(Read {
         loaded: Loaded {
             versions: kept.versions,
@@ -254,6 +239,80 @@ fn read_git(
         revision: Some(good),
         rejected: Some(fetched.revision),
     })
+}
+
+/// The name a compose project at the top of what a git source reads is given: its folder's (or
+/// the repository's), not that of the folder its files were written to.
+fn root_name(spec: &GitSource) -> String {
+    spec.path
+        .as_deref()
+        .and_then(|path| std::path::Path::new(path).file_name())
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| {
+            let url = spec.url.trim_end_matches('/');
+            let last = url.rsplit(['/', ':']).next().unwrap_or(url);
+            last.trim_end_matches(".git").to_owned()
+        })
+}
+
+/// Loads what every CatalogSource held when rsgo last ran, from this machine only: directories
+/// as they are, git sources at the commit their status names, read from the clone kept for them
+/// (no fetch). `rsgo serve` does this before it reconciles or answers a hook, so a restart never
+/// shows a catalog with sources missing while the first fetches run, and a remote that is down
+/// at start does not empty the catalog. A source that cannot be loaded so is left to its first
+/// sync. Returns the product versions loaded.
+pub async fn load_kept(store: &Arc<dyn Store>, catalog: &SharedCatalog) -> Result<usize> {
+    let turn = catalog.turn.lock().await;
+    for source in store.list::<CatalogSource>(None).await? {
+        let name = source.name_any();
+        if source.validate().is_err() {
+            continue;
+        }
+        let kept = match (&source.spec.directory, &source.spec.git, &catalog.git_cache) {
+            (Some(dir), _, _) => {
+                let path = PathBuf::from(&dir.path);
+                blocking(move || load_directory(&path).map(|l| (l.versions, None))).await
+            }
+            (None, Some(spec), Some(cache)) => {
+                let Some(revision) = source.status.as_ref().and_then(|s| s.revision.clone()) else {
+                    continue;
+                };
+                let (cache, name, spec) = (cache.clone(), name.clone(), spec.clone());
+                blocking(move || {
+                    let clone = git::KeptClone::open_existing(&cache, &name, &spec.url)
+                        .map_err(Error::Unreachable)?;
+                    let tree = clone
+                        .checkout(&revision, spec.path.as_deref(), &[])
+                        .map_err(Error::Invalid)?;
+                    let loaded = load_source(&tree, Some(&root_name(&spec)))?;
+                    Ok((loaded.versions, Some(revision)))
+                })
+                .await
+            }
+            _ => continue,
+        };
+        match kept {
+            Ok((versions, revision)) => {
+                catalog.write()?.replace_source(&name, versions);
+                if let Some(revision) = revision {
+                    let mut revisions = catalog.revisions.lock().unwrap_or_else(|e| e.into_inner());
+                    revisions.insert(name, revision);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(source = %name, %error, "the source's last catalog cannot be loaded from this machine; it loads with its first sync");
+            }
+        }
+    }
+    drop(turn);
+    Ok(catalog.read()?.counts().1)
+}
+
+/// Runs blocking work `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
 }
 
 /// The credentials in Secret `name` for the remote of `spec`: `username` and `password` for
@@ -298,18 +357,25 @@ fn short(revision: &str) -> &str {
     &revision[..revision.len().min(12)]
 }
 
-/// Reads the CatalogSources `which` picks. A source that cannot be read keeps its last good set
-/// of products and its error is reported; broken files are reported and the rest still load.
+/// Reads the CatalogSources `which` picks, every one when `None`. A source that cannot be read
+/// keeps its last good set of products and its error is reported; broken files are reported and
+/// the rest still load. Only a sync of every source counts for [`ensure_version`]: one that read
+/// some sources says nothing about a version the others may hold.
 async fn sync_in_turn(
     store: &Arc<dyn Store>,
     catalog: &SharedCatalog,
     _turn: tokio::sync::MutexGuard<'_, ()>,
-    which: &(dyn Fn(&CatalogSource) -> bool + Sync),
+    which: Option<&(dyn Fn(&CatalogSource) -> bool + Sync)>,
 ) -> Result<SyncReport> {
-    catalog.started.fetch_add(1, Ordering::AcqRel);
+    if which.is_none() {
+        catalog.started.fetch_add(1, Ordering::AcqRel);
+    }
     let sources = store.list::<CatalogSource>(None).await?;
     let mut report = SyncReport::default();
-    for source in sources.iter().filter(|s| which(s)) {
+    for source in sources
+        .iter()
+        .filter(|s| which.is_none_or(|which| which(s)))
+    {
         let name = source.name_any();
         let outcome = match source.validate() {
             Ok(()) => read_source(store, catalog, source).await,
@@ -377,7 +443,10 @@ async fn sync_in_turn(
         loaded.retain_sources(&known);
         report.versions_loaded = loaded.counts().1;
     }
-    *catalog.finished.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    if which.is_none() {
+        *catalog.finished.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now());
+    }
     Ok(report)
 }
 
@@ -391,23 +460,7 @@ mod tests {
     async fn concurrent_misses_share_syncs() {
         let dir = tempfile::TempDir::new().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let manifests = dir.path().join("catalog");
-        std::fs::create_dir(&manifests).unwrap();
-        std::fs::write(
-            manifests.join("app.yaml"),
-            "metadata: {name: app, productVersion: '1.0.0'}\nservices:\n  web: {image: x}\n",
-        )
-        .unwrap();
-        let source = CatalogSource::new(
-            "src",
-            CatalogSourceSpec {
-                directory: Some(DirectorySource {
-                    path: manifests.to_string_lossy().into_owned(),
-                }),
-                git: None,
-            },
-        );
-        store.create(&source).await.unwrap();
+        directory_source(&store, dir.path(), "src", "app").await;
         let catalog = Arc::new(SharedCatalog::default());
         // Ten requests miss a version while a sync is busy (the test holds its turn).
         let busy = catalog.turn.lock().await;
@@ -460,5 +513,63 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(catalog.started.load(Ordering::Acquire), syncs + 1);
+    }
+
+    /// A directory source `name` holding `product` 1.0.0.
+    async fn directory_source(
+        store: &Arc<dyn Store>,
+        root: &std::path::Path,
+        name: &str,
+        product: &str,
+    ) {
+        let manifests = root.join(name);
+        std::fs::create_dir(&manifests).unwrap();
+        std::fs::write(
+            manifests.join("app.yaml"),
+            format!("metadata: {{name: {product}, productVersion: '1.0.0'}}\nservices:\n  web: {{image: x}}\n"),
+        )
+        .unwrap();
+        let source = CatalogSource::new(
+            name,
+            CatalogSourceSpec {
+                directory: Some(DirectorySource {
+                    path: manifests.to_string_lossy().into_owned(),
+                }),
+                git: None,
+            },
+        );
+        store.create(&source).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sync_of_some_sources_does_not_stand_in_for_one_of_all() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        directory_source(&store, dir.path(), "first", "one").await;
+        directory_source(&store, dir.path(), "second", "two").await;
+        let catalog = SharedCatalog::default();
+        // What a restart does: each source is synced on its own as the watch lists it. The
+        // first one's sync has ended when a stack of the second one's product misses it.
+        sync_some(&store, &catalog, &|s| s.name_any() == "first")
+            .await
+            .unwrap();
+        assert_eq!(catalog.started.load(Ordering::Acquire), 0);
+        let hour = MissPolicy::OncePer(std::time::Duration::from_secs(3600));
+        ensure_version(&store, &catalog, "two", None, hour)
+            .await
+            .unwrap();
+        assert!(catalog.read().unwrap().find("two", "1.0.0").is_some());
+        assert_eq!(catalog.started.load(Ordering::Acquire), 1);
+    }
+
+    #[tokio::test]
+    async fn what_was_last_synced_loads_without_a_sync() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        directory_source(&store, dir.path(), "first", "one").await;
+        let catalog = SharedCatalog::default();
+        assert_eq!(load_kept(&store, &catalog).await.unwrap(), 1);
+        assert!(catalog.read().unwrap().find("one", "1.0.0").is_some());
+        assert_eq!(catalog.started.load(Ordering::Acquire), 0);
     }
 }

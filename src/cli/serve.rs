@@ -189,6 +189,8 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
         data_dir.join("git"),
         secret_namespace,
     ));
+    let versions = sync::load_kept(&store, &catalog).await?;
+    tracing::info!(versions, "catalog loaded as it was last synced");
     let catalog_synced = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(sync_on_source_changes(
         store.clone(),

@@ -197,6 +197,12 @@ impl Origin {
     fn file_url(&self) -> String {
         format!("file://{}", self.dir.path().join("origin.git").display())
     }
+
+    /// Moves the repository away: fetches from [`Origin::file_url`] fail from now on.
+    fn take_offline(&self) {
+        let dir = self.dir.path();
+        std::fs::rename(dir.join("origin.git"), dir.join("offline.git")).unwrap();
+    }
 }
 
 /// `git daemon` serving an [`Origin`]'s folder on 127.0.0.1; stopped when dropped.
@@ -374,6 +380,35 @@ fn a_pushed_version_becomes_upgradeable_and_a_broken_commit_keeps_the_last_good_
     assert_eq!(status, 200, "{reply}\n{}", server.log());
     assert_eq!(reply["stackVersion"], "1.1.0");
     assert_eq!(source_status(&server, &source)["revision"], good);
+
+    // With the remote gone as well, a restart still loads the last good commit from the clone
+    // rsgo keeps, before it answers: the first hook after it finds the version, and the failed
+    // fetch is reported on the source.
+    origin.take_offline();
+    server.restart();
+    assert!(
+        server
+            .log()
+            .contains("catalog loaded as it was last synced versions=2"),
+        "{}",
+        server.log()
+    );
+    let (status, reply) = server.hook("/api/hooks/redeploy", &key, Some(&body));
+    assert_eq!(status, 200, "{reply}\n{}", server.log());
+    assert_eq!(reply["stackVersion"], "1.1.0");
+    let offline = wait_for(
+        "the failed fetch on the source's status",
+        Duration::from_secs(30),
+        || {
+            let status = source_status(&server, &source);
+            let errors = status["errors"].to_string();
+            errors
+                .contains("keeping its last good catalog")
+                .then_some(status)
+        },
+    );
+    assert_eq!(offline["revision"], good, "{offline}");
+    assert_eq!(offline["versionsLoaded"], 2, "{offline}");
 }
 
 /// Pack files in the clone rsgo keeps for `source`: each fetch that receives objects adds one.
