@@ -7,8 +7,10 @@
 //! Writes go to one writer thread, which commits the batches that arrive together in one
 //! transaction with one fsync (group commit). Each batch runs in its own savepoint, so one that
 //! fails changes nothing and does not fail the others, and no batch is answered before the
-//! commit that holds it is durable. Reads use a small pool of their own connections and never
-//! wait for a commit.
+//! commit that holds it is durable. Point reads run on the calling thread; listings and the
+//! change feed run on a few reader threads of the store's own, each with its connection, so a
+//! burst of requests queues for them instead of growing the runtime's blocking pool. No read
+//! waits for a commit.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +24,7 @@ use kube::runtime::watcher;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::{
     CONTENT_FIELDS, Change, Changes, Label, Store, Stored, Write, check_writes, identity, text,
@@ -33,7 +35,7 @@ use crate::{Error, Result};
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Every how many looks the store's revision is read even though the WAL file looks unchanged.
 const FULL_POLL_EVERY: u64 = 4;
-/// Most reads served at once, each on its own connection.
+/// Reader threads, each with its own connection: the most listings served at once.
 const READERS: usize = 4;
 /// Most write batches committed together.
 const MAX_GROUP: usize = 256;
@@ -46,7 +48,9 @@ pub const DATABASE_FILE: &str = "rsgo.db";
 /// [`Store`] on an embedded SQLite database.
 #[derive(Clone)]
 pub struct SqliteStore {
-    readers: Arc<Readers>,
+    readers: Arc<Pool>,
+    /// Work for the reader threads; they end once the store (and with it this sender) is gone.
+    queue: mpsc::Sender<ReadJob>,
     writer: mpsc::Sender<Job>,
     written: Arc<watch::Sender<u64>>,
     /// Set once the task that looks for other processes' writes runs.
@@ -55,12 +59,15 @@ pub struct SqliteStore {
     full: Arc<AtomicBool>,
 }
 
-/// Connections for reads, opened as needed and kept, at most [`READERS`] in use at once.
-struct Readers {
+/// Connections for reads, opened as needed and kept for the next read, the most recently used
+/// first (so a quiet store keeps one connection's cache warm rather than several half-filled).
+struct Pool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
-    permits: Semaphore,
 }
+
+/// Work for a reader thread.
+type ReadJob = Box<dyn FnOnce(&Pool) + Send>;
 
 /// Work for the writer thread.
 enum Job {
@@ -116,13 +123,23 @@ impl SqliteStore {
             .name("rsgo-store-writer".into())
             .spawn(move || write_loop(conn, jobs))
             .map_err(|e| Error::io("starting the store's writer thread", e))?;
+        let (queue, jobs) = mpsc::channel();
+        let jobs = Arc::new(Mutex::new(jobs));
+        let readers = Arc::new(Pool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        });
+        for _ in 0..READERS {
+            let (pool, jobs) = (readers.clone(), jobs.clone());
+            std::thread::Builder::new()
+                .name("rsgo-store-reader".into())
+                .spawn(move || read_loop(&pool, &jobs))
+                .map_err(|e| Error::io("starting the store's reader threads", e))?;
+        }
         let (written, _) = watch::channel(0);
         Ok(Self {
-            readers: Arc::new(Readers {
-                path,
-                idle: Mutex::new(Vec::new()),
-                permits: Semaphore::new(READERS),
-            }),
+            readers,
+            queue,
             writer,
             written: Arc::new(written),
             polling: Arc::new(AtomicBool::new(false)),
@@ -217,29 +234,26 @@ impl SqliteStore {
         self.readers.with_connection(work)
     }
 
-    /// Runs `work` on a read connection of the blocking pool.
+    /// Runs `work` on one of the store's reader threads.
     fn read<T, F>(&self, work: F) -> BoxFuture<'_, Result<T>>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let readers = self.readers.clone();
+        let (reply, answer) = oneshot::channel();
+        let queued = self.queue.send(Box::new(move |pool: &Pool| {
+            let _ = reply.send(pool.with_connection(work));
+        }));
         async move {
-            let _permit = readers
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| Error::Task("the store is closed".into()))?;
-            let pool = readers.clone();
-            tokio::task::spawn_blocking(move || pool.with_connection(work))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))?
+            let stopped = || Error::Task("the store's reader threads have stopped".into());
+            queued.map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
         }
         .boxed()
     }
 }
 
-impl Readers {
+impl Pool {
     /// Runs `work` on an idle connection (one is opened when none is idle), which is kept for
     /// the next read afterwards.
     fn with_connection<T>(&self, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -254,6 +268,19 @@ impl Readers {
             .unwrap_or_else(|e| e.into_inner())
             .push(conn);
         result
+    }
+}
+
+/// A reader thread: runs queued reads on connections of the pool. A read that panics fails
+/// alone (its caller gets an error, its connection is closed) and the thread goes on. Ends when
+/// the store is dropped.
+fn read_loop(pool: &Pool, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
+    loop {
+        let job = match jobs.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(pool)));
     }
 }
 

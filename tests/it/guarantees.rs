@@ -817,3 +817,53 @@ fn guessing_keys_from_one_address_is_slowed_and_other_addresses_are_not() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!server.log().contains(&key));
 }
+
+/// Threads of process `pid` by name (as the kernel keeps it: at most 15 characters).
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .count()
+}
+
+#[test]
+fn a_burst_of_listings_queues_for_the_stores_readers_and_adds_no_threads() {
+    let server = Server::start(&[]);
+    let admin = server.key(&["Admin"]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let request = format!(
+        "GET /api/v1/stacks HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {admin}\r\nConnection: close\r\n\r\n"
+    );
+    // 32 clients at once, each listing 20 times: many more listings than the store has readers.
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (address, request) = (address.clone(), request.clone());
+            std::thread::spawn(move || {
+                (0..20)
+                    .filter(|_| {
+                        let mut stream = TcpStream::connect(&address).unwrap();
+                        stream.write_all(request.as_bytes()).unwrap();
+                        let mut reply = String::new();
+                        stream.read_to_string(&mut reply).unwrap();
+                        reply.starts_with("HTTP/1.1 200")
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let served: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(served, 32 * 20, "every listing is answered");
+    // The listings ran on the store's four reader threads; the runtime kept its workers (one
+    // per core) and at most the one or two blocking threads the catalog load at start used.
+    let pid = server.pid();
+    assert_eq!(threads_named(pid, "rsgo-store-read"), 4);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let runtime = threads_named(pid, "tokio-rt-worker");
+    assert!(
+        runtime <= cores + 2,
+        "{runtime} runtime threads on {cores} cores after the burst"
+    );
+}
