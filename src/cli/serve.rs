@@ -189,8 +189,12 @@ pub async fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<()> {
         data_dir.join("git"),
         secret_namespace,
     ));
-    let versions = sync::load_kept(&store, &catalog).await?;
-    tracing::info!(versions, "catalog loaded as it was last synced");
+    match sync::load_kept(&store, &catalog).await {
+        Ok(versions) => tracing::info!(versions, "catalog loaded as it was last synced"),
+        Err(error) => {
+            tracing::warn!(%error, "the last synced catalog could not be loaded; each source loads with its first sync");
+        }
+    }
     let catalog_synced = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(sync_on_source_changes(
         store.clone(),
