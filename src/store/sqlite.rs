@@ -8,9 +8,9 @@
 //! transaction with one fsync (group commit). Each batch runs in its own savepoint, so one that
 //! fails changes nothing and does not fail the others, and no batch is answered before the
 //! commit that holds it is durable. Point reads run on the calling thread; listings and the
-//! change feed run on a few reader threads of the store's own, each with its connection, so a
-//! burst of requests queues for them instead of growing the runtime's blocking pool. No read
-//! waits for a commit.
+//! change feed run on a few reader threads of the store's own, so a burst of requests queues for
+//! them instead of growing the runtime's blocking pool. Both take read connections from one
+//! pool. No read waits for a commit.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +35,7 @@ use crate::{Error, Result};
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Every how many looks the store's revision is read even though the WAL file looks unchanged.
 const FULL_POLL_EVERY: u64 = 4;
-/// Reader threads, each with its own connection: the most listings served at once.
+/// Reader threads: the most listings and change-feed reads served at once.
 const READERS: usize = 4;
 /// Most write batches committed together.
 const MAX_GROUP: usize = 256;
