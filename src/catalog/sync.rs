@@ -9,8 +9,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use super::{Catalog, Loaded, git, load_directory, load_source};
-use crate::model::{CatalogSource, CatalogSourceStatus, GitSource};
+use super::{Catalog, Loaded, ProductVersion, git, load_directory, load_source};
+use crate::model::{CatalogSource, CatalogSourceStatus, GitSource, LoadedProduct};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -85,6 +85,26 @@ impl SharedCatalog {
     pub fn loaded_revision(&self, source: &str) -> Option<String> {
         let revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
         revisions.get(source).cloned()
+    }
+
+    /// Makes `versions` what source `name` holds, read from commit `revision` for a git source,
+    /// and returns its products.
+    fn install(
+        &self,
+        name: &str,
+        versions: Vec<ProductVersion>,
+        revision: Option<&str>,
+    ) -> Result<Vec<LoadedProduct>> {
+        let products = {
+            let mut loaded = self.write()?;
+            loaded.replace_source(name, versions);
+            loaded.source_products(name)
+        };
+        if let Some(revision) = revision {
+            let mut revisions = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+            revisions.insert(name.to_owned(), revision.to_owned());
+        }
+        Ok(products)
     }
 
     fn write(&self) -> Result<RwLockWriteGuard<'_, Catalog>> {
@@ -211,12 +231,8 @@ fn read_git(
         .map_err(Error::Unreachable)?;
     let fetched = clone.fetch(spec, credentials).map_err(Error::Unreachable)?;
     tracing::info!(source = %name, revision = %fetched.revision, objects = fetched.objects, "git source fetched");
-    let path = spec.path.as_deref();
     let keep: Vec<&str> = last_good.iter().map(String::as_str).collect();
-    let tree = clone
-        .checkout(&fetched.revision, path, &keep)
-        .map_err(Error::Invalid)?;
-    let loaded = load_source(&tree, Some(&root_name(spec)))?;
+    let loaded = read_commit(&clone, spec, &fetched.revision, &keep)?;
     let good = match last_good {
         Some(good) if !loaded.errors.is_empty() && good != fetched.revision => good,
         _ => {
@@ -227,10 +243,7 @@ fn read_git(
             });
         }
     };
-    let tree = clone
-        .checkout(&good, path, &[&fetched.revision])
-        .map_err(Error::Invalid)?;
-    let kept = load_source(&tree, Some(&root_name(spec)))?;
+    let kept = read_commit(&clone, spec, &good, &[&fetched.revision])?;
     Ok(Read {
         loaded: Loaded {
             versions: kept.versions,
@@ -239,6 +252,20 @@ fn read_git(
         revision: Some(good),
         rejected: Some(fetched.revision),
     })
+}
+
+/// Reads the files of commit `revision` of a git source from its kept clone. Trees written out
+/// for commits other than it and those in `keep` are removed. Blocking.
+fn read_commit(
+    clone: &git::KeptClone,
+    spec: &GitSource,
+    revision: &str,
+    keep: &[&str],
+) -> Result<Loaded> {
+    let tree = clone
+        .checkout(revision, spec.path.as_deref(), keep)
+        .map_err(Error::Invalid)?;
+    load_source(&tree, Some(&root_name(spec)))
 }
 
 /// The name a compose project at the top of what a git source reads is given: its folder's (or
@@ -268,12 +295,12 @@ pub async fn load_kept(store: &Arc<dyn Store>, catalog: &SharedCatalog) -> Resul
         if source.validate().is_err() {
             continue;
         }
-        let kept = match (&source.spec.directory, &source.spec.git, &catalog.git_cache) {
-            (Some(dir), _, _) => {
-                let path = PathBuf::from(&dir.path);
-                blocking(move || load_directory(&path).map(|l| (l.versions, None))).await
-            }
-            (None, Some(spec), Some(cache)) => {
+        let kept = match (&source.spec.git, &catalog.git_cache) {
+            // A directory is read as a sync reads it.
+            (None, _) => read_source(store, catalog, &source)
+                .await
+                .map(|read| (read.loaded.versions, None)),
+            (Some(spec), Some(cache)) => {
                 let Some(revision) = source.status.as_ref().and_then(|s| s.revision.clone()) else {
                     continue;
                 };
@@ -281,23 +308,16 @@ pub async fn load_kept(store: &Arc<dyn Store>, catalog: &SharedCatalog) -> Resul
                 blocking(move || {
                     let clone = git::KeptClone::open_existing(&cache, &name, &spec.url)
                         .map_err(Error::Unreachable)?;
-                    let tree = clone
-                        .checkout(&revision, spec.path.as_deref(), &[])
-                        .map_err(Error::Invalid)?;
-                    let loaded = load_source(&tree, Some(&root_name(&spec)))?;
+                    let loaded = read_commit(&clone, &spec, &revision, &[])?;
                     Ok((loaded.versions, Some(revision)))
                 })
                 .await
             }
-            _ => continue,
+            (Some(_), None) => continue,
         };
         match kept {
             Ok((versions, revision)) => {
-                catalog.write()?.replace_source(&name, versions);
-                if let Some(revision) = revision {
-                    let mut revisions = catalog.revisions.lock().unwrap_or_else(|e| e.into_inner());
-                    revisions.insert(name, revision);
-                }
+                catalog.install(&name, versions, revision.as_deref())?;
             }
             Err(error) => {
                 tracing::warn!(source = %name, %error, "the source's last catalog cannot be loaded from this machine; it loads with its first sync");
@@ -402,15 +422,7 @@ async fn sync_in_turn(
                         .collect(),
                     _ => errors.iter().map(ToString::to_string).collect(),
                 };
-                let products = {
-                    let mut loaded = catalog.write()?;
-                    loaded.replace_source(&name, versions);
-                    loaded.source_products(&name)
-                };
-                if let Some(revision) = &revision {
-                    let mut revisions = catalog.revisions.lock().unwrap_or_else(|e| e.into_inner());
-                    revisions.insert(name.clone(), revision.clone());
-                }
+                let products = catalog.install(&name, versions, revision.as_deref())?;
                 report
                     .errors
                     .extend(errors.iter().map(|e| format!("source '{name}': {e}")));

@@ -48,7 +48,7 @@ pub const DATABASE_FILE: &str = "rsgo.db";
 /// [`Store`] on an embedded SQLite database.
 #[derive(Clone)]
 pub struct SqliteStore {
-    readers: Arc<Pool>,
+    pool: Arc<Pool>,
     /// Work for the reader threads; they end once the store (and with it this sender) is gone.
     queue: mpsc::Sender<ReadJob>,
     writer: mpsc::Sender<Job>,
@@ -125,12 +125,12 @@ impl SqliteStore {
             .map_err(|e| Error::io("starting the store's writer thread", e))?;
         let (queue, jobs) = mpsc::channel();
         let jobs = Arc::new(Mutex::new(jobs));
-        let readers = Arc::new(Pool {
+        let pool = Arc::new(Pool {
             path,
             idle: Mutex::new(Vec::new()),
         });
         for _ in 0..READERS {
-            let (pool, jobs) = (readers.clone(), jobs.clone());
+            let (pool, jobs) = (pool.clone(), jobs.clone());
             std::thread::Builder::new()
                 .name("rsgo-store-reader".into())
                 .spawn(move || read_loop(&pool, &jobs))
@@ -138,7 +138,7 @@ impl SqliteStore {
         }
         let (written, _) = watch::channel(0);
         Ok(Self {
-            readers,
+            pool,
             queue,
             writer,
             written: Arc::new(written),
@@ -155,9 +155,9 @@ impl SqliteStore {
         if self.polling.swap(true, Ordering::AcqRel) {
             return;
         }
-        let readers = self.readers.clone();
+        let pool = self.pool.clone();
         let written = Arc::downgrade(&self.written);
-        let mut wal = readers.path.as_os_str().to_owned();
+        let mut wal = pool.path.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
         tokio::spawn(async move {
@@ -180,7 +180,7 @@ impl SqliteStore {
                     continue;
                 }
                 last_file = file;
-                match readers.with_connection(newest_revision) {
+                match pool.with_connection(newest_revision) {
                     Ok(newest) => {
                         written.send_if_modified(|seen| {
                             let newer = newest as u64 > *seen;
@@ -231,7 +231,7 @@ impl SqliteStore {
     /// microseconds in WAL mode, where readers never wait for the writer, less than handing it
     /// to a blocking thread and back would. Listings go through [`Self::read`].
     fn read_point<T>(&self, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.readers.with_connection(work)
+        self.pool.with_connection(work)
     }
 
     /// Runs `work` on one of the store's reader threads.
