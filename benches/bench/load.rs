@@ -29,6 +29,20 @@ pub struct Stats {
     /// CPU time the serving process used per answered request (user and system), set by the
     /// caller, which knows that process; zero until then.
     pub cpu_per_request: Duration,
+    /// Where the machine's cores went during the run, set by the caller; zero until then.
+    pub cores: Cores,
+}
+
+/// Cores in use on average over a run: the whole machine, the server, this load generator, and
+/// the rest (for the accepted path, mostly the container engine's rollouts).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cores {
+    /// The whole machine.
+    pub machine: f64,
+    /// The measured server.
+    pub server: f64,
+    /// The benchmark process itself.
+    pub generator: f64,
 }
 
 impl Stats {
@@ -46,6 +60,11 @@ impl Stats {
             p50: secs(|r| r.p50),
             p99: secs(|r| r.p99),
             cpu_per_request: secs(|r| r.cpu_per_request),
+            cores: Cores {
+                machine: mid(runs.iter().map(|r| r.cores.machine).collect()),
+                server: mid(runs.iter().map(|r| r.cores.server).collect()),
+                generator: mid(runs.iter().map(|r| r.cores.generator).collect()),
+            },
             expected: runs.iter().map(|r| r.expected).sum(),
             unexpected: runs.iter().map(|r| r.unexpected).sum(),
         }
@@ -93,6 +112,7 @@ pub async fn run(
         expected,
         unexpected,
         cpu_per_request: Duration::ZERO,
+        cores: Cores::default(),
     }
 }
 

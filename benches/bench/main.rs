@@ -33,7 +33,8 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let wants = |case: &str| asked.is_empty() || asked.iter().any(|a| a == case);
+    let named = |case: &str| asked.iter().any(|a| a == case);
+    let wants = |case: &str| asked.is_empty() || named(case);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -41,6 +42,9 @@ fn main() {
     println!("rsgo benchmark: medians of {ROUNDS} interleaved rounds, {RUN:?} of load each");
     if wants("hooks") {
         runtime.block_on(hooks());
+    }
+    if named("accepted") {
+        runtime.block_on(accepted());
     }
     if wants("memory") {
         runtime.block_on(memory());
@@ -166,12 +170,25 @@ struct Case {
     make: MakeRequest,
 }
 
+/// Redeploys of the busy stacks of `server` (a [`hook_server`] for `environment`).
+fn accepted_case(name: &str, environment: &str, server: &Server, connections: usize) -> Case {
+    Case {
+        label: format!("accepted redeploy, {name}, {connections} connections"),
+        addr: server.addr,
+        pid: server.pid(),
+        connections,
+        expect: StatusCode::OK,
+        make: redeploy_request(fixtures::key(0), environment.to_string(), BUSY_STACKS),
+    }
+}
+
 async fn measure(cases: &[Case]) -> Vec<Stats> {
     let mut runs: Vec<Vec<Stats>> = cases.iter().map(|_| Vec::new()).collect();
     for _ in 0..ROUNDS {
         for (case, runs) in cases.iter().zip(runs.iter_mut()) {
             server::quiet_machine(Duration::from_secs(30));
             let cpu_before = server::cpu_time(case.pid);
+            let usage = server::Usage::now(case.pid);
             let mut stats = load::run(
                 case.addr,
                 case.connections,
@@ -182,6 +199,7 @@ async fn measure(cases: &[Case]) -> Vec<Stats> {
             .await;
             let answered = (stats.expected + stats.unexpected).max(1);
             stats.cpu_per_request = (server::cpu_time(case.pid) - cpu_before) / answered as u32;
+            stats.cores = usage.cores_since();
             assert!(
                 stats.unexpected * 100 <= stats.expected,
                 "{}: {} of {} answers were not {}",
@@ -194,6 +212,30 @@ async fn measure(cases: &[Case]) -> Vec<Stats> {
         }
     }
     runs.iter().map(|r| Stats::median(r)).collect()
+}
+
+/// The table of measured cases: rate, latency, the server's CPU per request, and where the
+/// machine's cores went meanwhile (the rest is mostly the engine's rollouts on the accepted path).
+fn print_runs(cases: &[Case], results: &[Stats]) {
+    println!(
+        "| case | requests/s | p50 | p99 | server CPU per request | cores busy: machine, server, load generator, rest |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (case, stats) in cases.iter().zip(results) {
+        let cores = stats.cores;
+        println!(
+            "| {} | {:.0} | {} | {} | {:.0} µs | {:.2}, {:.2}, {:.2}, {:.2} |",
+            case.label,
+            stats.rate,
+            ms(stats.p50),
+            ms(stats.p99),
+            stats.cpu_per_request.as_secs_f64() * 1e6,
+            cores.machine,
+            cores.server,
+            cores.generator,
+            (cores.machine - cores.server - cores.generator).max(0.0)
+        );
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -248,30 +290,12 @@ async fn hooks() {
                 expect: StatusCode::UNAUTHORIZED,
                 make: refused(fixtures::unknown_key()),
             });
-            cases.push(Case {
-                label: format!("accepted redeploy, {name}, {connections} connections"),
-                addr: server.addr,
-                pid: server.pid(),
-                connections,
-                expect: StatusCode::OK,
-                make: redeploy_request(fixtures::key(0), environment.to_string(), BUSY_STACKS),
-            });
+            cases.push(accepted_case(name, environment, server, connections));
         }
     }
     let results = measure(&cases).await;
     println!("\n## Hooks");
-    println!("| case | requests/s | p50 | p99 | server CPU per request |");
-    println!("|---|---|---|---|---|");
-    for (case, stats) in cases.iter().zip(&results) {
-        println!(
-            "| {} | {:.0} | {} | {} | {:.0} µs |",
-            case.label,
-            stats.rate,
-            ms(stats.p50),
-            ms(stats.p99),
-            stats.cpu_per_request.as_secs_f64() * 1e6
-        );
-    }
+    print_runs(&cases, &results);
     let find = |label: &str| {
         cases
             .iter()
@@ -319,6 +343,21 @@ async fn hooks() {
         drop(server);
         docker::clean_up(environment);
     }
+}
+
+/// The accepted path alone, on one server with 10 keys and 10 stacks: a quicker look than
+/// `hooks` while working on it. Only run when named.
+async fn accepted() {
+    let catalog = catalog(&docker::bench_image());
+    let environment = "rsgobencha1";
+    let server = hook_server(catalog.path(), environment, 10, 10);
+    let cases = [4, 32]
+        .map(|connections| accepted_case("10 keys, 10 stacks", environment, &server, connections));
+    let results = measure(&cases).await;
+    println!("\n## Accepted path");
+    print_runs(&cases, &results);
+    drop(server);
+    docker::clean_up(environment);
 }
 
 /// Resident memory: idle, then after bursts, with 1 000 stacks and 10 000 keys.

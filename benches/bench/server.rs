@@ -139,6 +139,44 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU counters at one moment: the machine's, a server's and the benchmark's own.
+pub struct Usage {
+    machine: (u64, u64),
+    server: Duration,
+    generator: Duration,
+    pid: u32,
+    at: Instant,
+}
+
+impl Usage {
+    /// The counters now, for the server with process id `pid`.
+    pub fn now(pid: u32) -> Usage {
+        Usage {
+            machine: machine_ticks(),
+            server: cpu_time(pid),
+            generator: cpu_time(std::process::id()),
+            pid,
+            at: Instant::now(),
+        }
+    }
+
+    /// Cores used on average since these counters were read.
+    pub fn cores_since(&self) -> crate::load::Cores {
+        let later = Usage::now(self.pid);
+        let seconds = (later.at - self.at).as_secs_f64().max(1e-9);
+        let (busy, total) = (
+            later.machine.0 - self.machine.0,
+            later.machine.1 - self.machine.1,
+        );
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        crate::load::Cores {
+            machine: busy as f64 / total.max(1) as f64 * cpus,
+            server: (later.server - self.server).as_secs_f64() / seconds,
+            generator: (later.generator - self.generator).as_secs_f64() / seconds,
+        }
+    }
+}
+
 /// Busy and total CPU time of the whole machine so far, in clock ticks, from `/proc/stat`.
 fn machine_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();

@@ -1,6 +1,7 @@
 //! Where desired state and status live. Hooks and the CLI only talk to a [`Store`];
 //! the reconciler watches it.
 
+mod cache;
 mod kubernetes;
 mod sqlite;
 
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::watch;
 
+pub use cache::{Lookup, ObjectCache};
 pub use kubernetes::KubeStore;
 pub use sqlite::SqliteStore;
 
@@ -129,6 +131,11 @@ pub trait Store: Send + Sync + 'static {
     fn secrets_namespace(&self, namespace: &str) -> String {
         namespace.to_owned()
     }
+    /// The decoded objects this store keeps at its newest known revision, if it keeps any
+    /// (see [`ObjectCache`]).
+    fn objects(&self) -> Option<&ObjectCache> {
+        None
+    }
     /// Whether the store can take writes now; readiness fails while it cannot.
     fn writable(&self) -> BoxFuture<'_, Result<()>>;
     /// At most `limit` changes of a kind after revision `since`, read now, oldest first (a full
@@ -240,16 +247,27 @@ pub fn encode<K: Object>(object: &K) -> Result<Value> {
 }
 
 impl dyn Store {
-    /// Reads one object of type `K`.
+    /// Reads one object of type `K`: from the store's [`ObjectCache`] when it keeps the object
+    /// at the newest revision known, else from the store (and then kept).
     pub async fn get<K: Object>(&self, namespace: &str, name: &str) -> Result<Option<K>> {
-        match self
+        let cache = self.objects();
+        let read_at = match cache.map(|c| c.lookup::<K>(namespace, name)) {
+            Some(Lookup::Hit(object)) => return Ok(object),
+            Some(Lookup::Miss(revision)) => Some(revision),
+            None => None,
+        };
+        let object = match self
             .get_stored(kind_of::<K>(), namespace.into(), name.into())
             .await?
         {
-            None => Ok(None),
-            Some(Stored::Document(value)) => decode(value).map(Some),
-            Some(Stored::Text(text)) => decode_text(&text).map(Some),
+            None => None,
+            Some(Stored::Document(value)) => Some(decode(value)?),
+            Some(Stored::Text(text)) => Some(decode_text(&text)?),
+        };
+        if let (Some(cache), Some(revision)) = (cache, read_at) {
+            cache.keep(revision, namespace, name, object.as_ref());
         }
+        Ok(object)
     }
 
     /// Reads one object of type `K`, failing with [`Error::NotFound`] when absent.

@@ -27,7 +27,8 @@ use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    CONTENT_FIELDS, Change, Changes, Label, Store, Stored, Write, check_writes, identity, text,
+    CONTENT_FIELDS, Change, Changes, Label, ObjectCache, Store, Stored, Write, check_writes,
+    identity, text,
 };
 use crate::{Error, Result};
 
@@ -57,6 +58,9 @@ pub struct SqliteStore {
     polling: Arc<AtomicBool>,
     /// Set when a write failed for lack of space; cleared by the next write that succeeds.
     full: Arc<AtomicBool>,
+    /// Decoded objects at the newest revision known: told of every commit by the writer thread
+    /// and of every revision read; used once the store follows other processes' writes.
+    objects: Arc<ObjectCache>,
 }
 
 /// Connections for reads, opened as needed and kept for the next read, the most recently used
@@ -118,10 +122,12 @@ impl SqliteStore {
             INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);",
         )?;
         migrate(&conn)?;
+        let objects = Arc::new(ObjectCache::default());
         let (writer, jobs) = mpsc::channel();
+        let told = objects.clone();
         std::thread::Builder::new()
             .name("rsgo-store-writer".into())
-            .spawn(move || write_loop(conn, jobs))
+            .spawn(move || write_loop(conn, jobs, &told))
             .map_err(|e| Error::io("starting the store's writer thread", e))?;
         let (queue, jobs) = mpsc::channel();
         let jobs = Arc::new(Mutex::new(jobs));
@@ -144,6 +150,7 @@ impl SqliteStore {
             written: Arc::new(written),
             polling: Arc::new(AtomicBool::new(false)),
             full: Arc::new(AtomicBool::new(false)),
+            objects,
         })
     }
 
@@ -155,7 +162,7 @@ impl SqliteStore {
         if self.polling.swap(true, Ordering::AcqRel) {
             return;
         }
-        let pool = self.pool.clone();
+        let (pool, objects) = (self.pool.clone(), self.objects.clone());
         let written = Arc::downgrade(&self.written);
         let mut wal = pool.path.as_os_str().to_owned();
         wal.push("-wal");
@@ -182,6 +189,7 @@ impl SqliteStore {
                 last_file = file;
                 match pool.with_connection(newest_revision) {
                     Ok(newest) => {
+                        objects.observe(newest as u64);
                         written.send_if_modified(|seen| {
                             let newer = newest as u64 > *seen;
                             if newer {
@@ -286,7 +294,7 @@ fn read_loop(pool: &Pool, jobs: &Mutex<mpsc::Receiver<ReadJob>>) {
 
 /// The writer thread: takes every job that is waiting, commits the write batches among them
 /// together, and answers each once its commit is durable. Ends when the store is dropped.
-fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>, objects: &ObjectCache) {
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -300,20 +308,22 @@ fn write_loop(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
             match job {
                 Job::Write { writes, reply } => batches.push((writes, reply)),
                 Job::Alone(work) => {
-                    commit_group(&mut conn, std::mem::take(&mut batches));
+                    commit_group(&mut conn, std::mem::take(&mut batches), objects);
                     work(&mut conn);
                 }
             }
         }
-        commit_group(&mut conn, batches);
+        commit_group(&mut conn, batches, objects);
     }
 }
 
 /// What the writer answers for one batch: the stored objects and the revision of the commit.
 type Reply = oneshot::Sender<Result<(Vec<Value>, u64)>>;
 
-/// Applies each batch in its own savepoint of one transaction, commits once, then answers.
-fn commit_group(conn: &mut Connection, batches: Vec<(Vec<Write>, Reply)>) {
+/// Applies each batch in its own savepoint of one transaction, commits once, tells the object
+/// cache of the store's newest revision (also when every batch failed: a batch that lost a race
+/// to another process's write must find that write when it reads again), then answers.
+fn commit_group(conn: &mut Connection, batches: Vec<(Vec<Write>, Reply)>, objects: &ObjectCache) {
     if batches.is_empty() {
         return;
     }
@@ -344,6 +354,7 @@ fn commit_group(conn: &mut Connection, batches: Vec<(Vec<Write>, Reply)>) {
     })();
     match committed {
         Ok(revision) => {
+            objects.observe(revision);
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 let _ = reply.send(outcome.map(|stored: Vec<Value>| (stored, revision)));
             }
@@ -723,6 +734,16 @@ impl Store for SqliteStore {
         .boxed()
     }
 
+    /// Only while this process follows other processes' writes (once anything subscribed, as
+    /// `rsgo serve` does): then it learns of each within about a second.
+    /// A process that never subscribes, such as a CLI command waiting for a deletion, reads the
+    /// database every time.
+    fn objects(&self) -> Option<&ObjectCache> {
+        self.polling
+            .load(Ordering::Acquire)
+            .then_some(&*self.objects)
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.follow_other_writers();
         self.written.subscribe()
@@ -778,7 +799,11 @@ impl SqliteStore {
         // Most calls find nothing new (a key lookup between writes, a watch woken for a write it
         // already read): one row read on the calling thread tells, without the hand-off to a
         // reader thread.
-        match self.read_point(newest_revision) {
+        let newest = self.read_point(newest_revision);
+        if let Ok(newest) = newest {
+            self.objects.observe(newest as u64);
+        }
+        match newest {
             Ok(newest) if newest as u64 <= revision => {
                 return std::future::ready(Ok(Changes {
                     changes: Vec::new(),
@@ -789,10 +814,12 @@ impl SqliteStore {
             Err(error) => return std::future::ready(Err(error)).boxed(),
             Ok(_) => {}
         }
+        let objects = self.objects.clone();
         self.read(move |conn| {
             // One read transaction: the rows and the newest revision are of one snapshot.
             let tx = conn.unchecked_transaction()?;
             let newest = newest_revision(&tx)?;
+            objects.observe(newest as u64);
             let mut stmt = tx.prepare_cached(
                 "SELECT body, deleted, revision FROM objects
                  WHERE kind = ?1 AND revision > ?2 AND revision <= ?3

@@ -231,6 +231,83 @@ async fn stale_writes_conflict_and_generation_follows_the_spec() {
     );
 }
 
+/// A read served from the store's cache of decoded objects is never older than what the process
+/// knows: a write by another process (here a second store on the same file, with its own cache
+/// and connections, as `rsgo apply` would open it) is read right after the revision read every
+/// authenticated request starts with, and right after a write of ours lost a race to it. A
+/// process that does not follow other writers (a CLI command waiting for a deletion) keeps
+/// nothing and reads each change at once.
+#[tokio::test]
+async fn cached_reads_follow_other_processes_writes() {
+    let dir = TempDir::new().unwrap();
+    let ours: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let other: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    // Following other processes' writes, as `rsgo serve` does, turns the cache on.
+    let _wake = ours.subscribe();
+    let version = |stack: Option<Stack>| stack.and_then(|s| s.spec.version);
+    // Every authenticated request starts with a key lookup, which reads the store's revision.
+    let keys = rsgo::auth::KeyIndex::follow(ours.clone()).await.unwrap();
+    let revision_read = || keys.lookup("no such hash");
+
+    ours.create(&stack("a")).await.unwrap();
+    let kept = ours.require::<Stack>("local", "a").await.unwrap();
+    assert_eq!(
+        version(ours.get("local", "a").await.unwrap()).as_deref(),
+        Some("1.0.0")
+    );
+
+    let mut theirs = other.require::<Stack>("local", "a").await.unwrap();
+    theirs.spec.version = Some("2.0.0".into());
+    other.update(&theirs).await.unwrap();
+    revision_read().await.unwrap();
+    assert_eq!(
+        version(ours.get("local", "a").await.unwrap()).as_deref(),
+        Some("2.0.0"),
+        "another process's update is read after a revision read"
+    );
+
+    let mut theirs = other.require::<Stack>("local", "a").await.unwrap();
+    theirs.spec.version = Some("3.0.0".into());
+    other.update(&theirs).await.unwrap();
+    let mut stale = kept;
+    stale.spec.version = Some("2.5.0".into());
+    assert!(matches!(
+        ours.update(&stale).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(
+        version(ours.get("local", "a").await.unwrap()).as_deref(),
+        Some("3.0.0"),
+        "a write that lost the race is followed by a read of the winner's"
+    );
+
+    assert!(ours.get::<Stack>("local", "b").await.unwrap().is_none());
+    other.create(&stack("b")).await.unwrap();
+    other.delete::<Stack>("local", "a").await.unwrap();
+    revision_read().await.unwrap();
+    assert!(
+        ours.get::<Stack>("local", "b").await.unwrap().is_some(),
+        "an object another process created is found though it was missing before"
+    );
+    assert!(
+        ours.get::<Stack>("local", "a").await.unwrap().is_none(),
+        "an object another process deleted is gone"
+    );
+
+    assert_eq!(
+        version(other.get("local", "b").await.unwrap()).as_deref(),
+        Some("1.0.0")
+    );
+    let mut ours_b = ours.require::<Stack>("local", "b").await.unwrap();
+    ours_b.spec.version = Some("4.0.0".into());
+    ours.update(&ours_b).await.unwrap();
+    assert_eq!(
+        version(other.get("local", "b").await.unwrap()).as_deref(),
+        Some("4.0.0"),
+        "a store nobody subscribed to reads the database every time"
+    );
+}
+
 #[tokio::test]
 async fn a_write_by_another_process_reaches_watchers_within_a_second() {
     let dir = TempDir::new().unwrap();
