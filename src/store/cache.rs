@@ -19,11 +19,11 @@
 //! The store only uses the cache while it follows other processes' writes (see
 //! `SqliteStore`); a process that does not, such as a CLI command, always reads the database.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{Object, kind_of};
+use super::Object;
 
 /// Most objects kept; a full cache starts over empty, so it never holds more.
 const CAPACITY: usize = 512;
@@ -41,8 +41,17 @@ pub struct ObjectCache {
 struct Entries {
     /// The newest revision known; every entry holds the object as of this revision or newer.
     revision: u64,
-    /// Kind, namespace and name, joined by `/`, to the object.
-    objects: HashMap<String, Entry>,
+    /// By type, namespace and name (nested, so a lookup needs no key of its own).
+    objects: HashMap<TypeId, HashMap<String, HashMap<String, Entry>>>,
+    /// How many entries `objects` holds.
+    len: usize,
+}
+
+impl Entries {
+    fn clear(&mut self) {
+        self.objects.clear();
+        self.len = 0;
+    }
 }
 
 /// What a look into the cache found.
@@ -52,10 +61,6 @@ pub enum Lookup<K> {
     /// Not kept: read the store, then hand the object to [`ObjectCache::keep`] with this
     /// revision.
     Miss(u64),
-}
-
-fn key<K: Object>(namespace: &str, name: &str) -> String {
-    format!("{}/{namespace}/{name}", kind_of::<K>())
 }
 
 impl ObjectCache {
@@ -68,14 +73,19 @@ impl ObjectCache {
         let mut entries = self.entries();
         if revision > entries.revision {
             entries.revision = revision;
-            entries.objects.clear();
+            entries.clear();
         }
     }
 
     /// The object of type `K` named `name` in `namespace`, when kept.
     pub fn lookup<K: Object>(&self, namespace: &str, name: &str) -> Lookup<K> {
         let entries = self.entries();
-        match entries.objects.get(&key::<K>(namespace, name)) {
+        let kept = entries
+            .objects
+            .get(&TypeId::of::<K>())
+            .and_then(|by_namespace| by_namespace.get(namespace))
+            .and_then(|by_name| by_name.get(name));
+        match kept {
             Some(None) => Lookup::Hit(None),
             Some(Some(object)) => match object.downcast_ref::<K>() {
                 Some(object) => Lookup::Hit(Some(object.clone())),
@@ -92,11 +102,20 @@ impl ObjectCache {
         if entries.revision != revision {
             return;
         }
-        if entries.objects.len() >= CAPACITY {
-            entries.objects.clear();
+        if entries.len >= CAPACITY {
+            entries.clear();
         }
         let entry: Entry = object.map(|o| Arc::new(o.clone()) as Arc<dyn Any + Send + Sync>);
-        entries.objects.insert(key::<K>(namespace, name), entry);
+        let replaced = entries
+            .objects
+            .entry(TypeId::of::<K>())
+            .or_default()
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(name.to_owned(), entry);
+        if replaced.is_none() {
+            entries.len += 1;
+        }
     }
 }
 
@@ -129,6 +148,15 @@ mod tests {
         let kept = found(&cache, "prod").flatten();
         assert_eq!(kept.and_then(|e| e.metadata.name).as_deref(), Some("prod"));
         assert!(matches!(found(&cache, "absent"), Some(None)));
+        // Another namespace or another kind is another object.
+        assert!(matches!(
+            cache.lookup::<Environment>("elsewhere", "prod"),
+            Lookup::Miss(7)
+        ));
+        assert!(matches!(
+            cache.lookup::<crate::model::Stack>("", "prod"),
+            Lookup::Miss(7)
+        ));
         // The same revision again changes nothing; an older one neither.
         cache.observe(7);
         cache.observe(3);
@@ -156,7 +184,7 @@ mod tests {
         for n in 0..=CAPACITY {
             cache.keep(0, "", &format!("e{n}"), Some(&environment("e")));
         }
-        assert_eq!(cache.entries().objects.len(), 1);
+        assert_eq!(cache.entries().len, 1);
         assert!(found(&cache, &format!("e{CAPACITY}")).is_some());
     }
 }
