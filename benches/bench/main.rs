@@ -187,7 +187,6 @@ async fn measure(cases: &[Case]) -> Vec<Stats> {
     for _ in 0..ROUNDS {
         for (case, runs) in cases.iter().zip(runs.iter_mut()) {
             server::quiet_machine(Duration::from_secs(30));
-            let cpu_before = server::cpu_time(case.pid);
             let usage = server::Usage::now(case.pid);
             let mut stats = load::run(
                 case.addr,
@@ -198,8 +197,9 @@ async fn measure(cases: &[Case]) -> Vec<Stats> {
             )
             .await;
             let answered = (stats.expected + stats.unexpected).max(1);
-            stats.cpu_per_request = (server::cpu_time(case.pid) - cpu_before) / answered as u32;
-            stats.cores = usage.cores_since();
+            let (server_cpu, cores) = usage.since();
+            stats.cpu_per_request = server_cpu / answered as u32;
+            stats.cores = cores;
             assert!(
                 stats.unexpected * 100 <= stats.expected,
                 "{}: {} of {} answers were not {}",

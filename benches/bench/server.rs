@@ -160,20 +160,22 @@ impl Usage {
         }
     }
 
-    /// Cores used on average since these counters were read.
-    pub fn cores_since(&self) -> crate::load::Cores {
+    /// The server's CPU time since these counters were read, and the cores used on average.
+    pub fn since(&self) -> (Duration, crate::load::Cores) {
         let later = Usage::now(self.pid);
         let seconds = (later.at - self.at).as_secs_f64().max(1e-9);
         let (busy, total) = (
             later.machine.0 - self.machine.0,
             later.machine.1 - self.machine.1,
         );
+        let server = later.server - self.server;
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        crate::load::Cores {
+        let cores = crate::load::Cores {
             machine: busy as f64 / total.max(1) as f64 * cpus,
-            server: (later.server - self.server).as_secs_f64() / seconds,
+            server: server.as_secs_f64() / seconds,
             generator: (later.generator - self.generator).as_secs_f64() / seconds,
-        }
+        };
+        (server, cores)
     }
 }
 
@@ -222,7 +224,7 @@ fn until_quiet(limit: Duration, mut quiet_window: impl FnMut() -> bool) -> bool 
 }
 
 /// User plus system CPU time of a process, from `/proc/PID/stat`.
-pub fn cpu_time(pid: u32) -> Duration {
+fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat

@@ -21,7 +21,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use super::Object;
 
@@ -29,7 +29,7 @@ use super::Object;
 const CAPACITY: usize = 512;
 
 /// One kept read: the object, or that there was none.
-type Entry = Option<Arc<dyn Any + Send + Sync>>;
+type Entry = Option<Box<dyn Any + Send + Sync>>;
 
 /// Decoded objects valid at one store revision. See the module documentation.
 #[derive(Default)]
@@ -105,7 +105,7 @@ impl ObjectCache {
         if entries.len >= CAPACITY {
             entries.clear();
         }
-        let entry: Entry = object.map(|o| Arc::new(o.clone()) as Arc<dyn Any + Send + Sync>);
+        let entry: Entry = object.map(|o| Box::new(o.clone()) as Box<dyn Any + Send + Sync>);
         let replaced = entries
             .objects
             .entry(TypeId::of::<K>())

@@ -187,13 +187,12 @@ impl SqliteStore {
                     continue;
                 }
                 last_file = file;
-                match pool.with_connection(newest_revision) {
+                match read_newest(&pool, &objects) {
                     Ok(newest) => {
-                        objects.observe(newest as u64);
                         written.send_if_modified(|seen| {
-                            let newer = newest as u64 > *seen;
+                            let newer = newest > *seen;
                             if newer {
-                                *seen = newest as u64;
+                                *seen = newest;
                             }
                             newer
                         });
@@ -418,6 +417,14 @@ fn newest_revision(tx: &Connection) -> Result<i64> {
     Ok(tx
         .prepare_cached("SELECT value FROM revision WHERE id = 0")?
         .query_row([], |r| r.get(0))?)
+}
+
+/// The store's newest revision, read on a pool connection of the calling thread, and told to the
+/// object cache.
+fn read_newest(pool: &Pool, objects: &ObjectCache) -> Result<u64> {
+    let newest = pool.with_connection(newest_revision)? as u64;
+    objects.observe(newest);
+    Ok(newest)
 }
 
 fn next_revision(tx: &Connection) -> Result<u64> {
@@ -735,9 +742,8 @@ impl Store for SqliteStore {
     }
 
     /// Only while this process follows other processes' writes (once anything subscribed, as
-    /// `rsgo serve` does): then it learns of each within about a second.
-    /// A process that never subscribes, such as a CLI command waiting for a deletion, reads the
-    /// database every time.
+    /// `rsgo serve` does): then it learns of each within about a second. A process that never
+    /// subscribes, such as a CLI command waiting for a deletion, reads the database every time.
     fn objects(&self) -> Option<&ObjectCache> {
         self.polling
             .load(Ordering::Acquire)
@@ -799,12 +805,8 @@ impl SqliteStore {
         // Most calls find nothing new (a key lookup between writes, a watch woken for a write it
         // already read): one row read on the calling thread tells, without the hand-off to a
         // reader thread.
-        let newest = self.read_point(newest_revision);
-        if let Ok(newest) = newest {
-            self.objects.observe(newest as u64);
-        }
-        match newest {
-            Ok(newest) if newest as u64 <= revision => {
+        match read_newest(&self.pool, &self.objects) {
+            Ok(newest) if newest <= revision => {
                 return std::future::ready(Ok(Changes {
                     changes: Vec::new(),
                     revision,
