@@ -4,6 +4,7 @@
 mod cache;
 mod kubernetes;
 mod sqlite;
+mod wal_index;
 
 use std::fmt::Debug;
 use std::sync::Arc;

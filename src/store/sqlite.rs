@@ -26,6 +26,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 
+use super::wal_index::CommitWatch;
 use super::{
     CONTENT_FIELDS, Change, Changes, Label, ObjectCache, Store, Stored, Write, check_writes,
     identity, text,
@@ -34,8 +35,6 @@ use crate::{Error, Result};
 
 /// How often the store looks for writes made by other processes.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
-/// Every how many looks the store's revision is read even though the WAL file looks unchanged.
-const FULL_POLL_EVERY: u64 = 4;
 /// Reader threads: the most listings and change-feed reads served at once.
 const READERS: usize = 4;
 /// Most write batches committed together.
@@ -61,6 +60,8 @@ pub struct SqliteStore {
     /// Decoded objects at the newest revision known: told of every commit by the writer thread
     /// and of every revision read; used once the store follows other processes' writes.
     objects: Arc<ObjectCache>,
+    /// Tells whether anything was committed since the revision was last read.
+    commits: Arc<CommitWatch>,
 }
 
 /// Connections for reads, opened as needed and kept for the next read, the most recently used
@@ -122,6 +123,8 @@ impl SqliteStore {
             INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);",
         )?;
         migrate(&conn)?;
+        // The writer thread keeps `conn` open for as long as the store lives.
+        let commits = Arc::new(CommitWatch::open(&path));
         let objects = Arc::new(ObjectCache::default());
         let (writer, jobs) = mpsc::channel();
         let told = objects.clone();
@@ -151,43 +154,32 @@ impl SqliteStore {
             polling: Arc::new(AtomicBool::new(false)),
             full: Arc::new(AtomicBool::new(false)),
             objects,
+            commits,
         })
     }
 
     /// Starts, once, the task that looks for writes of other processes (`rsgo apply`, `rsgo
-    /// apikey revoke`, ...) every [`POLL_INTERVAL`] (always within [`FULL_POLL_EVERY`] of them)
-    /// and wakes the subscribers when it finds one: one look for all of them, rather than a read
-    /// per watch. It ends with the store.
+    /// apikey revoke`, ...) every [`POLL_INTERVAL`] and wakes the subscribers when it finds one:
+    /// one look for all of them, rather than a read per watch. It ends with the store.
     fn follow_other_writers(&self) {
         if self.polling.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (pool, objects) = (self.pool.clone(), self.objects.clone());
+        let (pool, objects, commits) = (
+            self.pool.clone(),
+            self.objects.clone(),
+            self.commits.clone(),
+        );
         let written = Arc::downgrade(&self.written);
-        let mut wal = pool.path.as_os_str().to_owned();
-        wal.push("-wal");
-        let wal = PathBuf::from(wal);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(POLL_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_file = None;
-            for round in 0u64.. {
+            loop {
                 tick.tick().await;
                 let Some(written) = written.upgrade() else {
                     return;
                 };
-                // Every commit writes to the WAL file; while its size and time stay as they were,
-                // nothing was committed, and the read is skipped. Two commits within one tick of
-                // the file clock can leave both alike, so the revision is read every
-                // [`FULL_POLL_EVERY`] rounds anyway.
-                let file = std::fs::metadata(&wal)
-                    .and_then(|m| Ok((m.len(), m.modified()?)))
-                    .ok();
-                if file.is_some() && file == last_file && round % FULL_POLL_EVERY != 0 {
-                    continue;
-                }
-                last_file = file;
-                match read_newest(&pool, &objects) {
+                match read_newest(&pool, &commits, &objects) {
                     Ok(newest) => {
                         written.send_if_modified(|seen| {
                             let newer = newest > *seen;
@@ -419,10 +411,10 @@ fn newest_revision(tx: &Connection) -> Result<i64> {
         .query_row([], |r| r.get(0))?)
 }
 
-/// The store's newest revision, read on a pool connection of the calling thread, and told to the
-/// object cache.
-fn read_newest(pool: &Pool, objects: &ObjectCache) -> Result<u64> {
-    let newest = pool.with_connection(newest_revision)? as u64;
+/// The store's newest revision, told to the object cache: the one read last while the WAL-index
+/// shows no commit since, otherwise read on a pool connection of the calling thread.
+fn read_newest(pool: &Pool, commits: &CommitWatch, objects: &ObjectCache) -> Result<u64> {
+    let newest = commits.newest(|| Ok(pool.with_connection(newest_revision)? as u64))?;
     objects.observe(newest);
     Ok(newest)
 }
@@ -805,7 +797,7 @@ impl SqliteStore {
         // Most calls find nothing new (a key lookup between writes, a watch woken for a write it
         // already read): one row read on the calling thread tells, without the hand-off to a
         // reader thread.
-        match read_newest(&self.pool, &self.objects) {
+        match read_newest(&self.pool, &self.commits, &self.objects) {
             Ok(newest) if newest <= revision => {
                 return std::future::ready(Ok(Changes {
                     changes: Vec::new(),
