@@ -4,6 +4,7 @@
 //! (unless the handler already wrote one with its change).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -36,7 +37,7 @@ const MOST_DETAIL: usize = 300;
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The key, as the index holds it.
-    pub key: ApiKey,
+    pub key: Arc<ApiKey>,
     /// The peer address of the connection.
     pub address: Option<IpAddr>,
 }
@@ -103,7 +104,7 @@ pub async fn authenticate(
     let address = peer(&request);
     let checked = match auth::presented_hash(presented) {
         Ok(wanted) => match state.keys.lookup(&wanted).await {
-            Ok(found) => auth::verify(&wanted, found.into_iter().collect(), Timestamp::now()),
+            Ok(found) => auth::verify(&wanted, found, Timestamp::now()),
             Err(error) => return ApiError::from(error).into_response(),
         },
         Err(rejection) => Err(rejection),

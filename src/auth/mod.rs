@@ -1,5 +1,6 @@
 //! API keys: generation, hashing, permission checks and verification.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -206,22 +207,24 @@ pub fn presented_hash(presented: Option<&str>) -> Result<String, KeyRejection> {
 
 /// Finds the key whose hash is `wanted` among `candidates` and checks that it may be used at
 /// `now`. Every candidate is compared in constant time, so timing reveals nothing about which matched.
-pub fn verify(
+pub fn verify<K: Borrow<ApiKey>>(
     wanted: &str,
-    candidates: Vec<ApiKey>,
+    candidates: impl IntoIterator<Item = K>,
     now: Timestamp,
-) -> Result<ApiKey, KeyRejection> {
+) -> Result<K, KeyRejection> {
     let mut found = None;
     for key in candidates {
-        if bool::from(key.spec.key_hash.as_bytes().ct_eq(wanted.as_bytes())) {
+        let hash = key.borrow().spec.key_hash.as_bytes();
+        if bool::from(hash.ct_eq(wanted.as_bytes())) {
             found = Some(key);
         }
     }
     let key = found.ok_or(KeyRejection::Unknown)?;
-    if key.spec.revoked {
+    let spec = &key.borrow().spec;
+    if spec.revoked {
         return Err(KeyRejection::Revoked);
     }
-    if key.spec.expires_at.is_some_and(|at| at <= now) {
+    if spec.expires_at.is_some_and(|at| at <= now) {
         return Err(KeyRejection::Expired);
     }
     Ok(key)
@@ -244,7 +247,8 @@ pub struct KeyIndex {
 
 #[derive(Default)]
 struct Keys {
-    by_hash: HashMap<String, ApiKey>,
+    /// Shared with the requests that present them, so a lookup copies no key.
+    by_hash: HashMap<String, Arc<ApiKey>>,
     /// Object name to key hash.
     hash_of: HashMap<String, String>,
     /// The store revision the index reflects (change-log mode).
@@ -258,7 +262,8 @@ impl Keys {
         self.remove(&key.name_any());
         self.hash_of
             .insert(key.name_any(), key.spec.key_hash.clone());
-        self.by_hash.insert(key.spec.key_hash.clone(), key);
+        self.by_hash
+            .insert(key.spec.key_hash.clone(), Arc::new(key));
     }
 
     fn remove(&mut self, name: &str) {
@@ -374,7 +379,7 @@ impl KeyIndex {
 
     /// The key with this hash, if any, as the store holds it now (change-log mode) or as the
     /// watch last reported it.
-    pub async fn lookup(&self, hash: &str) -> crate::Result<Option<ApiKey>> {
+    pub async fn lookup(&self, hash: &str) -> crate::Result<Option<Arc<ApiKey>>> {
         self.catch_up().await?;
         Ok(self.read().by_hash.get(hash).cloned())
     }

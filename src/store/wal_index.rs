@@ -146,6 +146,43 @@ mod tests {
         assert_eq!(reads.get(), 4);
     }
 
+    /// Looks twice at a `-shm` file holding `first` then `second` as the header's two copies;
+    /// answers how many of the looks read.
+    fn reads_with_header(first: Header, second: Header) -> u32 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = first.to_vec();
+        bytes.extend_from_slice(&second);
+        std::fs::write(dir.path().join("fake.db-shm"), bytes).unwrap();
+        let watch = CommitWatch::open(&dir.path().join("fake.db"));
+        let reads = Cell::new(0);
+        for _ in 0..2 {
+            watch
+                .newest(|| {
+                    reads.set(reads.get() + 1);
+                    Ok(1)
+                })
+                .unwrap();
+        }
+        reads.get()
+    }
+
+    #[test]
+    fn only_a_built_and_settled_header_spares_a_read() {
+        let mut built = [7; HEADER];
+        built[IS_INIT] = 1;
+        assert_eq!(reads_with_header(built, built), 1, "settled: one read");
+        let mut rewritten = built;
+        rewritten[20] = 8;
+        assert_eq!(
+            reads_with_header(built, rewritten),
+            2,
+            "copies that differ are a header being written"
+        );
+        let mut unbuilt = built;
+        unbuilt[IS_INIT] = 0;
+        assert_eq!(reads_with_header(unbuilt, unbuilt), 2, "not built yet");
+    }
+
     #[test]
     fn without_a_wal_index_every_look_reads() {
         let dir = tempfile::tempdir().unwrap();
