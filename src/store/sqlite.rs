@@ -795,8 +795,8 @@ impl SqliteStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<Changes>> {
         // Most calls find nothing new (a key lookup between writes, a watch woken for a write it
-        // already read): one row read on the calling thread tells, without the hand-off to a
-        // reader thread.
+        // already read): a look at the WAL-index, and one row read after a commit, on the
+        // calling thread tell, without the hand-off to a reader thread.
         match read_newest(&self.pool, &self.commits, &self.objects) {
             Ok(newest) if newest <= revision => {
                 return std::future::ready(Ok(Changes {
