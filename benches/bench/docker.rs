@@ -295,6 +295,7 @@ fn resync_at(catalog: &Path, image: &str, stacks: usize) {
     }
     let started = start.elapsed();
     let most_in_flight = proxy.most_in_flight();
+    let start_calls = proxy.take();
     let failures = server
         .log()
         .lines()
@@ -325,6 +326,14 @@ fn resync_at(catalog: &Path, image: &str, stacks: usize) {
     );
     println!("| warnings and errors logged while starting | {failures} |");
     println!("| most engine requests in flight at once while starting | {most_in_flight} |");
+    let started_calls: u64 = start_calls.values().sum();
+    println!(
+        "| Docker calls while starting, per stack | {:.1} |",
+        started_calls as f64 / stacks as f64
+    );
+    for (call, count) in &start_calls {
+        println!("| … {call} | {:.2} |", *count as f64 / stacks as f64);
+    }
     println!(
         "| Docker calls per resync pass | {:.1} |",
         total as f64 / passes as f64
