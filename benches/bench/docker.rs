@@ -2,6 +2,7 @@
 //! starting many stacks beside the engine's own create rate, and what a resync pass costs.
 //! Everything they create carries a `rsgo-bench` name or label and is removed at the end.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -314,7 +315,6 @@ fn resync_at(catalog: &Path, image: &str, stacks: usize) {
     let calls = proxy.take();
     drop(server);
     clean_up(&environment);
-    let total: u64 = calls.values().sum();
     println!("\n### {stacks} stacks");
     println!("| measure | value |");
     println!("|---|---|");
@@ -326,25 +326,28 @@ fn resync_at(catalog: &Path, image: &str, stacks: usize) {
     );
     println!("| warnings and errors logged while starting | {failures} |");
     println!("| most engine requests in flight at once while starting | {most_in_flight} |");
-    let started_calls: u64 = start_calls.values().sum();
-    println!(
-        "| Docker calls while starting, per stack | {:.1} |",
-        started_calls as f64 / stacks as f64
+    print_calls(
+        "Docker calls while starting, per stack",
+        &start_calls,
+        stacks,
+        2,
     );
-    for (call, count) in &start_calls {
-        println!("| … {call} | {:.2} |", *count as f64 / stacks as f64);
-    }
-    println!(
-        "| Docker calls per resync pass | {:.1} |",
-        total as f64 / passes as f64
-    );
-    for (call, count) in &calls {
-        println!("| … {call} | {:.1} |", *count as f64 / passes as f64);
-    }
+    print_calls("Docker calls per resync pass", &calls, passes as usize, 1);
     println!(
         "| CPU per resync pass | {:.1} ms |",
         cpu.as_secs_f64() * 1000.0 / passes as f64
     );
+}
+
+/// Prints Docker calls counted by the proxy, per `per` (stacks, passes): their sum under
+/// `title`, then each kind with `decimals` decimals.
+fn print_calls(title: &str, calls: &BTreeMap<String, u64>, per: usize, decimals: usize) {
+    let per = per as f64;
+    let total: u64 = calls.values().sum();
+    println!("| {title} | {:.1} |", total as f64 / per);
+    for (call, count) in calls {
+        println!("| … {call} | {:.*} |", decimals, *count as f64 / per);
+    }
 }
 
 /// How many networks the engine's address pools can hold; `None` when it uses its built-in
