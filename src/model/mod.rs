@@ -12,7 +12,7 @@ pub mod redact;
 mod validation;
 
 pub use validation::{
-    check_label, dns_label, docker_name, docker_name_environment, is_dns_label, is_dns_subdomain,
+    check_label, dns_label, docker_name, docker_name_owner, is_dns_label, is_dns_subdomain,
     normalize_host_path, validate_document,
 };
 

@@ -87,11 +87,12 @@ pub fn docker_name(environment: &str, stack: &str, part: &str) -> String {
     format!("{environment}_{stack}_{part}")
 }
 
-/// The environment of a Docker object named by [`docker_name`]; `None` for a name of another
-/// form.
-pub fn docker_name_environment(name: &str) -> Option<&str> {
+/// The environment and the stack of a Docker object named by [`docker_name`]; `None` for a name
+/// of another form.
+pub fn docker_name_owner(name: &str) -> Option<(&str, &str)> {
     let (environment, rest) = name.split_once('_')?;
-    rest.contains('_').then_some(environment)
+    let (stack, _) = rest.split_once('_')?;
+    Some((environment, stack))
 }
 
 /// Checks a document about to be created or updated. Names are checked only on creation (they
@@ -414,15 +415,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_docker_name_tells_its_environment() {
+    fn a_docker_name_tells_its_environment_and_stack() {
         let name = docker_name("prod", "shop", "default");
-        assert_eq!(docker_name_environment(&name), Some("prod"));
-        assert_eq!(
-            docker_name_environment("shop_default"),
-            None,
-            "an older name"
-        );
-        assert_eq!(docker_name_environment("bridge"), None);
+        assert_eq!(docker_name_owner(&name), Some(("prod", "shop")));
+        let standby = docker_name("prod", "shop", "_web");
+        assert_eq!(docker_name_owner(&standby), Some(("prod", "shop")));
+        assert_eq!(docker_name_owner("shop_default"), None, "an older name");
+        assert_eq!(docker_name_owner("bridge"), None);
     }
 
     #[test]

@@ -805,6 +805,14 @@ fn independent_services_roll_out_together_and_dependents_wait_for_theirs() {
     };
     check("first rollout");
 
+    let record = redeployed(&server, &stack);
+    let actions = crate::support::service_actions(&record);
+    assert_eq!(actions, ["recreated"; 3], "{record}");
+    check("redeploy");
+}
+
+/// Redeploys `stack` through the hook and returns its deployment record once it ended.
+fn redeployed(server: &Server, stack: &str) -> serde_json::Value {
     let key = server.key(&["Hooks.Redeploy"]);
     let body = format!(
         "{{\"stackName\": \"{stack}\", \"environmentId\": \"{}\"}}",
@@ -812,10 +820,53 @@ fn independent_services_roll_out_together_and_dependents_wait_for_theirs() {
     );
     let (status, reply) = server.hook("/api/hooks/redeploy", &key, Some(&body));
     assert_eq!(status, 200, "{reply}\n{}", server.log());
-    let record = server.wait_deployment(&key, reply["deploymentId"].as_str().unwrap());
-    let actions = crate::support::service_actions(&record);
-    assert_eq!(actions, ["recreated"; 3], "{record}");
-    check("redeploy");
+    server.wait_deployment(&key, reply["deploymentId"].as_str().unwrap())
+}
+
+#[test]
+fn a_rollout_meets_a_container_made_behind_rsgos_back_after_the_listing_it_plans_from() {
+    let image = format!("{}/{}/app:latest", registry(), unique("behind"));
+    build_and_push(&image, "v1");
+    let product = unique("app");
+    let services = format!("  app:\n    image: {image}\n");
+    // No resync pass during the test: only the passes it causes.
+    let options = crate::support::Options {
+        args: vec!["--resync-seconds".into(), "600".into()],
+        ..Default::default()
+    };
+    let mut server = Server::start_with(
+        &[("app.yaml", manifest(&product, "1.0.0", &services, "  {}"))],
+        options,
+    );
+    let stack = unique("st");
+    server.apply(&stack_yaml(&stack, &server.environment, &product, "1.0.0"));
+    wait_running(&server, &stack, "1.0.0");
+    // A new process lists the environment in its first pass over the stack, after every
+    // change of the stack, and follows the engine's events from then on: a redeploy would plan
+    // from that listing if nothing were reported about the stack.
+    server.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    let stray = server.name(&stack, "old");
+    let labels = [
+        "io.rsgo.managed=true".to_owned(),
+        format!("io.rsgo.stack={stack}"),
+        format!("io.rsgo.environment={}", server.environment),
+        "io.rsgo.service=old".to_owned(),
+    ];
+    let mut create = vec!["create", "--name", &stray];
+    for label in &labels {
+        create.extend(["--label", label]);
+    }
+    create.push(&image);
+    docker(&create);
+    // Its event reaches rsgo in moments.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let record = redeployed(&server, &stack);
+    let mut actions = crate::support::service_actions(&record);
+    actions.sort_unstable();
+    assert_eq!(actions, ["recreated", "removed"], "{record}");
+    assert_eq!(try_inspect(&stray, "{{.Id}}"), None, "the stray is gone");
 }
 
 /// A server whose environment reaches the engine through `proxy`, serving a one-service
@@ -959,7 +1010,7 @@ fn without_the_engines_event_feed_every_pass_lists_each_environment_once() {
 }
 
 #[test]
-fn stacks_starting_together_queue_for_the_engine_instead_of_flooding_it() {
+fn stacks_starting_together_queue_for_the_engine_and_plan_from_one_listing() {
     let (proxy, server, product) = behind_a_counting_proxy("queue");
     let stacks: Vec<String> = (0..24).map(|_| unique("st")).collect();
     let yaml: Vec<String> = stacks
@@ -975,6 +1026,22 @@ fn stacks_starting_together_queue_for_the_engine_instead_of_flooding_it() {
         (2..=rsgo::runtime::docker::ENGINE_REQUESTS).contains(&most),
         "{most} requests were in flight at once"
     );
+    // Each rollout reads back the containers it leaves by id (which the engine answers from
+    // its index); it plans from the environment's listing when that still shows the stack, so
+    // the new stacks' first rollouts list nothing of their own. Only a drift check that found
+    // the listing older than the stack's rollout reads the stack afresh. Before, every rollout
+    // listed the stack's containers twice and its networks once, each list costing the engine
+    // as much as a listing of everything.
+    let calls = proxy.take();
+    let count = |call: &str| calls.get(call).copied().unwrap_or(0);
+    let rollouts = count("GET /containers/json by id");
+    assert!(rollouts >= stacks.len() as u64, "{calls:?}");
+    for call in [
+        "GET /containers/json of a stack",
+        "GET /networks of a stack",
+    ] {
+        assert!(count(call) < rollouts, "{call}: {calls:?}");
+    }
     let log = server.log();
     assert!(
         !log.contains("WARN") && !log.contains("ERROR"),

@@ -106,7 +106,7 @@ async fn serve(client: tokio::net::TcpStream, counts: Arc<Counts>) {
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let (sender, counts) = (sender.clone(), counts.clone());
         async move {
-            let key = call_name(request.method().as_str(), request.uri().path());
+            let key = call_name(request.method().as_str(), request.uri());
             let waits = key.ends_with("/wait")
                 || key.ends_with("/images/create")
                 || key.ends_with("/version")
@@ -147,9 +147,12 @@ fn forwarded(
     answer.map(|response| response.map(Either::Left))
 }
 
-/// A call's method and path, with the API version and ids left out: `GET /containers/json`.
-fn call_name(method: &str, path: &str) -> String {
-    let path: Vec<&str> = path
+/// A call's method and path, with the API version and ids left out: `GET /containers/json`. A
+/// list filtered by ids, which the engine answers from its index, and one of a single stack's
+/// objects are told apart: `GET /containers/json by id`, `GET /networks of a stack`.
+fn call_name(method: &str, uri: &http::Uri) -> String {
+    let path: Vec<&str> = uri
+        .path()
         .split('/')
         .filter(|part| !part.is_empty())
         .enumerate()
@@ -162,5 +165,13 @@ fn call_name(method: &str, path: &str) -> String {
             }
         })
         .collect();
-    format!("{method} /{}", path.join("/"))
+    let query = uri.query().unwrap_or_default();
+    let suffix = if query.contains("%22id%22") {
+        " by id"
+    } else if query.contains("io.rsgo.stack") {
+        " of a stack"
+    } else {
+        ""
+    };
+    format!("{method} /{}{suffix}", path.join("/"))
 }

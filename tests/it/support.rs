@@ -164,7 +164,7 @@ pub type Prepare = Box<dyn FnOnce(&Path)>;
 /// How a test wants its server.
 #[derive(Default)]
 pub struct Options {
-    /// Extra `rsgo serve` arguments.
+    /// Extra `rsgo serve` arguments (`--resync-seconds` among them replaces the tests' 2 s).
     pub args: Vec<String>,
     /// Keep the database in this subdirectory of the data directory, made by `prepare`.
     pub data_subdir: Option<String>,
@@ -218,10 +218,11 @@ impl Server {
         let file = data.path().join("env.yaml");
         std::fs::write(&file, env_yaml).unwrap();
         rsgo_ok(&data_dir, &["apply", "-f", file.to_str().unwrap()]);
-        let mut args: Vec<String> = ["--resync-seconds", "2", "--catalog"]
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
+        let mut args: Vec<String> = Vec::new();
+        if !options.args.iter().any(|arg| arg == "--resync-seconds") {
+            args.extend(["--resync-seconds".to_owned(), "2".to_owned()]);
+        }
+        args.push("--catalog".to_owned());
         args.push(catalog_dir.path().to_string_lossy().into_owned());
         args.extend(options.args);
         let env = options.env;

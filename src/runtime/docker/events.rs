@@ -11,7 +11,6 @@
 //! each pass, as without it, until it is connected again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,100 +21,156 @@ use futures::StreamExt;
 
 use tokio::sync::Semaphore;
 
-use super::container::{LABEL_ENVIRONMENT, LABEL_MANAGED};
+use super::container::{LABEL_ENVIRONMENT, LABEL_MANAGED, LABEL_STACK};
 use super::turn;
-use crate::model::docker_name_environment;
+use crate::model::docker_name_owner;
 use crate::reconcile::retry_delay;
 
 /// A feed that stayed connected this long was healthy: the next failure waits the shortest
 /// delay again.
 const HEALTHY: Duration = Duration::from_secs(60);
 
-/// What the engine's feed has reported, in a form listings can compare against.
+/// What the engine's feed has reported, in a form listings can compare against: every change
+/// gets the next number, and the last number is kept for what it could touch.
 #[derive(Debug, Default)]
 pub(super) struct Changes {
-    /// Moves on whenever the feed connects or breaks, and with every event that could change
-    /// the listing of any environment.
-    everything: AtomicU64,
-    /// Whether the feed is connected.
-    connected: AtomicBool,
-    /// Moves on with every event about a container of one environment, by environment.
-    environments: Mutex<HashMap<String, u64>>,
+    state: Mutex<State>,
+    /// Woken when the feed connects.
+    connects: tokio::sync::Notify,
 }
 
-/// Where the feed stood for one environment when a listing was requested.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Mark {
+#[derive(Debug, Default)]
+struct State {
+    /// The number of the newest change.
+    newest: u64,
+    /// Whether the feed is connected.
+    connected: bool,
+    /// The last change that could touch the listing of any environment: the feed connecting
+    /// or breaking, a network whose name tells no environment.
     everything: u64,
-    environment: u64,
+    /// The last changes in each environment.
+    environments: HashMap<String, EnvironmentChanges>,
 }
+
+/// The last changes reported in one environment.
+#[derive(Debug, Default)]
+struct EnvironmentChanges {
+    /// The last change of any of its objects.
+    any: u64,
+    /// The last change of an object that tells no stack (so could be any stack's).
+    unowned: u64,
+    /// The last change of each stack's objects.
+    stacks: HashMap<String, u64>,
+}
+
+/// Where the feed stood when a listing was requested: the number of its newest change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Mark(u64);
 
 /// What an event can change.
 #[derive(Debug, PartialEq, Eq)]
 enum Change<'a> {
     /// No listing.
     Nothing,
-    /// The listing of one environment.
+    /// What one stack of one environment has (`(environment, stack)`).
+    Stack(&'a str, &'a str),
+    /// What any stack of one environment has.
     Environment(&'a str),
     /// Any listing.
     Everything,
 }
 
 impl Changes {
-    fn environments(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.environments.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn now(&self, environment: &str) -> Mark {
-        let everything = self.everything.load(Ordering::SeqCst);
-        let environment = self.environments().get(environment).copied().unwrap_or(0);
-        Mark {
-            everything,
-            environment,
+    /// A mark to take before a listing is requested: `None` while the feed is not connected.
+    pub(super) fn mark(&self) -> Option<Mark> {
+        let state = self.state();
+        state.connected.then_some(Mark(state.newest))
+    }
+
+    /// A mark as [`Self::mark`] gives, waiting up to `patience` for the feed to connect.
+    pub(super) async fn mark_connected(&self, patience: Duration) -> Option<Mark> {
+        let connected = self.connects.notified();
+        if let Some(mark) = self.mark() {
+            return Some(mark);
         }
-    }
-
-    /// A mark to take before a listing of `environment` is requested: `None` while the feed
-    /// is not connected.
-    pub(super) fn mark(&self, environment: &str) -> Option<Mark> {
-        let mark = self.now(environment);
-        self.connected.load(Ordering::SeqCst).then_some(mark)
+        // A connection after the check above wakes `connected`, which was made before it.
+        let _ = tokio::time::timeout(patience, connected).await;
+        self.mark()
     }
 
     /// Whether nothing that could change the listing of `environment` happened since `mark`
     /// was taken: the feed stayed connected and reported nothing about it.
     pub(super) fn unchanged_since(&self, environment: &str, mark: Mark) -> bool {
-        self.connected.load(Ordering::SeqCst) && self.now(environment) == mark
+        let state = self.state();
+        let last = state.environments.get(environment).map_or(0, |e| e.any);
+        state.quiet_since(mark) && last <= mark.0
+    }
+
+    /// Whether nothing that could change what the listing of `environment` shows of `stack`
+    /// happened since `mark` was taken.
+    pub(super) fn stack_unchanged_since(&self, environment: &str, stack: &str, mark: Mark) -> bool {
+        let state = self.state();
+        let last = state.environments.get(environment).map_or(0, |e| {
+            e.unowned.max(e.stacks.get(stack).copied().unwrap_or(0))
+        });
+        state.quiet_since(mark) && last <= mark.0
     }
 
     fn record(&self, change: Change<'_>) {
-        match change {
-            Change::Nothing => {}
-            Change::Environment(environment) => {
-                *self
-                    .environments()
-                    .entry(environment.to_owned())
-                    .or_default() += 1;
-            }
+        let (environment, stack) = match change {
+            Change::Nothing => return,
+            Change::Stack(environment, stack) => (environment, Some(stack)),
+            Change::Environment(environment) => (environment, None),
             Change::Everything => {
-                self.everything.fetch_add(1, Ordering::SeqCst);
+                let mut state = self.state();
+                state.newest += 1;
+                state.everything = state.newest;
+                return;
             }
+        };
+        let mut state = self.state();
+        state.newest += 1;
+        let number = state.newest;
+        let changes = state
+            .environments
+            .entry(environment.to_owned())
+            .or_default();
+        changes.any = number;
+        match stack {
+            Some(stack) => {
+                changes.stacks.insert(stack.to_owned(), number);
+            }
+            None => changes.unowned = number,
         }
     }
 
     fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::SeqCst);
+        self.state().connected = connected;
         self.record(Change::Everything);
+        if connected {
+            self.connects.notify_waiters();
+        }
     }
 }
 
-/// What an event can change in a listing. Listings show rsgo's containers and the names of
-/// its networks. An event about a container rsgo made changes its environment's listing
-/// (from its labels), except the commands run in it (health checks run that way; their results
-/// arrive as `health_status` events). A network's events carry no labels, only its name: one
-/// made or removed changes the listing of the environment its name starts with
-/// (`<environment>_<stack>_<network>`, see `docker_name`), or of every environment when the
-/// name has another form; a container attached or detached changes none.
+impl State {
+    /// Whether the feed has stayed connected since `mark` and reported nothing that could touch
+    /// every listing.
+    fn quiet_since(&self, mark: Mark) -> bool {
+        self.connected && self.everything <= mark.0
+    }
+}
+
+/// What an event can change in a listing. Listings show rsgo's containers and its networks. An
+/// event about a container rsgo made changes what its stack has (from its labels), except the
+/// commands run in it (health checks run that way; their results arrive as `health_status`
+/// events). A network's events carry no labels, only its name: one made or removed changes
+/// what the stack its name tells has (`<environment>_<stack>_<network>`, see `docker_name`), or
+/// every listing when the name has another form; a container attached or detached changes none.
 fn change(event: &EventMessage) -> Change<'_> {
     let action = event.action.as_deref().unwrap_or_default();
     let attributes = event
@@ -126,18 +181,19 @@ fn change(event: &EventMessage) -> Change<'_> {
     match event.typ {
         Some(EventMessageTypeEnum::NETWORK) => match action {
             "connect" | "disconnect" => Change::Nothing,
-            _ => match label("name").and_then(docker_name_environment) {
-                Some(environment) => Change::Environment(environment),
+            _ => match label("name").and_then(docker_name_owner) {
+                Some((environment, stack)) => Change::Stack(environment, stack),
                 None => Change::Everything,
             },
         },
         Some(EventMessageTypeEnum::CONTAINER) => {
             if label(LABEL_MANAGED) != Some("true") || action.starts_with("exec_") {
-                Change::Nothing
-            } else if let Some(environment) = label(LABEL_ENVIRONMENT) {
-                Change::Environment(environment)
-            } else {
-                Change::Everything
+                return Change::Nothing;
+            }
+            match (label(LABEL_ENVIRONMENT), label(LABEL_STACK)) {
+                (Some(environment), Some(stack)) => Change::Stack(environment, stack),
+                (Some(environment), None) => Change::Environment(environment),
+                (None, _) => Change::Everything,
             }
         }
         _ => Change::Nothing,
@@ -221,10 +277,11 @@ mod tests {
     }
 
     #[test]
-    fn events_change_the_listing_of_their_containers_environment_or_of_all() {
+    fn events_change_what_their_stack_has_or_their_environment_or_everything() {
         let ours = [
             (LABEL_MANAGED, "true"),
             (LABEL_ENVIRONMENT, "prod"),
+            (LABEL_STACK, "shop"),
             ("name", "web"),
         ];
         let container = |action, labels| event(EventMessageTypeEnum::CONTAINER, action, labels);
@@ -233,12 +290,17 @@ mod tests {
         for action in ["die", "destroy", "start", "health_status: unhealthy"] {
             assert_eq!(
                 change(&container(action, &ours)),
-                Change::Environment("prod")
+                Change::Stack("prod", "shop")
             );
         }
+        let stackless = container(
+            "die",
+            &[(LABEL_MANAGED, "true"), (LABEL_ENVIRONMENT, "prod")],
+        );
+        assert_eq!(change(&stackless), Change::Environment("prod"));
         for action in ["create", "destroy"] {
-            let ours = network(action, "prod_web_default");
-            assert_eq!(change(&ours), Change::Environment("prod"), "{action}");
+            let ours = network(action, "prod_shop_default");
+            assert_eq!(change(&ours), Change::Stack("prod", "shop"), "{action}");
             let other = network(action, "bridge2");
             assert_eq!(change(&other), Change::Everything, "{action}");
         }
@@ -248,7 +310,7 @@ mod tests {
             container("exec_start: true", &ours),
             container("die", &[("name", "other")]),
             container("die", &[(LABEL_MANAGED, "false")]),
-            network("connect", "prod_web_default"),
+            network("connect", "prod_shop_default"),
             network("disconnect", "bridge2"),
             event(EventMessageTypeEnum::IMAGE, "pull", &ours),
         ];
@@ -260,29 +322,71 @@ mod tests {
     #[test]
     fn a_mark_holds_while_the_feed_stays_connected_and_quiet() {
         let changes = Changes::default();
-        assert_eq!(changes.mark("prod"), None, "not connected yet");
+        assert_eq!(changes.mark(), None, "not connected yet");
         changes.set_connected(true);
-        let mark = changes.mark("prod").expect("connected");
+        let mark = changes.mark().expect("connected");
         assert!(changes.unchanged_since("prod", mark));
-        changes.record(Change::Environment("staging"));
+        changes.record(Change::Stack("staging", "shop"));
         assert!(
             changes.unchanged_since("prod", mark),
             "another environment's container changed"
         );
-        changes.record(Change::Environment("prod"));
+        changes.record(Change::Stack("prod", "shop"));
         assert!(
             !changes.unchanged_since("prod", mark),
             "one of its containers changed"
         );
-        let mark = changes.mark("prod").expect("connected");
+        let mark = changes.mark().expect("connected");
+        changes.record(Change::Environment("prod"));
+        assert!(
+            !changes.unchanged_since("prod", mark),
+            "a container of no stack changed"
+        );
+        let mark = changes.mark().expect("connected");
         changes.record(Change::Everything);
         assert!(!changes.unchanged_since("prod", mark), "a network changed");
-        let mark = changes.mark("prod").expect("connected");
+        let mark = changes.mark().expect("connected");
         changes.set_connected(false);
         changes.set_connected(true);
         assert!(
             !changes.unchanged_since("prod", mark),
             "the feed broke and came back: events may have been missed"
+        );
+    }
+
+    #[test]
+    fn a_stacks_mark_holds_while_nothing_of_that_stack_changes() {
+        let changes = Changes::default();
+        changes.set_connected(true);
+        let mark = changes.mark().expect("connected");
+        changes.record(Change::Stack("prod", "cart"));
+        changes.record(Change::Stack("staging", "shop"));
+        assert!(
+            changes.stack_unchanged_since("prod", "shop", mark),
+            "other stacks changed"
+        );
+        assert!(!changes.unchanged_since("prod", mark));
+        changes.record(Change::Stack("prod", "shop"));
+        assert!(!changes.stack_unchanged_since("prod", "shop", mark));
+        assert!(changes.stack_unchanged_since("prod", "cart", changes.mark().unwrap()));
+
+        for (change, why) in [
+            (Change::Environment("prod"), "a container of no stack"),
+            (Change::Everything, "a network of no stack"),
+        ] {
+            let mark = changes.mark().expect("connected");
+            changes.record(change);
+            assert!(
+                !changes.stack_unchanged_since("prod", "shop", mark),
+                "{why}"
+            );
+        }
+        let mark = changes.mark().expect("connected");
+        changes.set_connected(false);
+        assert_eq!(changes.mark(), None);
+        assert!(
+            !changes.stack_unchanged_since("prod", "shop", mark),
+            "the feed broke"
         );
     }
 
@@ -309,16 +413,16 @@ mod tests {
         let changes = Arc::new(Changes::default());
         let requests = Arc::new(Semaphore::new(1));
         let feed = tokio::spawn(follow(docker.clone(), requests, changes.clone()));
-        eventually("connecting to the feed", || changes.mark("any").is_some()).await;
+        eventually("connecting to the feed", || changes.mark().is_some()).await;
         // A mark that holds for a second: the events replayed from the second before
         // connecting (and any other engine activity) have passed.
-        let mut mark = changes.mark("any").expect("connected");
+        let mut mark = changes.mark().expect("connected");
         for _ in 0..30 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             if changes.unchanged_since("any", mark) {
                 break;
             }
-            mark = changes.mark("any").expect("connected");
+            mark = changes.mark().expect("connected");
         }
         assert!(
             changes.unchanged_since("any", mark),

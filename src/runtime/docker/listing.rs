@@ -11,11 +11,18 @@
 //! up to [`FOLLOWED_AGES`] times its age: the feed is what makes it current, and the limit
 //! bounds the delay when the feed misses something without breaking (an event the engine
 //! dropped for a slow reader, a remote engine's connection lost without a reset).
+//!
+//! A rollout plans from the listing too, instead of listing its stack's containers and
+//! networks (each such list costs the engine work in proportion to everything it runs), when
+//! the listing still shows the stack as it is: requested after this runtime last changed the
+//! stack, with the feed connected since and silent about the stack (see
+//! `DockerRuntime::known`). So a thousand new stacks starting together plan from one listing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bollard::models::Network;
 use bollard::query_parameters::ListNetworksOptionsBuilder;
 
 use super::container::{self, LABEL_ENVIRONMENT, LABEL_MANAGED, LABEL_STACK};
@@ -28,35 +35,52 @@ use crate::model::{ServiceAction, ServiceResult};
 use crate::runtime::Outcome;
 use crate::{Error, Result};
 
-/// What rsgo runs in one environment of an engine, by stack.
-#[derive(Debug, Default)]
-struct Listing {
+/// What rsgo runs in one environment of an engine, by stack, as it was when the listing was
+/// requested.
+#[derive(Debug)]
+pub(super) struct Listing {
+    /// When it was requested.
+    at: Instant,
+    /// The event feed's mark from just before it was requested, if the feed was connected.
+    mark: Option<events::Mark>,
     /// Every container, by its stack label.
     containers: HashMap<String, Vec<ObservedContainer>>,
-    /// Every network's name, by its stack label.
-    networks: HashMap<String, Vec<String>>,
+    /// Every network (its id, name and labels), by its stack label.
+    networks: HashMap<String, Vec<Network>>,
+}
+
+impl Listing {
+    /// The containers of `stack`.
+    pub(super) fn containers(&self, stack: &str) -> &[ObservedContainer] {
+        self.containers.get(stack).map_or(&[], Vec::as_slice)
+    }
+
+    /// The networks of `stack`.
+    pub(super) fn networks(&self, stack: &str) -> &[Network] {
+        self.networks.get(stack).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// How many times its age a listing may serve while the event feed reports no change.
 const FOLLOWED_AGES: u32 = 20;
 
-/// A listing as it was taken.
-struct Taken {
-    /// When it was requested.
-    at: Instant,
-    /// The event feed's mark from just before it was requested, if the feed was connected.
-    mark: Option<events::Mark>,
-    listing: Arc<Listing>,
-}
+/// How long the first listing waits for the event feed to connect.
+const FEED_PATIENCE: Duration = Duration::from_secs(2);
 
 /// One environment's newest listing; its lock is held while it is refilled, so the stacks of a
 /// pass that arrive together wait for one listing instead of each making their own.
-type Slot = Arc<tokio::sync::Mutex<Option<Taken>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Listing>>>>;
 
-/// The newest listing of each environment, and how old one may be to serve a drift check.
+/// When this runtime last changed what a stack has on the engine, by `(environment, stack)`:
+/// `None` while a change is under way.
+type Written = Mutex<HashMap<(String, String), Option<Instant>>>;
+
+/// The newest listing of each environment, how old one may be to serve a drift check, and when
+/// each stack was last changed.
 pub(super) struct Listings {
     max_age: Duration,
     slots: Mutex<HashMap<String, Slot>>,
+    written: Written,
 }
 
 impl Listings {
@@ -64,12 +88,52 @@ impl Listings {
         Self {
             max_age,
             slots: Mutex::default(),
+            written: Mutex::default(),
         }
     }
 
     fn slot(&self, environment: &str) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slots = lock(&self.slots);
         slots.entry(environment.to_owned()).or_default().clone()
+    }
+
+    /// Marks a change of what `stack` has as under way until the returned guard is dropped
+    /// (when the change ends, fails or is cancelled).
+    pub(super) fn writing(&self, environment: &str, stack: &str) -> Writing<'_> {
+        let key = (environment.to_owned(), stack.to_owned());
+        lock(&self.written).insert(key.clone(), None);
+        Writing {
+            written: &self.written,
+            key,
+        }
+    }
+
+    /// Whether `listing` was requested after the last change this runtime made to `stack` ended
+    /// (and none is under way).
+    fn after_last_write(&self, listing: &Listing, environment: &str, stack: &str) -> bool {
+        let key = (environment.to_owned(), stack.to_owned());
+        match lock(&self.written).get(&key) {
+            None => true,
+            Some(None) => false,
+            Some(Some(ended)) => *ended < listing.at,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A change of a stack under way (see [`Listings::writing`]).
+pub(super) struct Writing<'a> {
+    written: &'a Written,
+    key: (String, String),
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let key = std::mem::take(&mut self.key);
+        lock(self.written).insert(key, Some(Instant::now()));
     }
 }
 
@@ -84,10 +148,7 @@ impl DockerRuntime {
         restarted_at: Option<&str>,
     ) -> Result<Option<Outcome>> {
         let listing = self.listing(&plan.environment).await?;
-        let containers = listing
-            .containers
-            .get(&plan.stack)
-            .map_or(&[][..], Vec::as_slice);
+        let containers = listing.containers(&plan.stack);
         let mut results = Vec::with_capacity(containers.len());
         for step in steps::plan(plan, containers, restarted_at) {
             let Step::Keep(index, have) = step else {
@@ -102,18 +163,50 @@ impl DockerRuntime {
                 image_id: None,
             });
         }
-        let mut have = listing
-            .networks
-            .get(&plan.stack)
-            .cloned()
-            .unwrap_or_default();
-        let mut want = container::network_names(plan);
-        have.sort();
-        want.sort();
+        let mut have: Vec<&str> = listing
+            .networks(&plan.stack)
+            .iter()
+            .filter_map(|n| n.name.as_deref())
+            .collect();
+        let want = container::network_names(plan);
+        let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
+        have.sort_unstable();
+        want.sort_unstable();
         if have != want {
             return Ok(None);
         }
         Ok(Some(outcome_from(plan, containers, results)))
+    }
+
+    /// The environment's newest listing when it shows `stack` as it is now, so a rollout can
+    /// plan from it instead of asking the engine: it was requested after this runtime last
+    /// changed the stack, and the event feed has stayed connected since and reported nothing
+    /// about the stack (for at most [`FOLLOWED_AGES`] times the drift checks' age, as they). A
+    /// listing is made only when the environment has none: at a start of many new stacks one
+    /// listing serves them all. Without the feed, rollouts read the engine. A change made behind
+    /// rsgo's back can be missed only while its event is on its way.
+    pub(super) async fn known(
+        &self,
+        environment: &str,
+        stack: &str,
+    ) -> Result<Option<Arc<Listing>>> {
+        let newest = self.shared.listings.slot(environment).lock().await.clone();
+        let listing = match newest {
+            Some(listing) => listing,
+            None => self.listing(environment).await?,
+        };
+        let max_age = self.shared.listings.max_age * FOLLOWED_AGES;
+        let current = listing.at.elapsed() < max_age
+            && listing.mark.is_some_and(|mark| {
+                self.shared
+                    .changes
+                    .stack_unchanged_since(environment, stack, mark)
+            })
+            && self
+                .shared
+                .listings
+                .after_last_write(&listing, environment, stack);
+        Ok(current.then_some(listing))
     }
 
     /// The environment's listing, made afresh when the last one is older than the limit.
@@ -121,7 +214,9 @@ impl DockerRuntime {
         let slot = self.shared.listings.slot(environment);
         let mut slot = slot.lock().await;
         let changes = &self.shared.changes;
+        let mut feed_started = false;
         self.shared.feed.get_or_init(|| {
+            feed_started = true;
             let feed = events::follow(
                 self.docker.clone(),
                 self.shared.requests.clone(),
@@ -130,34 +225,41 @@ impl DockerRuntime {
             tokio::spawn(feed).abort_handle()
         });
         let max_age = self.shared.listings.max_age;
-        if let Some(taken) = slot.as_ref() {
-            let age = taken.at.elapsed();
+        if let Some(listing) = slot.as_ref() {
+            let age = listing.at.elapsed();
             let followed = age < max_age * FOLLOWED_AGES
-                && taken
+                && listing
                     .mark
                     .is_some_and(|mark| changes.unchanged_since(environment, mark));
             if age < max_age || followed {
-                return Ok(taken.listing.clone());
+                return Ok(listing.clone());
             }
         }
-        let mark = changes.mark(environment);
-        let at = Instant::now();
-        let listing = Arc::new(self.list_environment(environment).await?);
+        // The feed connects in moments; the first listing waits for it, so that it has a mark
+        // and serves rollouts too (see `known`).
+        let patience = if feed_started {
+            FEED_PATIENCE
+        } else {
+            Duration::ZERO
+        };
+        let mark = changes.mark_connected(patience).await;
+        let listing = Arc::new(self.list_environment(environment, mark).await?);
         tracing::debug!(
             %environment,
             stacks = listing.containers.len(),
             "listed what rsgo runs in the environment"
         );
-        *slot = Some(Taken {
-            at,
-            mark,
-            listing: listing.clone(),
-        });
+        *slot = Some(listing.clone());
         Ok(listing)
     }
 
-    /// One container list and one network list, of everything rsgo made in `environment`.
-    async fn list_environment(&self, environment: &str) -> Result<Listing> {
+    /// One container list and one network list, of everything rsgo made in `environment`;
+    /// `mark` is the feed's, taken just before.
+    async fn list_environment(
+        &self,
+        environment: &str,
+        mark: Option<events::Mark>,
+    ) -> Result<Listing> {
         let filters = HashMap::from([(
             "label",
             vec![
@@ -165,6 +267,7 @@ impl DockerRuntime {
                 format!("{LABEL_ENVIRONMENT}={environment}"),
             ],
         )]);
+        let at = Instant::now();
         let _permit = self.permit().await;
         let containers = self.list_containers(&filters).await.map_err(|e| {
             Error::docker(
@@ -180,7 +283,12 @@ impl DockerRuntime {
             .map_err(|e| {
                 Error::docker(format!("listing networks of environment {environment}"), e)
             })?;
-        let mut listing = Listing::default();
+        let mut listing = Listing {
+            at,
+            mark,
+            containers: HashMap::new(),
+            networks: HashMap::new(),
+        };
         for container in containers {
             listing
                 .containers
@@ -190,14 +298,85 @@ impl DockerRuntime {
         }
         for network in networks {
             let labels = network.labels.unwrap_or_default();
-            if let (Some(stack), Some(name)) = (labels.get(LABEL_STACK), network.name) {
-                listing
-                    .networks
-                    .entry(stack.clone())
-                    .or_default()
-                    .push(name);
+            if let Some(stack) = labels.get(LABEL_STACK).cloned() {
+                let kept = Network {
+                    id: network.id,
+                    name: network.name,
+                    labels: Some(labels),
+                    ..Network::default()
+                };
+                listing.networks.entry(stack).or_default().push(kept);
             }
         }
         Ok(listing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing_now() -> Listing {
+        Listing {
+            at: Instant::now(),
+            mark: None,
+            containers: HashMap::new(),
+            networks: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_listing_shows_a_stack_only_if_requested_after_its_last_change_ended() {
+        let listings = Listings::new(Duration::from_secs(30));
+        let before = listing_now();
+        assert!(
+            listings.after_last_write(&before, "prod", "shop"),
+            "a stack this runtime never changed"
+        );
+        let writing = listings.writing("prod", "shop");
+        let during = listing_now();
+        for listing in [&before, &during] {
+            assert!(
+                !listings.after_last_write(listing, "prod", "shop"),
+                "a change is under way"
+            );
+        }
+        assert!(
+            listings.after_last_write(&before, "prod", "cart"),
+            "another stack"
+        );
+        assert!(
+            listings.after_last_write(&before, "staging", "shop"),
+            "the same stack name in another environment"
+        );
+        drop(writing);
+        std::thread::sleep(Duration::from_millis(2));
+        let after = listing_now();
+        assert!(
+            !listings.after_last_write(&during, "prod", "shop"),
+            "requested while the change was under way"
+        );
+        assert!(listings.after_last_write(&after, "prod", "shop"));
+    }
+
+    #[test]
+    fn a_change_cut_short_still_counts_as_a_change() {
+        let listings = Listings::new(Duration::from_secs(30));
+        let before = listing_now();
+        let cancelled = async {
+            let _writing = listings.writing("prod", "shop");
+            std::future::pending::<()>().await;
+        };
+        // Polled once, then dropped mid-way, as a rollout is when its task is aborted.
+        let mut cancelled = Box::pin(cancelled);
+        let waker = futures::task::noop_waker();
+        let mut context = std::task::Context::from_waker(&waker);
+        assert!(cancelled.as_mut().poll(&mut context).is_pending());
+        assert!(!listings.after_last_write(&before, "prod", "shop"));
+        drop(cancelled);
+        assert!(
+            !listings.after_last_write(&before, "prod", "shop"),
+            "the listing was requested before the change ended"
+        );
     }
 }

@@ -291,6 +291,26 @@ impl DockerRuntime {
             .map_err(|e| Error::docker(format!("listing containers of stack {stack}"), e))
     }
 
+    /// Those of the containers with the given ids that rsgo made for `stack` in `environment`.
+    /// The engine answers a list by id from its index, whatever else it runs, where a list by
+    /// label looks at every container it has.
+    pub async fn observe_ids(
+        &self,
+        environment: &str,
+        stack: &str,
+        ids: &[String],
+    ) -> Result<Vec<ObservedContainer>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut filters = stack_filters(environment, stack);
+        filters.insert("id", ids.to_vec());
+        let _permit = self.permit().await;
+        self.list_containers(&filters)
+            .await
+            .map_err(|e| Error::docker(format!("listing containers of stack {stack}"), e))
+    }
+
     /// The containers the engine lists under `filters`, running or not.
     async fn list_containers(
         &self,

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{NetworkCreateRequest, VolumeCreateRequest};
+use bollard::models::{Network, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{ListNetworksOptionsBuilder, ListVolumesOptionsBuilder};
 
 use super::container::{self, LABEL_VOLUME, StackResources};
@@ -16,13 +16,18 @@ impl DockerRuntime {
     /// (names need not be unique on older engines, so a retry never makes a second one). A
     /// volume keeps the name it had before names carried the environment, so data stays; a
     /// volume of the wanted name that rsgo did not make for this stack is refused, not used.
-    /// Also returns the stack's networks as they were found, for [`Self::remove_unwanted`].
+    /// Also returns the stack's networks as they were found, for [`Self::remove_unwanted`]; they
+    /// are listed unless `known` (from a listing that still shows the stack) already tells them.
     pub async fn prepare(
         &self,
         plan: &StackPlan,
-    ) -> Result<(StackResources, Vec<bollard::models::Network>)> {
+        known: Option<&[Network]>,
+    ) -> Result<(StackResources, Vec<Network>)> {
         let (environment, stack) = (&plan.environment, &plan.stack);
-        let existing = self.stack_networks(environment, stack).await?;
+        let existing = match known {
+            Some(networks) => networks.to_vec(),
+            None => self.stack_networks(environment, stack).await?,
+        };
         let labels = container::stack_labels(plan);
         let mut resources = StackResources::default();
         for name in container::network_names(plan) {
@@ -79,11 +84,7 @@ impl DockerRuntime {
     }
 
     /// The networks carrying rsgo's labels for this stack of this environment.
-    async fn stack_networks(
-        &self,
-        environment: &str,
-        stack: &str,
-    ) -> Result<Vec<bollard::models::Network>> {
+    async fn stack_networks(&self, environment: &str, stack: &str) -> Result<Vec<Network>> {
         let filters = stack_filters(environment, stack);
         let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
         let _permit = self.permit().await;
@@ -162,7 +163,7 @@ impl DockerRuntime {
     /// A network that still has containers of someone else attached is left, with a warning.
     pub async fn remove_unwanted(
         &self,
-        networks: Vec<bollard::models::Network>,
+        networks: Vec<Network>,
         environment: &str,
         stack: &str,
         keep: &[String],

@@ -36,6 +36,7 @@ impl Runtime for DockerRuntime {
     fn tear_down<'a>(&'a self, stack: &'a Stack) -> BoxFuture<'a, Result<()>> {
         async move {
             let (environment, name) = (&stack.spec.environment, stack.name_any());
+            let _writing = self.shared.listings.writing(environment, &name);
             for container in self.observe(environment, &name).await? {
                 self.remove(&container.id, &container.name).await?;
             }
@@ -76,18 +77,28 @@ async fn apply_plan(
         tracing::debug!(stack = %name, environment = %env, "the listing differs from the plan; reading the engine");
     }
     let _turn = runtime.rollout_turn().await;
-    let observed = runtime.observe(env, name).await?;
-    let steps = steps::plan(plan, &observed, provenance.restarted_at);
+    let known = runtime.known(env, name).await?;
+    let _writing = runtime.shared.listings.writing(env, name);
+    let read;
+    let observed = match &known {
+        Some(listing) => listing.containers(name),
+        None => {
+            read = runtime.observe(env, name).await?;
+            &read
+        }
+    };
+    let steps = steps::plan(plan, observed, provenance.restarted_at);
 
     pull_images(runtime, plan, &steps, pull_fresh).await?;
 
-    let (resources, networks) = runtime.prepare(plan).await?;
-    let results = take_steps(runtime, plan, steps, &resources, provenance).await?;
+    let networks = known.as_ref().map(|listing| listing.networks(name));
+    let (resources, networks) = runtime.prepare(plan, networks).await?;
+    let (results, ids) = take_steps(runtime, plan, steps, &resources, provenance).await?;
     // Networks the stack no longer uses (or used under an older naming) go once nothing is on them.
     runtime
         .remove_unwanted(networks, env, name, &container::network_names(plan))
         .await?;
-    let running = runtime.observe(env, name).await?;
+    let running = runtime.observe_ids(env, name, &ids).await?;
     Ok(outcome_from(plan, &running, results))
 }
 
@@ -95,14 +106,14 @@ async fn apply_plan(
 /// [`steps::levels`]), the steps of one level in parallel, at most [`ROLLOUT_STEPS`] at a time.
 /// A level whose step failed is let finish, so no service is left half replaced by a cancelled
 /// step, and its first error ends the rollout before the next level starts. Results come in the
-/// steps' order.
+/// steps' order, with the ids of the containers the services have now.
 async fn take_steps(
     runtime: &DockerRuntime,
     plan: &StackPlan,
     steps: Vec<Step>,
     resources: &StackResources,
     provenance: Provenance<'_>,
-) -> Result<Vec<ServiceResult>> {
+) -> Result<(Vec<ServiceResult>, Vec<String>)> {
     let levels = steps::levels(plan);
     let mut batches: Vec<Vec<Step>> =
         vec![Vec::new(); levels.iter().max().map_or(0, |l| l + 1) + 1];
@@ -113,44 +124,49 @@ async fn take_steps(
         }
     }
     let mut results = Vec::new();
+    let mut ids = Vec::new();
     for batch in batches {
-        let done: Vec<Result<ServiceResult>> = futures::stream::iter(batch)
+        let done: Vec<Result<(ServiceResult, Option<String>)>> = futures::stream::iter(batch)
             .map(|step| take_step(runtime, plan, step, resources, provenance))
             .buffered(ROLLOUT_STEPS)
             .collect()
             .await;
         for result in done {
-            results.push(result?);
+            let (result, id) = result?;
+            results.push(result);
+            ids.extend(id);
         }
     }
-    Ok(results)
+    Ok((results, ids))
 }
 
-/// Carries out one step and says what it did to the service.
+/// Carries out one step and says what it did to the service, and the id of the container the
+/// service has now (none once removed).
 async fn take_step(
     runtime: &DockerRuntime,
     plan: &StackPlan,
     step: Step,
     resources: &StackResources,
     provenance: Provenance<'_>,
-) -> Result<ServiceResult> {
+) -> Result<(ServiceResult, Option<String>)> {
     // A container this very rollout made before it was interrupted counts as recreated.
     let ours = |have: &ObservedContainer| provenance.deployment == Some(have.deployment.as_str());
-    let (index, action) = match step {
+    let (index, action, id) = match step {
         Step::Remove(have) => {
             runtime.remove(&have.id, &have.name).await?;
-            return Ok(ServiceResult {
+            let result = ServiceResult {
                 service: have.service,
                 action: ServiceAction::Removed,
                 image_id: None,
-            });
+            };
+            return Ok((result, None));
         }
         Step::Create(i) => {
-            run_to_plan(runtime, plan, &plan.containers[i], resources, provenance).await?;
-            (i, ServiceAction::Created)
+            let id = run_to_plan(runtime, plan, &plan.containers[i], resources, provenance).await?;
+            (i, ServiceAction::Created, id)
         }
         Step::Recreate(i, have) => {
-            replace(
+            let id = replace(
                 runtime,
                 plan,
                 &plan.containers[i],
@@ -159,7 +175,7 @@ async fn take_step(
                 provenance,
             )
             .await?;
-            (i, ServiceAction::Recreated)
+            (i, ServiceAction::Recreated, id)
         }
         Step::Start(i, have) => {
             runtime.start(&have.id, &have.name).await?;
@@ -169,7 +185,7 @@ async fn take_step(
             } else {
                 ServiceAction::Started
             };
-            (i, action)
+            (i, action, have.id)
         }
         Step::Keep(i, have) => {
             check_kept(&plan.containers[i], &have)?;
@@ -178,14 +194,15 @@ async fn take_step(
             } else {
                 ServiceAction::Unchanged
             };
-            (i, action)
+            (i, action, have.id)
         }
     };
-    Ok(ServiceResult {
+    let result = ServiceResult {
         service: plan.containers[index].service.clone(),
         action,
         image_id: None,
-    })
+    };
+    Ok((result, Some(id)))
 }
 
 /// A kept container must still do its job: a running one must not fail its health check, and a
@@ -263,23 +280,19 @@ pub(super) fn outcome_from(
     Outcome { services, results }
 }
 
-/// Runs a container; a one-shot (`init`) one must also exit 0, and one with a health check must
-/// pass it, before the next service starts.
+/// Runs a container and returns its id; a one-shot (`init`) one must also exit 0, and one with
+/// a health check must pass it, before the next service starts.
 async fn run_to_plan(
     runtime: &DockerRuntime,
     plan: &StackPlan,
     service: &ContainerPlan,
     resources: &StackResources,
     provenance: Provenance<'_>,
-) -> Result<()> {
+) -> Result<String> {
     let id = runtime.run(plan, service, resources, provenance).await?;
-    wait_ready(
-        runtime,
-        service,
-        &id,
-        &container::container_name(plan, service),
-    )
-    .await
+    let name = container::container_name(plan, service);
+    wait_ready(runtime, service, &id, &name).await?;
+    Ok(id)
 }
 
 /// Replaces a service's container. The new one is created under a stand-in name (see
@@ -287,6 +300,7 @@ async fn run_to_plan(
 /// wait; then the old one is removed and the new one takes the service's name and starts. A
 /// rollout cut short in between leaves the old container stopped, or only the new one under
 /// either name: the next pass plans from what it finds and removes a stand-in it finds.
+/// Returns the new container's id.
 async fn replace(
     runtime: &DockerRuntime,
     plan: &StackPlan,
@@ -294,7 +308,7 @@ async fn replace(
     have: &ObservedContainer,
     resources: &StackResources,
     provenance: Provenance<'_>,
-) -> Result<()> {
+) -> Result<String> {
     let standby = container::standby_name(plan, service);
     let (created, stopped) = tokio::join!(
         runtime.create(plan, service, resources, provenance, &standby),
@@ -315,7 +329,8 @@ async fn replace(
     runtime.delete(&have.id, &have.name).await?;
     runtime.rename(&id, &name).await?;
     runtime.start(&id, &name).await?;
-    wait_ready(runtime, service, &id, &name).await
+    wait_ready(runtime, service, &id, &name).await?;
+    Ok(id)
 }
 
 /// Waits until a started container counts as up: a one-shot one exited 0, one with a health
