@@ -1028,10 +1028,10 @@ fn stacks_starting_together_queue_for_the_engine_and_plan_from_one_listing() {
     );
     // Each rollout reads back the containers it leaves by id (which the engine answers from
     // its index); it plans from the environment's listing when that still shows the stack, so
-    // the new stacks' first rollouts list nothing of their own. Only a drift check that found
-    // the listing older than the stack's rollout reads the stack afresh. Before, every rollout
-    // listed the stack's containers twice and its networks once, each list costing the engine
-    // as much as a listing of everything.
+    // the new stacks' first rollouts list nothing of their own, and the pass after each
+    // rollout checks what it read back. Only a pass that finds neither current reads the stack
+    // afresh. Before, every rollout listed the stack's containers twice and its networks once,
+    // each list costing the engine as much as a listing of everything.
     let calls = proxy.take();
     let count = |call: &str| calls.get(call).copied().unwrap_or(0);
     let rollouts = count("GET /containers/json by id");

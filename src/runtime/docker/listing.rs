@@ -12,6 +12,10 @@
 //! bounds the delay when the feed misses something without breaking (an event the engine
 //! dropped for a slow reader, a remote engine's connection lost without a reset).
 //!
+//! The pass that follows a rollout (its own status write asks for one) mostly meets a listing
+//! older than the rollout; it checks the stack against what the rollout read back when it was
+//! done instead, which is as current as a listing and held to the same age.
+//!
 //! A rollout plans from the listing too, instead of listing its stack's containers and
 //! networks (each such list costs the engine work in proportion to everything it runs), when
 //! the listing still shows the stack as it is: requested after this runtime last changed the
@@ -71,12 +75,31 @@ const FEED_PATIENCE: Duration = Duration::from_secs(2);
 /// pass that arrive together wait for one listing instead of each making their own.
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<Listing>>>>;
 
-/// When this runtime last changed what a stack has on the engine, by `(environment, stack)`:
-/// `None` while a change is under way.
-type Written = Mutex<HashMap<(String, String), Option<Instant>>>;
+/// The last change this runtime made to a stack.
+#[derive(Debug)]
+enum LastChange {
+    /// Under way.
+    UnderWay,
+    /// Ended (done, failed or cancelled) at `at`; `left` is what a completed one left.
+    Ended {
+        at: Instant,
+        left: Option<Arc<Left>>,
+    },
+}
 
-/// The newest listing of each environment, how old one may be to serve a drift check, and when
-/// each stack was last changed.
+/// What a completed rollout left: the stack's containers, read back by id when it was done,
+/// and the names of the networks it prepared for them.
+#[derive(Debug)]
+pub(super) struct Left {
+    containers: Vec<ObservedContainer>,
+    networks: Vec<String>,
+}
+
+/// The last change of each stack, by `(environment, stack)`.
+type Written = Mutex<HashMap<(String, String), LastChange>>;
+
+/// The newest listing of each environment, how old one may be to serve a drift check, and the
+/// last change of each stack.
 pub(super) struct Listings {
     max_age: Duration,
     slots: Mutex<HashMap<String, Slot>>,
@@ -101,10 +124,11 @@ impl Listings {
     /// (when the change ends, fails or is cancelled).
     pub(super) fn writing(&self, environment: &str, stack: &str) -> Writing<'_> {
         let key = (environment.to_owned(), stack.to_owned());
-        lock(&self.written).insert(key.clone(), None);
+        lock(&self.written).insert(key.clone(), LastChange::UnderWay);
         Writing {
             written: &self.written,
             key,
+            left: None,
         }
     }
 
@@ -114,8 +138,17 @@ impl Listings {
         let key = (environment.to_owned(), stack.to_owned());
         match lock(&self.written).get(&key) {
             None => true,
-            Some(None) => false,
-            Some(Some(ended)) => *ended < listing.at,
+            Some(LastChange::UnderWay) => false,
+            Some(LastChange::Ended { at, .. }) => *at < listing.at,
+        }
+    }
+
+    /// What the last change of `stack` left, if it completed less than a listing's age ago.
+    fn left(&self, environment: &str, stack: &str) -> Option<Arc<Left>> {
+        let key = (environment.to_owned(), stack.to_owned());
+        match lock(&self.written).get(&key) {
+            Some(LastChange::Ended { at, left }) if at.elapsed() < self.max_age => left.clone(),
+            _ => None,
         }
     }
 }
@@ -128,12 +161,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(super) struct Writing<'a> {
     written: &'a Written,
     key: (String, String),
+    left: Option<Left>,
+}
+
+impl Writing<'_> {
+    /// Ends a completed change, which left `containers` (read back when it was done) on
+    /// `networks`.
+    pub(super) fn done(mut self, containers: Vec<ObservedContainer>, networks: Vec<String>) {
+        self.left = Some(Left {
+            containers,
+            networks,
+        });
+    }
 }
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         let key = std::mem::take(&mut self.key);
-        lock(self.written).insert(key, Some(Instant::now()));
+        let ended = LastChange::Ended {
+            at: Instant::now(),
+            left: self.left.take().map(Arc::new),
+        };
+        lock(self.written).insert(key, ended);
     }
 }
 
@@ -141,14 +190,32 @@ impl DockerRuntime {
     /// What a rollout that nothing asked for (a resync's drift check) would find: when the
     /// environment's listing shows the stack exactly as planned (every container kept, every
     /// network there and no other), the outcome, with nothing sent to the engine but the
-    /// listing; otherwise `None`, and the caller takes the exact path.
+    /// listing; otherwise `None`, and the caller takes the exact path. A listing requested
+    /// before this runtime last changed the stack tells nothing about it; then what the last
+    /// rollout read back when it was done serves instead, while younger than a listing may be.
     pub(super) async fn as_listed(
         &self,
         plan: &StackPlan,
         restarted_at: Option<&str>,
     ) -> Result<Option<Outcome>> {
-        let listing = self.listing(&plan.environment).await?;
-        let containers = listing.containers(&plan.stack);
+        let (environment, stack) = (&plan.environment, &plan.stack);
+        let listing = self.listing(environment).await?;
+        let listings = &self.shared.listings;
+        let left;
+        let (containers, mut networks): (&[ObservedContainer], Vec<&str>) =
+            if listings.after_last_write(&listing, environment, stack) {
+                let networks = listing.networks(stack).iter();
+                let names = networks.filter_map(|n| n.name.as_deref()).collect();
+                (listing.containers(stack), names)
+            } else if let Some(found) = listings.left(environment, stack) {
+                // The listing is older than the stack's last rollout, whose read-back is as
+                // young as a listing may be.
+                left = found;
+                let names = left.networks.iter().map(String::as_str).collect();
+                (&left.containers, names)
+            } else {
+                return Ok(None);
+            };
         let mut results = Vec::with_capacity(containers.len());
         for step in steps::plan(plan, containers, restarted_at) {
             let Step::Keep(index, have) = step else {
@@ -163,16 +230,11 @@ impl DockerRuntime {
                 image_id: None,
             });
         }
-        let mut have: Vec<&str> = listing
-            .networks(&plan.stack)
-            .iter()
-            .filter_map(|n| n.name.as_deref())
-            .collect();
         let want = container::network_names(plan);
         let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
-        have.sort_unstable();
+        networks.sort_unstable();
         want.sort_unstable();
-        if have != want {
+        if networks != want {
             return Ok(None);
         }
         Ok(Some(outcome_from(plan, containers, results)))
@@ -357,6 +419,29 @@ mod tests {
             "requested while the change was under way"
         );
         assert!(listings.after_last_write(&after, "prod", "shop"));
+    }
+
+    #[test]
+    fn what_a_completed_rollout_read_back_serves_while_younger_than_a_listing_may_be() {
+        let listings = Listings::new(Duration::from_millis(200));
+        assert!(listings.left("prod", "shop").is_none(), "never changed");
+        let writing = listings.writing("prod", "shop");
+        assert!(listings.left("prod", "shop").is_none(), "under way");
+        writing.done(Vec::new(), vec!["prod_shop_default".to_owned()]);
+        let left = listings.left("prod", "shop").expect("just done");
+        assert_eq!(left.networks, ["prod_shop_default"]);
+        assert!(listings.left("prod", "cart").is_none(), "another stack");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(
+            listings.left("prod", "shop").is_none(),
+            "older than a listing may be"
+        );
+
+        drop(listings.writing("prod", "shop"));
+        assert!(
+            listings.left("prod", "shop").is_none(),
+            "a change that did not complete left nothing known"
+        );
     }
 
     #[test]

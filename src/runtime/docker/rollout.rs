@@ -78,7 +78,7 @@ async fn apply_plan(
     }
     let _turn = runtime.rollout_turn().await;
     let known = runtime.known(env, name).await?;
-    let _writing = runtime.shared.listings.writing(env, name);
+    let writing = runtime.shared.listings.writing(env, name);
     let read;
     let observed = match &known {
         Some(listing) => listing.containers(name),
@@ -95,11 +95,14 @@ async fn apply_plan(
     let (resources, networks) = runtime.prepare(plan, networks).await?;
     let (results, ids) = take_steps(runtime, plan, steps, &resources, provenance).await?;
     // Networks the stack no longer uses (or used under an older naming) go once nothing is on them.
+    let wanted = container::network_names(plan);
     runtime
-        .remove_unwanted(networks, env, name, &container::network_names(plan))
+        .remove_unwanted(networks, env, name, &wanted)
         .await?;
     let running = runtime.observe_ids(env, name, &ids).await?;
-    Ok(outcome_from(plan, &running, results))
+    let outcome = outcome_from(plan, &running, results);
+    writing.done(running, wanted);
+    Ok(outcome)
 }
 
 /// Carries out the steps: removals first, then each dependency level (see
