@@ -121,20 +121,19 @@ impl Changes {
     }
 
     fn record(&self, change: Change<'_>) {
-        let (environment, stack) = match change {
+        let owner = match change {
             Change::Nothing => return,
-            Change::Stack(environment, stack) => (environment, Some(stack)),
-            Change::Environment(environment) => (environment, None),
-            Change::Everything => {
-                let mut state = self.state();
-                state.newest += 1;
-                state.everything = state.newest;
-                return;
-            }
+            Change::Stack(environment, stack) => Some((environment, Some(stack))),
+            Change::Environment(environment) => Some((environment, None)),
+            Change::Everything => None,
         };
         let mut state = self.state();
         state.newest += 1;
         let number = state.newest;
+        let Some((environment, stack)) = owner else {
+            state.everything = number;
+            return;
+        };
         let changes = state
             .environments
             .entry(environment.to_owned())

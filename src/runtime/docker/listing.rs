@@ -132,24 +132,33 @@ impl Listings {
         }
     }
 
+    /// What `look` says of the last change this runtime made to `stack`, if any.
+    fn last_change<T>(
+        &self,
+        environment: &str,
+        stack: &str,
+        look: impl FnOnce(Option<&LastChange>) -> T,
+    ) -> T {
+        let key = (environment.to_owned(), stack.to_owned());
+        look(lock(&self.written).get(&key))
+    }
+
     /// Whether `listing` was requested after the last change this runtime made to `stack` ended
     /// (and none is under way).
     fn after_last_write(&self, listing: &Listing, environment: &str, stack: &str) -> bool {
-        let key = (environment.to_owned(), stack.to_owned());
-        match lock(&self.written).get(&key) {
+        self.last_change(environment, stack, |last| match last {
             None => true,
             Some(LastChange::UnderWay) => false,
             Some(LastChange::Ended { at, .. }) => *at < listing.at,
-        }
+        })
     }
 
     /// What the last change of `stack` left, if it completed less than a listing's age ago.
     fn left(&self, environment: &str, stack: &str) -> Option<Arc<Left>> {
-        let key = (environment.to_owned(), stack.to_owned());
-        match lock(&self.written).get(&key) {
+        self.last_change(environment, stack, |last| match last {
             Some(LastChange::Ended { at, left }) if at.elapsed() < self.max_age => left.clone(),
             _ => None,
-        }
+        })
     }
 }
 

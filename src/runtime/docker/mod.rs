@@ -285,10 +285,8 @@ impl DockerRuntime {
 
     /// Every container of `stack` in `environment`, running or not.
     pub async fn observe(&self, environment: &str, stack: &str) -> Result<Vec<ObservedContainer>> {
-        let _permit = self.permit().await;
-        self.list_containers(&stack_filters(environment, stack))
+        self.list_stack(stack, &stack_filters(environment, stack))
             .await
-            .map_err(|e| Error::docker(format!("listing containers of stack {stack}"), e))
     }
 
     /// Those of the containers with the given ids that rsgo made for `stack` in `environment`.
@@ -305,8 +303,18 @@ impl DockerRuntime {
         }
         let mut filters = stack_filters(environment, stack);
         filters.insert("id", ids.to_vec());
+        self.list_stack(stack, &filters).await
+    }
+
+    /// The containers of `stack` the engine lists under `filters`, in a turn of the engine's
+    /// request limit.
+    async fn list_stack(
+        &self,
+        stack: &str,
+        filters: &HashMap<&'static str, Vec<String>>,
+    ) -> Result<Vec<ObservedContainer>> {
         let _permit = self.permit().await;
-        self.list_containers(&filters)
+        self.list_containers(filters)
             .await
             .map_err(|e| Error::docker(format!("listing containers of stack {stack}"), e))
     }
