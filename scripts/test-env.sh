@@ -48,6 +48,9 @@ fi
 # Networks left by interrupted test runs use up the engine's address pools; only unused ones
 # carrying rsgo's label go.
 docker network prune -f --filter label=io.rsgo.managed=true >/dev/null
+# Every test builds images under a name of its own; those of earlier runs that no container
+# uses go too, or a developer's engine gathers a few hundred more with every run.
+docker image prune -af --filter label=rsgo.test-image=true >/dev/null
 
 if ! curl -sf "http://$RSGO_TEST_REGISTRY/v2/" >/dev/null; then
   echo "test-env: starting a registry on $RSGO_TEST_REGISTRY" >&2

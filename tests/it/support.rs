@@ -69,7 +69,8 @@ pub fn example_product(product: &str) -> Vec<(String, String)> {
 }
 
 /// Builds an image FROM scratch with busybox and a `/version` file holding `marker`, pushes it
-/// to the test registry as `image`, and returns its id.
+/// to the test registry as `image`, and returns its id. The image carries the label
+/// `rsgo.test-image`, by which `scripts/test-env.sh` removes the ones no container uses.
 pub fn build_and_push(image: &str, marker: &str) -> String {
     let dir = TempDir::new().unwrap();
     let busybox = std::env::var("RSGO_TEST_BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into());
@@ -78,7 +79,7 @@ pub fn build_and_push(image: &str, marker: &str) -> String {
     std::fs::write(dir.path().join("version"), marker).unwrap();
     std::fs::write(
         dir.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+        "FROM scratch\nLABEL rsgo.test-image=true\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
          COPY version /version\nCMD [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while true; do sleep 1; done\"]\n",
     )
     .unwrap();
@@ -442,30 +443,44 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // Containers, then the networks and volumes they used: networks are a scarce resource
-        // (the engine's address pools), so a test leaves none behind.
-        let filter = format!("label=io.rsgo.environment={}", self.environment);
-        for (list, remove) in [
-            (vec!["ps", "-aq"], vec!["rm", "-f"]),
-            (vec!["network", "ls", "-q"], vec!["network", "rm"]),
-            (vec!["volume", "ls", "-q"], vec!["volume", "rm", "-f"]),
-        ] {
-            let Ok(out) = Command::new("docker")
-                .args(&list)
-                .args(["--filter", &filter])
-                .output()
-            else {
-                continue;
-            };
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .map(String::from)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker").args(&remove).args(&ids).output();
-            }
+        // A request the server sent the engine just before it was killed (a rollout's next
+        // container, say) may complete after the first pass: a second one a second later
+        // removes what it made.
+        if remove_environment(&self.environment) {
+            std::thread::sleep(Duration::from_secs(1));
+            remove_environment(&self.environment);
         }
     }
+}
+
+/// Removes the containers of `environment`, then the networks and volumes they used: networks
+/// are a scarce resource (the engine's address pools), so a test leaves none behind. Returns
+/// whether there was any.
+fn remove_environment(environment: &str) -> bool {
+    let filter = format!("label=io.rsgo.environment={environment}");
+    let mut found = false;
+    for (list, remove) in [
+        (vec!["ps", "-aq"], vec!["rm", "-f"]),
+        (vec!["network", "ls", "-q"], vec!["network", "rm"]),
+        (vec!["volume", "ls", "-q"], vec!["volume", "rm", "-f"]),
+    ] {
+        let Ok(out) = Command::new("docker")
+            .args(&list)
+            .args(["--filter", &filter])
+            .output()
+        else {
+            continue;
+        };
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        if !ids.is_empty() {
+            found = true;
+            let _ = Command::new("docker").args(&remove).args(&ids).output();
+        }
+    }
+    found
 }
 
 /// One HTTP request with curl: `(status, parsed JSON body or Value::Null)`.
