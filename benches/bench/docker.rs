@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::engine_proxy::EngineProxy;
+use crate::engine_proxy::{Call, EngineProxy};
 use crate::server::{Server, http};
 use crate::{ROUNDS, fixtures};
 
@@ -212,9 +212,10 @@ fn engine_floor(images: &[String], recreate: bool) -> Duration {
     start.elapsed()
 }
 
-/// Starts `count` containers of `image` straight through the engine, `parallel` at a time, each
-/// on a network of its own as a stack's is: the engine's own rate, to set rsgo's beside.
-fn engine_rate(image: &str, count: usize, parallel: usize) -> Duration {
+/// Starts `count` containers of `image` with the `docker` CLI through the engine at `host`,
+/// `parallel` at a time, each on a network of its own as a stack's is: the engine's own rate, to
+/// set rsgo's beside.
+fn engine_rate(image: &str, count: usize, parallel: usize, host: &str) -> Duration {
     let label = "label=rsgo-bench-direct=true";
     let start = Instant::now();
     std::thread::scope(|scope| {
@@ -223,6 +224,8 @@ fn engine_rate(image: &str, count: usize, parallel: usize) -> Duration {
                 for n in (worker..count).step_by(parallel) {
                     let name = format!("rsgo-bench-direct-{n}");
                     docker(&[
+                        "-H",
+                        host,
                         "network",
                         "create",
                         "--label",
@@ -230,6 +233,8 @@ fn engine_rate(image: &str, count: usize, parallel: usize) -> Duration {
                         &name,
                     ]);
                     docker(&[
+                        "-H",
+                        host,
                         "run",
                         "-d",
                         "--label",
@@ -273,7 +278,8 @@ fn running(environment: &str) -> usize {
 fn resync_at(catalog: &Path, image: &str, stacks: usize) {
     let environment = format!("rsgobench{stacks}");
     let proxy = EngineProxy::start();
-    let direct = engine_rate(image, stacks, 4);
+    let direct = engine_rate(image, stacks, 4, &proxy.host());
+    let direct_calls = proxy.take_timed();
     let objects = format!(
         "{}{}",
         fixtures::environment(&environment, &proxy.host()),
@@ -306,7 +312,7 @@ fn resync_at(catalog: &Path, image: &str, stacks: usize) {
     }
     let started = start.elapsed();
     let most_in_flight = proxy.most_in_flight();
-    let start_calls = proxy.take();
+    let start_calls = proxy.take_timed();
     let failures = server
         .log()
         .lines()
@@ -322,7 +328,7 @@ fn resync_at(catalog: &Path, image: &str, stacks: usize) {
     let cpu = server.cpu();
     std::thread::sleep(Duration::from_secs(period * passes));
     let cpu = server.cpu() - cpu;
-    let calls = proxy.take();
+    let calls = proxy.take_timed();
     drop(server);
     println!("\n### {stacks} stacks");
     println!("| measure | value |");
@@ -339,9 +345,44 @@ fn resync_at(catalog: &Path, image: &str, stacks: usize) {
         "Docker calls while starting, per stack",
         &start_calls,
         stacks,
-        2,
     );
-    print_calls("Docker calls per resync pass", &calls, passes as usize, 1);
+    print_calls("Docker calls per resync pass", &calls, passes as usize);
+    println!(
+        "\nThe engine's time over each kind of call while starting {stacks} stacks, the CLI's beside rsgo's:\n"
+    );
+    println!("| call | CLI: per stack | CLI: ms each | rsgo: per stack | rsgo: ms each |");
+    println!("|---|---|---|---|---|");
+    let kinds: std::collections::BTreeSet<&String> =
+        direct_calls.keys().chain(start_calls.keys()).collect();
+    let each = |calls: &BTreeMap<String, Call>, kind: &String| {
+        calls.get(kind).map_or(" | ".to_owned(), |call| {
+            format!(
+                "{:.2} | {:.1}",
+                call.count as f64 / stacks as f64,
+                call.engine_time.as_secs_f64() * 1000.0 / call.count as f64
+            )
+        })
+    };
+    for kind in kinds {
+        let (cli, rsgo) = (each(&direct_calls, kind), each(&start_calls, kind));
+        let blank = |side: String| {
+            if side.is_empty() {
+                " | ".to_owned()
+            } else {
+                side
+            }
+        };
+        println!("| {kind} | {} | {} |", blank(cli), blank(rsgo));
+    }
+    let total = |calls: &BTreeMap<String, Call>| {
+        let time: Duration = calls.values().map(|call| call.engine_time).sum();
+        time.as_secs_f64() * 1000.0 / stacks as f64
+    };
+    println!(
+        "| engine time per stack, all calls | | {:.1} ms | | {:.1} ms |",
+        total(&direct_calls),
+        total(&start_calls)
+    );
     println!(
         "| CPU per resync pass | {:.1} ms |",
         cpu.as_secs_f64() * 1000.0 / passes as f64
@@ -350,14 +391,14 @@ fn resync_at(catalog: &Path, image: &str, stacks: usize) {
     clean_up(&environment);
 }
 
-/// Prints Docker calls counted by the proxy, per `per` (stacks, passes): their sum under
-/// `title`, then each kind with `decimals` decimals.
-fn print_calls(title: &str, calls: &BTreeMap<String, u64>, per: usize, decimals: usize) {
+/// Prints Docker calls seen by the proxy, per `per` (stacks, passes): their sum under `title`,
+/// then each kind.
+fn print_calls(title: &str, calls: &BTreeMap<String, Call>, per: usize) {
     let per = per as f64;
-    let total: u64 = calls.values().sum();
+    let total: u64 = calls.values().map(|call| call.count).sum();
     println!("| {title} | {:.1} |", total as f64 / per);
-    for (call, count) in calls {
-        println!("| … {call} | {:.*} |", decimals, *count as f64 / per);
+    for (kind, call) in calls {
+        println!("| … {kind} | {:.2} |", call.count as f64 / per);
     }
 }
 

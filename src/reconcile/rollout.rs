@@ -101,7 +101,7 @@ pub(super) async fn rollout(stack: &Stack, ctx: &Context) -> Result<Action> {
         deployment: deployment.as_ref().and_then(|d| d.metadata.name.as_deref()),
         restarted_at: requested.as_deref(),
         // A pending request pulls fresh images; drift correction only pulls missing ones.
-        pull_fresh: changed || deployment.is_some(),
+        fresh_after: (changed || deployment.is_some()).then(std::time::Instant::now),
     };
     let result = match runtime.roll_out(pass).await {
         Ok(Progress::Done(outcome)) => Ok(outcome),

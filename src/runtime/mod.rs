@@ -5,6 +5,8 @@
 pub mod docker;
 pub mod kubernetes;
 
+use std::time::Instant;
+
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
@@ -26,8 +28,10 @@ pub struct Rollout<'a> {
     pub deployment: Option<&'a str>,
     /// The stack's redeploy request: workloads made for another one are replaced.
     pub restarted_at: Option<&'a str>,
-    /// Pull images even when the engine has them (a request is pending, not drift correction).
-    pub pull_fresh: bool,
+    /// Set when a request is pending (not drift correction): images are then pulled even when
+    /// the engine has them, by a pull begun no earlier than this moment (when the request was
+    /// taken up), which rollouts asked for before it began may share.
+    pub fresh_after: Option<Instant>,
 }
 
 /// How far a rollout got in one pass. A rollout that fails is an error.

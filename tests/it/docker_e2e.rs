@@ -1042,6 +1042,15 @@ fn stacks_starting_together_queue_for_the_engine_and_plan_from_one_listing() {
     ] {
         assert!(count(call) < rollouts, "{call}: {calls:?}");
     }
+    // The stacks share one image, and were asked for together: a pull begun after they were
+    // serves them all (one here; a slow machine may take up some of them only after it began),
+    // instead of a pull each.
+    let pulls = count("POST /images/create");
+    assert!(
+        (1..=4).contains(&pulls),
+        "{pulls} pulls for {} stacks: {calls:?}",
+        stacks.len()
+    );
     let log = server.log();
     assert!(
         !log.contains("WARN") && !log.contains("ERROR"),

@@ -6,13 +6,14 @@
 pub mod container;
 mod events;
 mod listing;
+mod pulls;
 mod resources;
 mod rollout;
 pub mod steps;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
@@ -150,7 +151,9 @@ struct Shared {
     /// order they asked, so one big stack cannot starve the others.
     requests: Arc<Semaphore>,
     /// Image pulls in flight at once; separate, so a slow registry holds up no other request.
-    pulls: Semaphore,
+    pull_turns: Semaphore,
+    /// Pulls asked for together, one per image (see `pulls`).
+    pulls: Arc<pulls::Pulls>,
     /// Rollouts under way at once (see [`ENGINE_ROLLOUTS`]).
     rollouts: Semaphore,
     /// What rsgo runs on the engine, listed at most once per pass for drift checks.
@@ -214,7 +217,8 @@ impl DockerRuntime {
             .map_err(|e| Error::docker(format!("negotiating the API version with {host}"), e))?;
         let shared = Shared {
             requests: Arc::new(Semaphore::new(ENGINE_REQUESTS)),
-            pulls: Semaphore::new(ENGINE_PULLS),
+            pull_turns: Semaphore::new(ENGINE_PULLS),
+            pulls: Arc::default(),
             rollouts: Semaphore::new(ENGINE_ROLLOUTS),
             listings: Listings::new(listing_age),
             changes: Arc::default(),
@@ -246,15 +250,34 @@ impl DockerRuntime {
         Ok(version.version.unwrap_or_default())
     }
 
-    /// Pulls `image` and returns the id it now has locally. Reads the whole progress stream,
-    /// so an error reported mid-pull fails the pull.
-    pub async fn pull(&self, image: &str) -> Result<String> {
+    /// Pulls `image` and returns the id it has locally, from a pull begun no earlier than
+    /// `after`; rollouts that ask for the same image share such pulls (see `pulls`).
+    pub async fn pull(&self, image: &str, after: Instant) -> Result<String> {
+        // The pull may wait in the shared map; a weak handle keeps it from holding the runtime.
+        let (docker, shared, name) = (
+            self.docker.clone(),
+            Arc::downgrade(&self.shared),
+            image.to_owned(),
+        );
+        let pull = async move {
+            let shared = shared.upgrade().ok_or_else(|| Error::Pull {
+                image: name.clone(),
+                message: "the engine was let go of before the pull began".into(),
+            })?;
+            DockerRuntime { docker, shared }.pull_now(&name).await
+        };
+        self.shared.pulls.pull(image, after, pull).await
+    }
+
+    /// Pulls `image` now and returns the id it has locally. Reads the whole progress stream, so
+    /// an error reported mid-pull fails the pull.
+    async fn pull_now(&self, image: &str) -> Result<String> {
         let (name, tag) = split_reference(image);
         let options = CreateImageOptionsBuilder::new()
             .from_image(name)
             .tag(tag)
             .build();
-        let permit = turn(&self.shared.pulls).await;
+        let permit = turn(&self.shared.pull_turns).await;
         let mut progress = self.docker.create_image(Some(options), None, None);
         while let Some(step) = progress.next().await {
             step.map_err(|e| Error::Pull {

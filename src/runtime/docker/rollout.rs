@@ -4,7 +4,7 @@
 //! healthy) before any service that depends on it starts.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -25,7 +25,7 @@ impl Runtime for DockerRuntime {
                 deployment: rollout.deployment,
                 restarted_at: rollout.restarted_at,
             };
-            apply_plan(self, rollout.plan, provenance, rollout.pull_fresh)
+            apply_plan(self, rollout.plan, provenance, rollout.fresh_after)
                 .await
                 .map(Progress::Done)
         }
@@ -60,17 +60,17 @@ impl Runtime for DockerRuntime {
 }
 
 /// Pulls, then acts on the plan. Any failed pull fails the rollout before anything is stopped.
-/// A pass nothing asked for (`pull_fresh` unset: a drift check) first looks at the
+/// A pass nothing asked for (`fresh_after` unset: a drift check) first looks at the
 /// environment's listing, and is done without another engine request when the stack is as
 /// planned.
 async fn apply_plan(
     runtime: &DockerRuntime,
     plan: &StackPlan,
     provenance: Provenance<'_>,
-    pull_fresh: bool,
+    fresh_after: Option<Instant>,
 ) -> Result<Outcome> {
     let (env, name) = (&plan.environment, &plan.stack);
-    if !pull_fresh {
+    if fresh_after.is_none() {
         if let Some(outcome) = runtime.as_listed(plan, provenance.restarted_at).await? {
             return Ok(outcome);
         }
@@ -89,7 +89,7 @@ async fn apply_plan(
     };
     let steps = steps::plan(plan, observed, provenance.restarted_at);
 
-    pull_images(runtime, plan, &steps, pull_fresh).await?;
+    pull_images(runtime, plan, &steps, fresh_after).await?;
 
     let networks = known.as_ref().map(|listing| listing.networks(name));
     let (resources, networks) = runtime.prepare(plan, networks).await?;
@@ -229,13 +229,14 @@ pub(super) fn check_kept(service: &ContainerPlan, have: &ObservedContainer) -> R
 }
 
 /// Pulls the image of every service about to be (re)created, each image once and all in
-/// parallel (the engine's pull limit bounds how many at a time): all of them when `fresh`, else only those
-/// the engine lacks. Nothing has been stopped yet, so a failed pull changes nothing.
+/// parallel (the engine's pull limit bounds how many at a time): all of them, by pulls begun no
+/// earlier than `fresh_after` when it is set, else only those the engine lacks. Nothing has been
+/// stopped yet, so a failed pull changes nothing.
 async fn pull_images(
     runtime: &DockerRuntime,
     plan: &StackPlan,
     steps: &[Step],
-    fresh: bool,
+    fresh_after: Option<Instant>,
 ) -> Result<()> {
     let images: BTreeSet<String> = steps
         .iter()
@@ -245,9 +246,12 @@ async fn pull_images(
         .collect();
     futures::stream::iter(images)
         .map(|image| async move {
-            if fresh || runtime.image_id(&image).await?.is_none() {
-                runtime.pull(&image).await?;
-            }
+            let after = match fresh_after {
+                Some(after) => after,
+                None if runtime.image_id(&image).await?.is_none() => Instant::now(),
+                None => return Ok(()),
+            };
+            runtime.pull(&image, after).await?;
             Ok::<_, Error>(())
         })
         .buffer_unordered(ROLLOUT_STEPS)
