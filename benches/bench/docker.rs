@@ -364,15 +364,11 @@ fn resync_at(catalog: &Path, image: &str, stacks: usize) {
         })
     };
     for kind in kinds {
-        let (cli, rsgo) = (each(&direct_calls, kind), each(&start_calls, kind));
-        let blank = |side: String| {
-            if side.is_empty() {
-                " | ".to_owned()
-            } else {
-                side
-            }
-        };
-        println!("| {kind} | {} | {} |", blank(cli), blank(rsgo));
+        println!(
+            "| {kind} | {} | {} |",
+            each(&direct_calls, kind),
+            each(&start_calls, kind)
+        );
     }
     let total = |calls: &BTreeMap<String, Call>| {
         let time: Duration = calls.values().map(|call| call.engine_time).sum();

@@ -68,14 +68,11 @@ impl Pulls {
                 }
             }
         };
-        shared.await.map_err(|failure| match &*failure {
-            Error::Pull { message, .. } => Error::Pull {
-                image: image.to_owned(),
-                message: message.clone(),
-            },
-            other => Error::Pull {
-                image: image.to_owned(),
-                message: other.to_string(),
+        shared.await.map_err(|failure| Error::Pull {
+            image: image.to_owned(),
+            message: match &*failure {
+                Error::Pull { message, .. } => message.clone(),
+                other => other.to_string(),
             },
         })
     }
