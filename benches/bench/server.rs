@@ -223,20 +223,24 @@ fn until_quiet(limit: Duration, mut quiet_window: impl FnMut() -> bool) -> bool 
     false
 }
 
-/// User plus system CPU time of a process, from `/proc/PID/stat`.
+/// CPU time a process has used so far, every thread's (exited ones included), to the
+/// nanosecond: the kernel's CPU clock of the process. `/proc/PID/stat` counts 10 ms ticks, too
+/// coarse for a resync pass that takes a few milliseconds.
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    // Linux reports in clock ticks of 1/100 s on every platform rsgo runs on.
-    Duration::from_millis(ticks * 10)
+    let pid = libc::pid_t::try_from(pid).expect("a process id fits pid_t");
+    let mut clock: libc::clockid_t = 0;
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: both calls only write into the two locals they are given.
+    let read = unsafe {
+        libc::clock_getcpuclockid(pid, &mut clock) == 0 && libc::clock_gettime(clock, &mut now) == 0
+    };
+    assert!(read, "reading the CPU clock of process {pid}");
+    let seconds = u64::try_from(now.tv_sec).expect("a CPU time is not negative");
+    let nanos = u32::try_from(now.tv_nsec).expect("nanoseconds under a second");
+    Duration::new(seconds, nanos)
 }
 
 /// A blocking GET on 127.0.0.1: the status and body, or `None` when nothing answers.
